@@ -1,0 +1,3 @@
+from immichfs.cli import main
+
+raise SystemExit(main())

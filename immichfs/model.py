@@ -1,0 +1,185 @@
+"""Immich objects as values.
+
+The connector hands out Immich's own JSON (dicts with Immich's field names) so
+users can follow Immich's docs; the filesystem works on these frozen values,
+parsed once, tolerant of fields that differ between server versions
+(``visibility`` vs ``isArchived``, ``duration`` as a string before v3 and as
+milliseconds from v3 on) and ignoring fields it does not know.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from immichfs.errors import ProtocolError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DURATION = re.compile(r"^(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)$")
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """An ISO-8601 instant from Immich as an aware UTC datetime (None if absent/bad)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_local(value: Any) -> datetime | None:
+    """Immich's ``localDateTime``: wall-clock time serialised with a misleading ``Z``.
+
+    The Y/M/D h:m:s are taken literally (naive datetime), never converted.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=None)
+
+
+def parse_duration_ms(value: Any) -> int | None:
+    """``duration``: integer milliseconds (v3+) or "H:MM:SS.ffffff" (before v3)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if not match:
+            return None
+        seconds = int(match["h"]) * 3600 + int(match["m"]) * 60 + float(match["s"])
+        return round(seconds * 1000) or None
+    return None
+
+
+def checksum_hex(checksum_b64: str) -> str | None:
+    """Immich's base64 SHA-1 checksum as lowercase hex (None if not a SHA-1)."""
+    try:
+        raw = base64.b64decode(checksum_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 20 else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One Immich asset (``AssetResponseDto``), as the filesystem needs it."""
+
+    id: str
+    type: str  # IMAGE, VIDEO, AUDIO, OTHER
+    original_file_name: str
+    checksum: str  # base64 SHA-1 as Immich sends it
+    size: int | None  # exifInfo.fileSizeInByte; None when the server did not say
+    file_created_at: datetime  # UTC capture instant
+    file_modified_at: datetime
+    local_datetime: datetime | None  # naive wall-clock capture time
+    updated_at: datetime | None
+    created_at: datetime | None  # upload time (v1.140+)
+    is_favorite: bool = False
+    is_archived: bool = False
+    is_trashed: bool = False
+    visibility: str = "timeline"  # timeline, archive, hidden, locked
+    original_mime_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_ms: int | None = None
+    live_photo_video_id: str | None = None
+    owner_id: str | None = None
+    exif: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    people: tuple[str, ...] = ()  # names (or ids of unnamed people), when the server sent them
+    tags: tuple[str, ...] = ()  # full tag paths ("Travel/Japan"), when the server sent them
+
+    @property
+    def is_image(self) -> bool:
+        return self.type == "IMAGE"
+
+    @property
+    def is_video(self) -> bool:
+        return self.type == "VIDEO"
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Asset:
+        """Parse an ``AssetResponseDto``; ProtocolError if the essentials are missing."""
+        if not isinstance(data, Mapping):
+            raise ProtocolError("the server sent an asset that is not a JSON object")
+        asset_id = data.get("id")
+        if not isinstance(asset_id, str) or not asset_id:
+            raise ProtocolError("the server sent an asset without an id")
+        raw_exif = data.get("exifInfo")
+        exif: Mapping[str, Any] = raw_exif if isinstance(raw_exif, Mapping) else {}
+        visibility = data.get("visibility")
+        is_archived = bool(data.get("isArchived", False))
+        if not isinstance(visibility, str):
+            # before v1.133 only isArchived existed
+            visibility = "archive" if is_archived else "timeline"
+        else:
+            is_archived = visibility == "archive"
+        created = parse_instant(data.get("fileCreatedAt")) or _EPOCH
+        modified = parse_instant(data.get("fileModifiedAt")) or created
+        width = _int_or_none(data.get("width")) or _int_or_none(exif.get("exifImageWidth"))
+        height = _int_or_none(data.get("height")) or _int_or_none(exif.get("exifImageHeight"))
+        people = tuple(
+            str(p.get("name") or p.get("id"))
+            for p in data.get("people") or ()
+            if isinstance(p, Mapping) and (p.get("name") or p.get("id"))
+        )
+        tags = tuple(
+            str(t.get("value") or t.get("name"))
+            for t in data.get("tags") or ()
+            if isinstance(t, Mapping) and (t.get("value") or t.get("name"))
+        )
+        name = data.get("originalFileName")
+        checksum = data.get("checksum")
+        mime = data.get("originalMimeType")
+        live = data.get("livePhotoVideoId")
+        owner = data.get("ownerId")
+        return cls(
+            id=asset_id,
+            type=str(data.get("type") or "OTHER"),
+            original_file_name=name if isinstance(name, str) else "",
+            checksum=checksum if isinstance(checksum, str) else "",
+            size=_int_or_none(exif.get("fileSizeInByte")),
+            file_created_at=created,
+            file_modified_at=modified,
+            local_datetime=parse_local(data.get("localDateTime")),
+            updated_at=parse_instant(data.get("updatedAt")),
+            created_at=parse_instant(data.get("createdAt")),
+            is_favorite=bool(data.get("isFavorite", False)),
+            is_archived=is_archived,
+            is_trashed=bool(data.get("isTrashed", False)),
+            visibility=visibility,
+            original_mime_type=mime if isinstance(mime, str) else None,
+            width=width,
+            height=height,
+            duration_ms=parse_duration_ms(data.get("duration")),
+            live_photo_video_id=live if isinstance(live, str) else None,
+            owner_id=owner if isinstance(owner, str) else None,
+            exif=exif,
+            people=people,
+            tags=tags,
+        )
