@@ -1,0 +1,462 @@
+"""Every setting of immichfs, in one table.
+
+``OPTIONS`` is the single source: it feeds the command-line flags, the
+environment variables, the TOML config file and the documentation table
+(``options_markdown()``). Precedence: flags > environment > config file >
+defaults. The reason for each default is written in its help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from immichfs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATHS = (
+    Path("~/.config/immichfs/config.toml").expanduser(),
+    Path("/etc/immichfs/config.toml"),
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name (``snake_case``, also the TOML key), type, default and help."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    env: str | None = None
+    flag: bool = True  # settable on the command line (never for secrets: `ps` shows argv)
+    group: str = "general"
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    # -- server
+    Option(
+        "url",
+        str,
+        None,
+        "Immich server URL, e.g. http://immich.local:2283",
+        "IMMICH_URL",
+        group="server",
+    ),
+    Option(
+        "api_key",
+        str,
+        None,
+        "Immich API key. Never a flag: command lines are visible in `ps`.",
+        "IMMICH_API_KEY",
+        flag=False,
+        group="server",
+    ),
+    Option(
+        "api_key_file",
+        Path,
+        None,
+        "file holding the API key (container secrets); warned about if group/world-readable",
+        "IMMICH_API_KEY_FILE",
+        group="server",
+    ),
+    Option(
+        "ca_cert",
+        Path,
+        None,
+        "PEM file of a CA to trust for https (self-signed servers)",
+        "IMMICH_CA_CERT",
+        group="server",
+    ),
+    Option(
+        "insecure",
+        bool,
+        False,
+        "skip TLS certificate checks (only when asked)",
+        "IMMICH_INSECURE",
+        group="server",
+    ),
+    Option(
+        "timeout",
+        float,
+        30.0,
+        "seconds to wait for the server per request; no operation waits longer than this "
+        "plus the retry budget",
+        "IMMICHFS_TIMEOUT",
+        group="server",
+    ),
+    Option(
+        "retry_budget",
+        float,
+        30.0,
+        "total seconds spent retrying transient failures (5xx, 429, resets) before EIO",
+        "IMMICHFS_RETRY_BUDGET",
+        group="server",
+    ),
+    Option(
+        "max_connections",
+        int,
+        16,
+        "HTTP connections kept to the server; Immich has no rate limit, be polite",
+        "IMMICHFS_MAX_CONNECTIONS",
+        group="server",
+    ),
+    # -- mount
+    Option(
+        "allow_other",
+        bool,
+        False,
+        "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)",
+        "IMMICHFS_ALLOW_OTHER",
+        group="mount",
+    ),
+    Option(
+        "uid",
+        int,
+        None,
+        "owner uid of every file (default: the mounting user)",
+        "IMMICHFS_UID",
+        group="mount",
+    ),
+    Option(
+        "gid",
+        int,
+        None,
+        "owner gid of every file (default: the mounting user's group)",
+        "IMMICHFS_GID",
+        group="mount",
+    ),
+    Option(
+        "show_trash",
+        bool,
+        False,
+        "show trashed assets under /trash",
+        "IMMICHFS_SHOW_TRASH",
+        group="mount",
+    ),
+    Option(
+        "search_limit",
+        int,
+        250,
+        "most assets shown in one /search/<query> directory (smart search has no cut-off)",
+        "IMMICHFS_SEARCH_LIMIT",
+        group="mount",
+    ),
+    # -- caching
+    Option(
+        "listing_ttl",
+        float,
+        20.0,
+        "seconds a directory listing is trusted; new uploads appear after at most this long. "
+        "Short enough for a live library, long enough that `ls -l` of a big directory and "
+        "the stat calls after it make one round of requests",
+        "IMMICHFS_LISTING_TTL",
+        group="cache",
+    ),
+    Option(
+        "asset_ttl",
+        float,
+        60.0,
+        "seconds one asset's metadata (size, dates) is trusted after it was fetched",
+        "IMMICHFS_ASSET_TTL",
+        group="cache",
+    ),
+    Option(
+        "kernel_ttl",
+        float,
+        1.0,
+        "seconds the kernel caches names and attributes (entry/attr timeout). Never 0: Linux "
+        "then looks every readdir entry up again; never pyfuse3's 300 s: Immich changes "
+        "behind the kernel's back",
+        "IMMICHFS_KERNEL_TTL",
+        group="cache",
+    ),
+    Option(
+        "cache_entries",
+        int,
+        200_000,
+        "most assets kept in the metadata cache (about 1 KiB each)",
+        "IMMICHFS_CACHE_ENTRIES",
+        group="cache",
+    ),
+    Option(
+        "refresh_interval",
+        float,
+        15.0,
+        "seconds between background checks for changed assets (updatedAfter queries)",
+        "IMMICHFS_REFRESH_INTERVAL",
+        group="cache",
+    ),
+    # -- reading
+    Option(
+        "readahead_mb",
+        int,
+        16,
+        "most bytes read ahead of a sequential reader, per open file (MiB)",
+        "IMMICHFS_READAHEAD_MB",
+        group="read",
+    ),
+    Option(
+        "readahead_budget_mb",
+        int,
+        64,
+        "most bytes read ahead across all open files together (MiB): many open files must "
+        "not multiply memory",
+        "IMMICHFS_READAHEAD_BUDGET_MB",
+        group="read",
+    ),
+    # -- logging
+    Option(
+        "debug",
+        bool,
+        False,
+        "log at debug level (HTTP traces included; the key never)",
+        "IMMICHFS_DEBUG",
+        group="logging",
+    ),
+    Option(
+        "log_file",
+        Path,
+        None,
+        "write the log to this file instead of stderr",
+        "IMMICHFS_LOG_FILE",
+        group="logging",
+    ),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings. ``api_key`` is kept out of ``repr``."""
+
+    url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_file: Path | None = None
+    ca_cert: Path | None = None
+    insecure: bool = False
+    timeout: float = 30.0
+    retry_budget: float = 30.0
+    max_connections: int = 16
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    show_trash: bool = False
+    search_limit: int = 250
+    listing_ttl: float = 20.0
+    asset_ttl: float = 60.0
+    kernel_ttl: float = 1.0
+    cache_entries: int = 200_000
+    refresh_interval: float = 15.0
+    readahead_mb: int = 16
+    readahead_budget_mb: int = 64
+    debug: bool = False
+    log_file: Path | None = None
+    #: where each value came from: "flag", "env", "file" or "default"
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def verify(self) -> bool | str:
+        """What to give httpx as ``verify``."""
+        if self.insecure:
+            return False
+        return str(self.ca_cert) if self.ca_cert else True
+
+
+def _convert(option: Option, value: Any, origin: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if option.kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if option.kind is Path:
+            return Path(str(value)).expanduser()
+        if option.kind in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        converted = option.kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{origin}: {value!r} is not a valid {option.kind.__name__} for {option.name}"
+        ) from None
+    if option.kind in (int, float) and converted < 0:
+        raise ConfigError(f"{origin}: {option.name} must not be negative")
+    return converted
+
+
+def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[str] | None = None) -> None:
+    """Add a flag for every option (of ``groups``, or all); defaults stay None = "not given"."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config file (default: ~/.config/immichfs/config.toml, then "
+        "/etc/immichfs/config.toml)",
+    )
+    for option in OPTIONS:
+        if not option.flag or (groups is not None and option.group not in groups):
+            continue
+        env = f" [env {option.env}]" if option.env else ""
+        default = f" (default: {option.default})" if option.default not in (None, False) else ""
+        if option.kind is bool:
+            parser.add_argument(
+                option.flag_name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{option.help}{default}{env}",
+            )
+        else:
+            parser.add_argument(
+                option.flag_name,
+                type=str,
+                default=None,
+                metavar=option.kind.__name__.upper(),
+                help=f"{option.help}{default}{env}",
+            )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file's settings (keys as in OPTIONS; an ``[immichfs]`` table also works)."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if isinstance(data.get("immichfs"), dict):
+        data = data["immichfs"]
+    unknown = sorted(set(data) - set(_BY_NAME))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+def warn_if_readable(path: Path) -> None:
+    """A secret file that others can read deserves a warning (not a refusal: containers)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
+        log.warning(
+            "%s is readable by group or others (mode %s); run: chmod 600 %s",
+            path,
+            oct(stat.S_IMODE(mode)),
+            path,
+        )
+
+
+def read_key_file(path: Path) -> str:
+    """The API key stored in ``path`` (surrounding whitespace stripped)."""
+    warn_if_readable(path)
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"API key file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read API key file {path}: {exc}") from None
+    if not key:
+        raise ConfigError(f"API key file {path} is empty")
+    return key
+
+
+def load_settings(
+    args: argparse.Namespace | Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Resolve every option: flags > environment > config file > defaults.
+
+    ``config_path`` (or ``args.config``) names the file; otherwise the first of
+    DEFAULT_CONFIG_PATHS that exists is read. The API key is read from
+    ``api_key_file`` when no key is given directly.
+    """
+    env = os.environ if env is None else env
+    given: Mapping[str, Any]
+    if args is None:
+        given = {}
+    elif isinstance(args, argparse.Namespace):
+        given = vars(args)
+    else:
+        given = args
+    config_path = config_path or given.get("config")
+    file_values: dict[str, Any] = {}
+    if config_path is not None:
+        file_values = read_config_file(Path(config_path).expanduser())
+    else:
+        for candidate in DEFAULT_CONFIG_PATHS:
+            if candidate.is_file():
+                file_values = read_config_file(candidate)
+                config_path = candidate
+                break
+    if "api_key" in file_values and config_path is not None:
+        warn_if_readable(Path(config_path))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        if option.flag and given.get(option.name) is not None:
+            values[option.name] = _convert(option, given[option.name], option.flag_name)
+            sources[option.name] = "flag"
+        elif option.env and env.get(option.env) not in (None, ""):
+            values[option.name] = _convert(option, env[option.env], f"${option.env}")
+            sources[option.name] = "env"
+        elif option.name in file_values:
+            values[option.name] = _convert(option, file_values[option.name], str(config_path))
+            sources[option.name] = "file"
+        else:
+            values[option.name] = option.default
+            sources[option.name] = "default"
+
+    # a key given directly wins over a key file, whatever their sources
+    if not values.get("api_key") and values.get("api_key_file") is not None:
+        values["api_key"] = read_key_file(values["api_key_file"])
+    return Settings(**values, sources=sources)
+
+
+def options_markdown() -> str:
+    """The options table for the README: one source, no hand-kept copies."""
+    lines = [
+        "| setting (TOML key) | flag | environment | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for option in OPTIONS:
+        flag = f"`{option.flag_name}`" if option.flag else "—"
+        env = f"`{option.env}`" if option.env else "—"
+        default = "—" if option.default is None else f"`{option.default}`"
+        lines.append(f"| `{option.name}` | {flag} | {env} | {default} | {option.help} |")
+    return "\n".join(lines)
+
+
+def _check_table_matches_settings() -> None:
+    # Settings must have exactly one field per option (plus ``sources``)
+    names = {f.name for f in fields(Settings)} - {"sources"}
+    if names != set(_BY_NAME):
+        raise AssertionError(f"Settings and OPTIONS differ: {names ^ set(_BY_NAME)}")
+
+
+_check_table_matches_settings()
