@@ -21,8 +21,18 @@ log = logging.getLogger(__name__)
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "mount": ("immichfs.mount", "mount an Immich library as read-only files"),
     "check": ("immichfs.check", "test the connection to an Immich server, step by step"),
     "fake-server": ("immichfs.fake.cli", "run the bundled fake Immich server (sample library)"),
+    "serve": ("immichfs.serve", "run the REST gateway to Immich (127.0.0.1:8080 by default)"),
+    "install-helper": (
+        "immichfs.mounthelper",
+        "put mount.fuse.immichfs where mount(8) finds it, for /etc/fstab",
+    ),
+    "warm": (
+        "immichfs.warm",
+        "pre-fetch the listings (and thumbnails) of a mounted subtree, with progress",
+    ),
 }
 
 

@@ -234,6 +234,34 @@ OPTIONS: tuple[Option, ...] = (
         "IMMICHFS_LOG_FILE",
         group="logging",
     ),
+    # -- gateway (immichfs serve)
+    Option(
+        "gateway_host",
+        str,
+        "127.0.0.1",
+        "address the REST gateway listens on; loopback by default because the gateway hands "
+        "the whole library to anyone who can reach it (also --host)",
+        "IMMICHFS_GATEWAY_HOST",
+        group="gateway",
+    ),
+    Option(
+        "gateway_port",
+        int,
+        8080,
+        "TCP port of the REST gateway (0 picks a free one; also --port)",
+        "IMMICHFS_GATEWAY_PORT",
+        group="gateway",
+    ),
+    Option(
+        "gateway_token",
+        str,
+        None,
+        "token every gateway request must carry (Authorization: Bearer or X-Gateway-Token). "
+        "Never a flag: command lines are visible in `ps`.",
+        "IMMICHFS_GATEWAY_TOKEN",
+        flag=False,
+        group="gateway",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -267,6 +295,9 @@ class Settings:
     readahead_budget_mb: int = 64
     debug: bool = False
     log_file: Path | None = None
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_token: str | None = field(default=None, repr=False)
     #: where each value came from: "flag", "env", "file" or "default"
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -305,6 +336,27 @@ def _convert(option: Option, value: Any, origin: str) -> Any:
     return converted
 
 
+class _RefuseSecretFlag(argparse.Action):
+    """Rejects ``--api-key``: a key on the command line shows in `ps`. Without this,
+    argparse would take ``--api-key KEY`` as an abbreviation of ``--api-key-file``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        option = _BY_NAME[self.dest.removeprefix("_refused_")]
+        file_option = _BY_NAME.get(option.name + "_file")
+        instead = f"${option.env}"
+        if file_option is not None:
+            instead += f" or a file ({file_option.flag_name})"
+        parser.error(
+            f"{option_string} is not accepted: command lines are visible in `ps`; use {instead}"
+        )
+
+
 def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[str] | None = None) -> None:
     """Add a flag for every option (of ``groups``, or all); defaults stay None = "not given"."""
     parser.add_argument(
@@ -315,7 +367,16 @@ def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[str] | None 
         "/etc/immichfs/config.toml)",
     )
     for option in OPTIONS:
-        if not option.flag or (groups is not None and option.group not in groups):
+        if groups is not None and option.group not in groups:
+            continue
+        if not option.flag:
+            parser.add_argument(
+                option.flag_name,
+                nargs="?",
+                action=_RefuseSecretFlag,
+                dest="_refused_" + option.name,
+                help=argparse.SUPPRESS,
+            )
             continue
         env = f" [env {option.env}]" if option.env else ""
         default = f" (default: {option.default})" if option.default not in (None, False) else ""

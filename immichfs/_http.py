@@ -1,0 +1,258 @@
+"""HTTP details of the connector: URL and key validation, error translation.
+
+Everything here is pure (no I/O): it turns configuration strings into a
+validated base URL and key, and an HTTP status plus body into one of the
+exceptions of :mod:`immichfs.errors`, with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import string
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from immichfs.errors import (
+    AuthenticationError,
+    BadRequest,
+    ConfigError,
+    ImmichError,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+)
+from immichfs.logs import scrub
+
+log = logging.getLogger(__name__)
+
+#: characters allowed in an API key: Immich keys are base64url-like; anything that
+#: could break a header line (whitespace, control characters, non-ASCII) is refused
+_KEY_CHARS = frozenset(string.ascii_letters + string.digits + "-_.~+/=:")
+_PERMISSION = re.compile(r"Missing required permission:\s*([A-Za-z0-9_.]+)")
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$")
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def normalise_url(value: str | None, source: str) -> str:
+    """The server's base URL (no trailing slash, without ``/api``), or ConfigError.
+
+    ``source`` names where the value came from (``$IMMICH_URL``, ``url``) so the
+    message points at the right place. A trailing ``/api`` (often pasted from the
+    API docs) is removed; a path prefix of a reverse proxy (``https://host/immich``)
+    is kept, so requests go to ``https://host/immich/api/...``.
+    """
+    if value is None or not value.strip():
+        raise ConfigError(
+            f"{source} is not set: give the Immich server URL, e.g. http://immich.local:2283 "
+            "(or try the bundled demo server: immichfs fake-server)"
+        )
+    url = value.strip()
+    if any(ch.isspace() for ch in url) or not url.isprintable():
+        raise ConfigError(f"{source} must not contain spaces or control characters: {url!r}")
+    if "://" not in url:
+        raise ConfigError(
+            f"{source} {url!r} has no scheme: write it as http://{url} or https://{url}"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{source} {url!r} is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{source} {url!r}: the scheme must be http or https, not {scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        # never echo the URL here: it holds a password
+        raise ConfigError(
+            f"{source} must not contain a user name or password; "
+            "immichfs authenticates with the API key only"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{source} {url!r} has no host name")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(f"{source} {url!r} must not have a query (?) or fragment (#)")
+    if port == 0:
+        raise ConfigError(f"{source} {url!r}: port 0 is not a server port")
+    path = parts.path.rstrip("/")
+    if path.endswith("/api"):
+        path = path[: -len("/api")].rstrip("/")
+    return f"{scheme}://{parts.netloc}{path}"
+
+
+def validate_key(value: str | None, source: str) -> str:
+    """The API key, stripped of surrounding whitespace, or ConfigError (never quoting it)."""
+    if value is None or not value.strip():
+        raise ConfigError(
+            f"{source} is not set: create an API key in Immich (Account Settings → API Keys) "
+            "and set IMMICH_API_KEY or IMMICH_API_KEY_FILE"
+        )
+    key = value.strip()
+    if any(ch.isspace() for ch in key):
+        raise ConfigError(
+            f"{source} contains whitespace or a line break inside it; "
+            "paste the key again as one word"
+        )
+    if not set(key) <= _KEY_CHARS:
+        raise ConfigError(
+            f"{source} contains characters that cannot be part of an Immich API key "
+            "(only letters, digits and -_.~+/=: are possible)"
+        )
+    return key
+
+
+def error_message(body: bytes) -> str:
+    """The server's own message from an error body, in either of Immich's shapes.
+
+    Before v3: ``{message, error, statusCode, correlationId}`` where ``message`` is a
+    list of strings for validation failures. From v3: ``{message}`` or
+    ``{message: "Validation failed", errors: [{path, message, ...}]}``.
+    """
+    if not body:
+        return ""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(data, Mapping):
+        return ""
+    message = data.get("message")
+    text = ""
+    if isinstance(message, str):
+        text = message
+    elif isinstance(message, list):
+        text = "; ".join(str(m) for m in message)
+    errors = data.get("errors")
+    if isinstance(errors, list) and errors:
+        details = []
+        for issue in errors[:5]:
+            if isinstance(issue, Mapping):
+                path = issue.get("path")
+                where = ".".join(str(p) for p in path) if isinstance(path, list) else ""
+                details.append(f"{where}: {issue.get('message')}" if where else str(issue))
+        if details:
+            text = f"{text}: {'; '.join(details)}" if text else "; ".join(details)
+    return scrub(text)[:500]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``bytes first-last/total`` as (first, last, total or None); None if absent/bad."""
+    if value is None:
+        return None
+    match = _CONTENT_RANGE.match(value)
+    if not match:
+        return None
+    first, last = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if last < first or (total is not None and last >= total):
+        return None
+    return first, last, total
+
+
+def status_error(
+    *,
+    status: int,
+    reason: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    what: str,
+    base_url: str,
+    about_id: bool = False,
+    range_start: int | None = None,
+) -> ImmichError:
+    """The exception for a non-2xx answer to ``what``.
+
+    ``about_id``: the request named one object by id in its path, so a 400 that
+    complains about the id (v3 answers "Invalid UUID") means "no such object".
+    ``range_start``: the first byte a ranged request asked for. Immich answers a
+    range past the end with 500 (v2) or 404 (v3) plus ``Content-Range: bytes */size``;
+    that is the caller's mistake, not a failure worth retrying.
+    """
+    message = error_message(body) or reason
+    detail = f"{status} {message}".strip()
+    lowered = message.lower()
+    if range_start is not None:
+        unsatisfied = _UNSATISFIED_RANGE.match(headers.get("content-range", ""))
+        if unsatisfied and range_start >= int(unsatisfied[1]):
+            return BadRequest(
+                f"{what}: the range starts past the end of the file, which has "
+                f"{unsatisfied[1]} bytes (the server answered {detail})",
+                status=status,
+            )
+    if status == 401:
+        return AuthenticationError(
+            f"the API key was rejected by {base_url} ({detail}) — check IMMICH_API_KEY",
+            status=status,
+        )
+    if status == 403:
+        match = _PERMISSION.search(message)
+        if match:
+            permission = match[1]
+            return PermissionDenied(
+                f"the key lacks permission {permission} — add it to the API key in Immich "
+                "(Account Settings → API Keys)",
+                status=status,
+                permission=permission,
+            )
+        return PermissionDenied(f"{what}: the server refused access ({detail})", status=status)
+    if status == 400:
+        if "not found or no" in lowered or (about_id and ("uuid" in lowered or not body)):
+            return NotFound(f"{what}: not found, or not visible to this API key", status=status)
+        return BadRequest(f"{what}: the server refused the request ({detail})", status=status)
+    if status == 404:
+        return NotFound(f"{what}: not found ({detail})", status=status)
+    if status == 429:
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        wait = f"; it asks to wait {retry_after:g} s" if retry_after is not None else ""
+        return RateLimited(
+            f"{what}: {base_url} is limiting the request rate (429){wait}",
+            status=status,
+            retry_after=retry_after,
+        )
+    if status >= 500:
+        error = ServerError(f"{what}: the server failed ({detail})", status=status)
+        error.retry_after = parse_retry_after(headers.get("retry-after"))
+        return error
+    if 300 <= status < 400:
+        location = headers.get("location", "")
+        return ProtocolError(
+            f"{what}: the server redirected ({status}) to {location!r}; if it moved, "
+            "set IMMICH_URL to the new address",
+            status=status,
+        )
+    return ImmichError(f"{what}: the server answered {detail}", status=status)
+
+
+def expect_json_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def expect_json_list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError(f"{what}: expected a JSON array, got {type(value).__name__}")
+    return value

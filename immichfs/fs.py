@@ -1,0 +1,429 @@
+"""The FUSE adapter: pyfuse3 ``Operations`` over the tree.
+
+The only module that imports pyfuse3. Handlers are thin: decode the name, ask
+the :class:`~immichfs.tree.Tree`, map the answer to ``EntryAttributes``. Every
+handler runs inside :func:`_errno_guard`, the one place where errors become
+errno values:
+
+    NotFound                               ENOENT
+    StaleAsset                             ESTALE
+    AuthenticationError, PermissionDenied  EACCES (logged once at ERROR)
+    any other ImmichfsError                EIO
+    any other Exception                    EIO, with the traceback logged
+    writes of any kind                     EROFS
+
+pyfuse3 only catches ``FUSEError``: anything else would end the main loop and
+leave a dead mount, hence the guard. ``BaseException`` (``trio.Cancelled``,
+``KeyboardInterrupt``) is never caught.
+
+Kernel caching: entry and attribute timeouts are ``kernel_ttl`` (short, never 0
+— see the ``kernel_ttl`` option); an attribute whose size is not known yet gets
+an attribute timeout of 0 so the kernel asks again (``getattr`` then learns it).
+Files are opened with ``keep_cache`` while the asset's checksum is the one seen
+at the previous open: the bytes of an uploaded asset are fixed by its checksum.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from immichfs.errors import (
+    AuthenticationError,
+    ImmichfsError,
+    NotFound,
+    PermissionDenied,
+    StaleAsset,
+)
+from immichfs.inodes import DirSnapshot, HandleTable, InodeTable
+from immichfs.tree import (
+    ROOT_KEY,
+    AssetFile,
+    Attributes,
+    Directory,
+    FileNode,
+    OpenFile,
+    Tree,
+)
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: hint for readers (cp, Python's open) to read in large chunks; also FUSE's max read
+BLOCK_SIZE = 1024 * 1024
+#: open flags that would change the file
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+ReaddirReply = Callable[[Any, bytes, pyfuse3.EntryAttributes, int], bool]
+
+
+class _ErrnoGuard:
+    """Maps errors to FUSEError; remembers which access errors were logged."""
+
+    def __init__(self) -> None:
+        self._logged: set[tuple[str, str | None]] = set()
+
+    @contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except pyfuse3.FUSEError:
+            raise
+        except NotFound as exc:
+            log.debug("%s: not found (%s)", what, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except StaleAsset as exc:
+            log.warning("%s: %s", what, exc)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except (AuthenticationError, PermissionDenied) as exc:
+            permission = exc.permission if isinstance(exc, PermissionDenied) else None
+            marker = (type(exc).__name__, permission)
+            if marker not in self._logged:
+                # once per kind: a revoked key must not log a line per read
+                self._logged.add(marker)
+                log.error("%s: access denied: %s", what, exc)
+            raise pyfuse3.FUSEError(errno.EACCES) from None
+        except ImmichfsError as exc:
+            log.error("%s: %s", what, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s: unexpected error", what)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def _guarded(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run a handler inside the instance's errno guard."""
+
+    @functools.wraps(method)
+    async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        assert isinstance(self, Operations)
+        with self._guard(method.__name__):
+            return await method(*args, **kwargs)
+
+    return handler
+
+
+def _read_only() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 handlers for an immichfs tree.
+
+    Attributes:
+        tree: the views and data access (no FUSE inside)
+        inodes: stable key ↔ inode mapping and kernel lookup counts
+        files: open file handles → OpenFile (reader or bytes)
+        dirs: open directory handles → DirSnapshot taken at opendir
+        kernel_ttl: entry/attribute timeout handed to the kernel
+        uid, gid: owner of every file
+        readdir_reply: pyfuse3.readdir_reply, injectable for tests
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        kernel_ttl: float = 1.0,
+        uid: int | None = None,
+        gid: int | None = None,
+        readdir_reply: ReaddirReply | None = None,
+    ) -> None:
+        super().__init__()
+        self.tree = tree
+        self.inodes = InodeTable(ROOT_KEY)
+        self.files: HandleTable[tuple[int, OpenFile]] = HandleTable()
+        self.dirs: HandleTable[DirSnapshot[Directory | FileNode]] = HandleTable()
+        self.kernel_ttl = kernel_ttl
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.readdir_reply: ReaddirReply = readdir_reply or pyfuse3.readdir_reply
+        self._guard = _ErrnoGuard()
+        self._checksums: dict[int, str] = {}
+
+    # -- helpers (no FUSE request of their own)
+
+    def _entry(self, inode: int, attrs: Attributes) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = inode
+        entry.generation = 0
+        entry.entry_timeout = self.kernel_ttl
+        entry.attr_timeout = self.kernel_ttl if attrs.size_known else 0
+        if attrs.is_dir:
+            entry.st_mode = stat.S_IFDIR | 0o555
+        else:
+            entry.st_mode = stat.S_IFREG | 0o444
+        entry.st_nlink = attrs.nlink
+        entry.st_uid = self.uid
+        entry.st_gid = self.gid
+        entry.st_rdev = 0
+        entry.st_size = attrs.size
+        entry.st_blksize = BLOCK_SIZE
+        entry.st_blocks = (attrs.size + 511) // 512
+        mtime = int(attrs.mtime.timestamp() * 1e9)
+        entry.st_mtime_ns = mtime
+        entry.st_atime_ns = mtime
+        entry.st_ctime_ns = int(attrs.ctime.timestamp() * 1e9)
+        entry.st_birthtime_ns = entry.st_ctime_ns
+        return entry
+
+    async def _node(self, inode: int) -> Directory | FileNode:
+        key = self.inodes.key(inode)
+        if key is None:
+            raise NotFound(f"unknown inode {inode}")
+        return await self.tree.node(key)
+
+    async def _directory(self, inode: int) -> Directory:
+        node = await self._node(inode)
+        if not isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    @staticmethod
+    def _decode(name: bytes) -> str:
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            # every name immichfs makes is UTF-8; no other can exist here
+            raise NotFound("name is not UTF-8") from None
+
+    # -- names and attributes
+
+    @_guarded
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        log.debug("lookup(%d, %r)", parent_inode, name)
+        directory = await self._directory(parent_inode)
+        node: Directory | FileNode
+        if name == b".":
+            node = directory
+        elif name == b"..":
+            parent = self.tree.directory(directory.parent)
+            if parent is None:
+                raise NotFound("no parent")
+            node = parent
+        else:
+            node = await self.tree.lookup(directory.key, self._decode(name))
+        attrs = await self.tree.attributes(node)
+        inode = self.inodes.inode(node.key)
+        entry = self._entry(inode, attrs)
+        self.inodes.remember(inode)
+        return entry
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # must never raise: it answers no request
+        try:
+            for inode, count in inode_list:
+                self.inodes.forget(inode, count)
+        except Exception:
+            log.exception("forget failed")
+
+    @_guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self._node(inode)
+        return self._entry(inode, await self.tree.attributes(node))
+
+    @_guarded
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise _read_only()
+
+    @_guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    # -- directories
+
+    @_guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        directory = await self._directory(inode)
+        listing = await directory.listing()
+        return self.dirs.add(DirSnapshot(directory.key, listing.entries))
+
+    @_guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        snapshot = self.dirs.get(fh)
+        for next_id, name, node in snapshot.since(start_id):
+            inode = self.inodes.inode(node.key)
+            entry = self._entry(inode, self.tree.cached_attributes(node))
+            if not self.readdir_reply(token, name.encode("utf-8"), entry, next_id):
+                break
+            # readdir is readdirplus in pyfuse3: an accepted entry is a lookup
+            self.inodes.remember(inode)
+
+    @_guarded
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh)
+
+    @_guarded
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # -- files
+
+    @_guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise _read_only()
+        node = await self._node(inode)
+        if isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        handle = await self.tree.open(node)
+        keep_cache = False
+        if isinstance(node, AssetFile) and node.asset.checksum:
+            # the page cache may be kept while the content is the one seen before
+            keep_cache = self._checksums.get(inode) == node.asset.checksum
+            self._checksums[inode] = node.asset.checksum
+        return pyfuse3.FileInfo(fh=self.files.add((inode, handle)), keep_cache=keep_cache)
+
+    @_guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        _, handle = self.files.get(fh)
+        return await handle.read(off, size)
+
+    @_guarded
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_guarded
+    async def release(self, fh: int) -> None:
+        item = self.files.pop(fh)
+        if item is not None:
+            await item[1].aclose()
+
+    @_guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = 512
+        data.f_blocks = 0
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = len(self.inodes)
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # -- extended attributes
+
+    @_guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = await self._node(inode)
+        value = self.tree.xattrs(node).get(name.decode("utf-8", "replace"))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = await self._node(inode)
+        return [name.encode("utf-8") for name in self.tree.xattrs(node)]
+
+    @_guarded
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise _read_only()
+
+    @_guarded
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _read_only()
+
+    # -- everything that writes: EROFS
+
+    @_guarded
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _read_only()
+
+    @_guarded
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _read_only()
+
+    @_guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _read_only()
+
+    @_guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _read_only()
+
+    @_guarded
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _read_only()
+
+    @_guarded
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise _read_only()
+
+    @_guarded
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _read_only()
+
+    @_guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise _read_only()
+
+    @_guarded
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise _read_only()
+
+    # -- for tests and statistics
+
+    def open_handles(self) -> int:
+        return len(self.files) + len(self.dirs)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "inodes": len(self.inodes),
+            "kernel_references": sum(self.inodes.outstanding().values()),
+            "open_files": len(self.files),
+            "open_dirs": len(self.dirs),
+            "cache": self.tree.cache.statistics(),
+            "reader": self.tree.readers.statistics(),
+        }

@@ -1,0 +1,167 @@
+"""File-name rules: Immich's names made into valid, unique, stable file names.
+
+Immich stores ``originalFileName`` verbatim: it can hold ``/``, NUL, control
+characters, lone surrogates, be empty, be ``..`` or run to a thousand bytes,
+and it is not unique. The rules, in order:
+
+1. Lone surrogates (not encodable as UTF-8) become U+FFFD.
+2. ``/`` becomes ``∕`` (U+2215 DIVISION SLASH): it looks like the original and
+   cannot split a path. NUL, other C0 controls, DEL and C1 controls become ``_``.
+3. An empty name becomes the fallback (the asset id); ``.`` and ``..`` get a
+   leading ``_``.
+4. Names longer than 255 bytes of UTF-8 are shortened by cutting the stem on a
+   character boundary; the extension (up to 32 bytes) is kept.
+5. Duplicates: names are compared after Unicode NFC normalisation (``é`` typed
+   two ways collides). Within each group of colliding names the asset that comes
+   first by ``order`` (upload time, then id) keeps the bare name; every other one
+   becomes ``stem~<first 8 characters of its id>.ext``. Because a later upload
+   sorts last, an existing file's name does not change when another asset with
+   the same name is uploaded. Should a suffixed name itself be taken, the whole
+   id is used instead, then a counter. Names in ``reserved`` (files the view adds
+   itself) always count as taken.
+
+The result depends only on the set of assets, never on listing order, so it is
+the same on every listing and every mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_BYTES = 255
+MAX_EXTENSION_BYTES = 32
+SLASH_REPLACEMENT = "\u2215"
+CONTROL_REPLACEMENT = "_"
+SUFFIX_SEPARATOR = "~"
+SHORT_ID_LENGTH = 8
+
+
+def _replace_char(char: str) -> str:
+    if char == "/":
+        return SLASH_REPLACEMENT
+    code = ord(char)
+    if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+        return CONTROL_REPLACEMENT
+    if 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"
+    return char
+
+
+def split_extension(name: str) -> tuple[str, str]:
+    """(stem, extension with its dot); dot-files and over-long extensions have none."""
+    dot = name.rfind(".")
+    if dot <= 0 or dot == len(name) - 1:
+        return name, ""
+    extension = name[dot:]
+    if len(extension.encode("utf-8")) > MAX_EXTENSION_BYTES:
+        return name, ""
+    return name[:dot], extension
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[: max(limit, 0)].decode("utf-8", errors="ignore")
+
+
+def fit(stem: str, tail: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``stem + tail`` within ``limit`` bytes, shortening the stem first."""
+    budget = limit - len(tail.encode("utf-8"))
+    if budget < 1:
+        return _cut(stem + tail, limit)
+    return _cut(stem, budget) + tail
+
+
+def clean(name: str, fallback: str = "unnamed") -> str:
+    """``name`` as a valid file name: rules 1–4 of the module docstring."""
+    text = "".join(_replace_char(char) for char in name)
+    if not text:
+        text = "".join(_replace_char(char) for char in fallback) or "unnamed"
+    if text in (".", ".."):
+        text = "_" + text
+    if len(text.encode("utf-8")) > MAX_NAME_BYTES:
+        stem, extension = split_extension(text)
+        text = fit(stem, extension)
+    return text
+
+
+def with_suffix(name: str, suffix: str) -> str:
+    """``stem + suffix + ext`` of an already clean ``name``, within 255 bytes."""
+    stem, extension = split_extension(name)
+    return fit(stem, suffix + extension)
+
+
+def collision_key(name: str) -> str:
+    """What two names must share to collide: NFC, so composed/decomposed forms clash."""
+    return unicodedata.normalize("NFC", name)
+
+
+def is_valid(name: str) -> bool:
+    """A name the kernel accepts as one path component."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return (
+        0 < size <= MAX_NAME_BYTES
+        and "/" not in name
+        and "\0" not in name
+        and name
+        not in (
+            ".",
+            "..",
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NameRequest:
+    """One entry to name: ``ident`` is unique in the directory (an asset id)."""
+
+    ident: str
+    name: str  # as the server sent it (cleaned here)
+    order: Any  # sortable; the smallest of a colliding group keeps the bare name
+
+
+def assign_names(requests: Iterable[NameRequest], reserved: Iterable[str] = ()) -> dict[str, str]:
+    """ident → unique file name, by the rules of the module docstring."""
+    ordered = sorted(requests, key=lambda r: (r.order, r.ident))
+    taken: set[str] = {collision_key(name) for name in reserved}
+    cleaned = {r.ident: clean(r.name, r.ident) for r in ordered}
+    result: dict[str, str] = {}
+    losers: list[NameRequest] = []
+    # first pass: every group's first member claims its bare name
+    for request in ordered:
+        name = cleaned[request.ident]
+        key = collision_key(name)
+        if key in taken:
+            losers.append(request)
+            continue
+        taken.add(key)
+        result[request.ident] = name
+    # second pass, in the same order: the others get an id suffix
+    for request in losers:
+        name = cleaned[request.ident]
+        ident = clean(request.ident).replace(".", "_")
+        candidates = [
+            with_suffix(name, SUFFIX_SEPARATOR + ident[:SHORT_ID_LENGTH]),
+            with_suffix(name, SUFFIX_SEPARATOR + ident),
+        ]
+        chosen = next((c for c in candidates if collision_key(c) not in taken), None)
+        counter = 2
+        while chosen is None:
+            candidate = with_suffix(name, f"{SUFFIX_SEPARATOR}{ident}{SUFFIX_SEPARATOR}{counter}")
+            if collision_key(candidate) not in taken:
+                chosen = candidate
+            counter += 1
+        taken.add(collision_key(chosen))
+        result[request.ident] = chosen
+    return result

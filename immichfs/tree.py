@@ -1,0 +1,614 @@
+"""The virtual directory tree: what paths exist and what they contain.
+
+Pure of FUSE: this module speaks of nodes, names and :class:`Attributes`; the
+adapter in ``fs`` turns them into inodes and ``EntryAttributes``. The tree is
+
+    /photos/                 image assets of the timeline (not archived, not trashed)
+    /videos/                 video assets likewise
+    /thumbs/preview/         each asset of /photos and /videos as its preview image
+    /thumbs/thumbnail/       ... as its small thumbnail
+    /search/<query>/         assets matching <query> (created by looking the name up)
+
+Every directory is a :class:`Directory` with a stable key; a new view (albums,
+people, by-date, ...) is one more ``Directory`` subclass registered with
+:meth:`Tree.add_view` and, if its directories are created on demand, a key
+resolver (:meth:`Tree.add_resolver`) — the adapter needs no change.
+
+Every asset is the node :class:`AssetFile` keyed ``("asset", id)`` wherever it
+appears, so it has one inode in all views. Listings come from
+:class:`~immichfs.cache.MetadataCache`; the assets a listing brings are cached
+one by one, so attributes of a listed file need no request.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from immichfs.cache import MetadataCache
+from immichfs.errors import NotFound
+from immichfs.model import Asset
+from immichfs.names import NameRequest, assign_names, clean, split_extension
+from immichfs.reader import ReaderPool
+
+log = logging.getLogger(__name__)
+
+Key = Hashable
+ROOT_KEY: Key = ("dir", "/")
+
+THUMBNAIL_SIZES = ("preview", "thumbnail")
+#: what Immich serves by default, used until one thumbnail has been seen
+DEFAULT_THUMBNAIL_TYPES = {"preview": "image/jpeg", "thumbnail": "image/webp"}
+_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/png": ".png",
+    "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
+    "image/gif": ".gif",
+    "image/jxl": ".jxl",
+}
+
+
+def extension_for(content_type: str) -> str:
+    """File extension (with dot) for a thumbnail's Content-Type."""
+    base = content_type.split(";")[0].strip().lower()
+    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
+
+
+class AssetSource(Protocol):
+    """What the tree needs from :class:`immichfs.connector.ImmichConnector`."""
+
+    def iter_search_metadata(
+        self, filters: Mapping[str, Any], *, page_size: int = ...
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def search_metadata(
+        self, filters: Mapping[str, Any], *, page: int = ..., size: int = ...
+    ) -> tuple[list[dict[str, Any]], int | None]: ...
+
+    async def search_smart(
+        self, query: str, *, size: int = ..., filters: Mapping[str, Any] | None = ...
+    ) -> list[dict[str, Any]]: ...
+
+    async def get_server_features(self) -> dict[str, Any]: ...
+
+    async def get_asset_info(self, asset_id: str) -> dict[str, Any]: ...
+
+    async def head_original(self, asset_id: str) -> int: ...
+
+    async def get_thumbnail_response(self, asset_id: str, size: str = ...) -> tuple[bytes, str]: ...
+
+
+class OpenFile(Protocol):
+    """An open file's bytes (``AssetReader`` is one)."""
+
+    async def read(self, offset: int, size: int) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BytesFile:
+    """A small file held in memory for one open handle (thumbnails)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + max(size, 0)] if offset >= 0 else b""
+
+    async def aclose(self) -> None:
+        self.data = b""
+
+
+# -- nodes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    """An asset's original bytes."""
+
+    asset: Asset
+
+    @property
+    def key(self) -> Key:
+        return ("asset", self.asset.id)
+
+
+@dataclass(frozen=True)
+class ThumbnailFile:
+    """A rendition of an asset (``size`` is Immich's thumbnail size name)."""
+
+    asset: Asset
+    size: str
+
+    @property
+    def key(self) -> Key:
+        return ("thumbnail", self.size, self.asset.id)
+
+
+FileNode = AssetFile | ThumbnailFile
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory's entries, sorted by name, with a name index."""
+
+    entries: tuple[tuple[str, Directory | FileNode], ...]
+    newest: datetime | None = None
+
+    @classmethod
+    def build(
+        cls, items: Mapping[str, Directory | FileNode], newest: datetime | None = None
+    ) -> Listing:
+        return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", dict(self.entries))
+
+    def get(self, name: str) -> Directory | FileNode | None:
+        index: dict[str, Directory | FileNode] = self._index  # type: ignore[attr-defined]
+        return index.get(name)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What ``stat`` shows, without inode numbers or owners."""
+
+    is_dir: bool
+    size: int
+    mtime: datetime
+    ctime: datetime
+    nlink: int = 1
+    #: False when the size is not known yet (the adapter then lets the kernel
+    #: ask again at once instead of caching 0)
+    size_known: bool = True
+
+
+def asset_order(asset: Asset) -> tuple[datetime, str]:
+    """Who keeps the bare name among duplicates: the first uploaded (then by id).
+
+    Upload time (``createdAt``) is used when the server sends it (v1.140+), so a
+    new upload never renames an existing file; older servers fall back to the
+    capture time.
+    """
+    return (asset.created_at or asset.file_created_at, asset.id)
+
+
+def name_assets(assets: Sequence[Asset], reserved: Sequence[str] = ()) -> dict[str, str]:
+    """asset id → unique file name within one directory."""
+    return assign_names(
+        (NameRequest(a.id, a.original_file_name, asset_order(a)) for a in assets), reserved
+    )
+
+
+# -- directories ----------------------------------------------------------------
+
+
+class Directory(ABC):
+    """A directory of the tree. Subclasses say what it lists."""
+
+    def __init__(self, tree: Tree, key: Key, parent: Key) -> None:
+        self.tree = tree
+        self.key = key
+        self.parent = parent
+
+    @abstractmethod
+    async def listing(self) -> Listing:
+        """The entries now (from the cache when fresh)."""
+
+    async def lookup(self, name: str) -> Directory | FileNode | None:
+        return (await self.listing()).get(name)
+
+    def cached_listing(self) -> Listing | None:
+        """The listing if cached; never loads (``stat`` of a directory must be cheap)."""
+        return None
+
+    def subdirectories(self) -> int:
+        """How many subdirectories are known (for ``st_nlink``), without loading."""
+        return 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key!r}>"
+
+
+class StaticDirectory(Directory):
+    """A directory with a fixed set of subdirectories (the root, /thumbs)."""
+
+    def __init__(self, tree: Tree, key: Key, parent: Key) -> None:
+        super().__init__(tree, key, parent)
+        self.children: dict[str, Directory] = {}
+
+    async def listing(self) -> Listing:
+        return Listing.build(dict(self.children))
+
+    def cached_listing(self) -> Listing | None:
+        return Listing.build(dict(self.children))
+
+    def subdirectories(self) -> int:
+        return len(self.children)
+
+
+AssetLoader = Callable[[], Awaitable[list[Asset]]]
+
+
+class AssetDirectory(Directory):
+    """A flat directory of assets produced by a query (timeline type, search, ...)."""
+
+    def __init__(self, tree: Tree, key: Key, parent: Key, load: AssetLoader) -> None:
+        super().__init__(tree, key, parent)
+        self._load_assets = load
+
+    async def listing(self) -> Listing:
+        listing: Listing = await self.tree.cache.listings.get(self.key, self._load)
+        return listing
+
+    def cached_listing(self) -> Listing | None:
+        listing: Listing | None = self.tree.cache.listings.peek(self.key)
+        return listing
+
+    async def assets(self) -> list[Asset]:
+        return [
+            node.asset for _, node in (await self.listing()).entries if isinstance(node, AssetFile)
+        ]
+
+    async def _load(self) -> Listing:
+        assets = await self._load_assets()
+        unique: dict[str, Asset] = {}
+        for asset in assets:
+            # offset paging over a changing library can repeat an asset
+            unique.setdefault(asset.id, asset)
+            self.tree.cache.assets.put(asset.id, asset)
+        names = name_assets(list(unique.values()))
+        newest = max((a.file_modified_at for a in unique.values()), default=None)
+        return Listing.build({names[i]: AssetFile(a) for i, a in unique.items()}, newest)
+
+
+class ThumbnailDirectory(Directory):
+    """Renditions of the assets of ``sources``, named ``<stem>.<served format>``.
+
+    The format of a size is the server's setting, the same for every asset, so it
+    is learned from the Content-Type of one thumbnail when the directory is
+    listed and cached; it names every entry.
+    """
+
+    def __init__(
+        self, tree: Tree, key: Key, parent: Key, size: str, sources: Sequence[AssetDirectory]
+    ) -> None:
+        super().__init__(tree, key, parent)
+        self.size = size
+        self.sources = tuple(sources)
+
+    async def listing(self) -> Listing:
+        listing: Listing = await self.tree.cache.listings.get(self.key, self._load)
+        return listing
+
+    def cached_listing(self) -> Listing | None:
+        listing: Listing | None = self.tree.cache.listings.peek(self.key)
+        return listing
+
+    async def _load(self) -> Listing:
+        assets: dict[str, Asset] = {}
+        for source in self.sources:
+            for asset in await source.assets():
+                assets.setdefault(asset.id, asset)
+        content_type = await self.tree.thumbnail_type(self.size, list(assets.values()))
+        extension = extension_for(content_type)
+        requests = []
+        for asset in assets.values():
+            stem, _ = split_extension(clean(asset.original_file_name, asset.id))
+            requests.append(NameRequest(asset.id, stem + extension, asset_order(asset)))
+        names = assign_names(requests)
+        newest = max((a.file_modified_at for a in assets.values()), default=None)
+        return Listing.build(
+            {names[i]: ThumbnailFile(a, self.size) for i, a in assets.items()}, newest
+        )
+
+
+class SearchDirectory(Directory):
+    """``/search``: looking up a name runs that search and makes it a directory.
+
+    Names starting with ``.`` are not searches: tools probe for ``.git``,
+    ``.Trash`` or ``.hidden`` in every directory they visit. The most recent
+    ``max_queries`` queries are listed.
+    """
+
+    def __init__(self, tree: Tree, key: Key, parent: Key, max_queries: int = 256) -> None:
+        super().__init__(tree, key, parent)
+        self.max_queries = max_queries
+        self._queries: OrderedDict[str, AssetDirectory] = OrderedDict()
+
+    def query_directory(self, query: str, *, remember: bool = True) -> AssetDirectory:
+        directory = self._queries.get(query)
+        if directory is None:
+            directory = AssetDirectory(
+                self.tree, ("search", query), self.key, lambda: self.tree.search(query)
+            )
+        if remember:
+            self._queries[query] = directory
+            self._queries.move_to_end(query)
+            while len(self._queries) > self.max_queries:
+                self._queries.popitem(last=False)
+        return directory
+
+    async def lookup(self, name: str) -> Directory | FileNode | None:
+        if not name or name.startswith("."):
+            return None
+        return self.query_directory(name)
+
+    async def listing(self) -> Listing:
+        return Listing.build(dict(self._queries))
+
+    def cached_listing(self) -> Listing | None:
+        return Listing.build(dict(self._queries))
+
+    def subdirectories(self) -> int:
+        return len(self._queries)
+
+
+# -- the tree --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    search_limit: int = 250
+    max_search_queries: int = 256
+    page_size: int = 1000
+
+
+class Tree:
+    """The whole view of one Immich library, plus how to read its files."""
+
+    def __init__(
+        self,
+        source: AssetSource,
+        cache: MetadataCache,
+        readers: ReaderPool,
+        settings: TreeSettings | None = None,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.source = source
+        self.cache = cache
+        self.readers = readers
+        self.settings = settings or TreeSettings()
+        self.mounted_at = now()
+        self._directories: dict[Key, Directory] = {}
+        self._resolvers: dict[str, Callable[[Key], Directory | None]] = {}
+        self.root = StaticDirectory(self, ROOT_KEY, ROOT_KEY)
+        self._register(self.root)
+
+        photos = self.add_view(
+            "photos", lambda key: AssetDirectory(self, key, ROOT_KEY, self._timeline("IMAGE"))
+        )
+        videos = self.add_view(
+            "videos", lambda key: AssetDirectory(self, key, ROOT_KEY, self._timeline("VIDEO"))
+        )
+        assert isinstance(photos, AssetDirectory) and isinstance(videos, AssetDirectory)
+        thumbs = self.add_view("thumbs", lambda key: StaticDirectory(self, key, ROOT_KEY))
+        assert isinstance(thumbs, StaticDirectory)
+        for size in THUMBNAIL_SIZES:
+            child = ThumbnailDirectory(
+                self, ("dir", "thumbs", size), thumbs.key, size, [photos, videos]
+            )
+            thumbs.children[size] = child
+            self._register(child)
+        search = self.add_view(
+            "search",
+            lambda key: SearchDirectory(self, key, ROOT_KEY, self.settings.max_search_queries),
+        )
+        assert isinstance(search, SearchDirectory)
+        self.add_resolver(
+            "search",
+            lambda key: (
+                search.query_directory(str(key[1]), remember=False)
+                if isinstance(key, tuple) and len(key) == 2
+                else None
+            ),
+        )
+
+    # -- structure
+
+    def add_view(self, name: str, make: Callable[[Key], Directory]) -> Directory:
+        """Add a top-level directory ``/name`` made by ``make(key)``."""
+        directory = make(("dir", name))
+        self.root.children[name] = directory
+        self._register(directory)
+        return directory
+
+    def add_resolver(self, kind: str, resolve: Callable[[Key], Directory | None]) -> None:
+        """Directories keyed ``(kind, ...)`` that are created on demand are found via this."""
+        self._resolvers[kind] = resolve
+
+    def _register(self, directory: Directory) -> None:
+        self._directories[directory.key] = directory
+
+    def directory(self, key: Key) -> Directory | None:
+        found = self._directories.get(key)
+        if found is None and isinstance(key, tuple) and key and isinstance(key[0], str):
+            resolver = self._resolvers.get(key[0])
+            if resolver is not None:
+                found = resolver(key)
+        return found
+
+    async def node(self, key: Key) -> Directory | FileNode:
+        """The node behind ``key`` (an inode's key); NotFound if it is gone."""
+        directory = self.directory(key)
+        if directory is not None:
+            return directory
+        if isinstance(key, tuple) and len(key) >= 2:
+            if key[0] == "asset":
+                return AssetFile(await self.asset(str(key[1])))
+            if key[0] == "thumbnail" and len(key) == 3:
+                return ThumbnailFile(await self.asset(str(key[2])), str(key[1]))
+        raise NotFound(f"no node {key!r}")
+
+    async def lookup(self, directory_key: Key, name: str) -> Directory | FileNode:
+        directory = self.directory(directory_key)
+        if directory is None:
+            raise NotFound(f"no directory {directory_key!r}")
+        node = await directory.lookup(name)
+        if node is None:
+            raise NotFound(f"no entry {name!r}")
+        return node
+
+    async def listdir(self, directory_key: Key) -> Listing:
+        directory = self.directory(directory_key)
+        if directory is None:
+            raise NotFound(f"no directory {directory_key!r}")
+        return await directory.listing()
+
+    # -- data
+
+    async def asset(self, asset_id: str) -> Asset:
+        async def load() -> Asset:
+            return Asset.from_json(await self.source.get_asset_info(asset_id))
+
+        asset: Asset = await self.cache.assets.get(asset_id, load)
+        return asset
+
+    def _timeline(self, asset_type: str) -> AssetLoader:
+        async def load() -> list[Asset]:
+            filters = {"type": asset_type, "visibility": "timeline"}
+            assets = []
+            async for item in self.source.iter_search_metadata(
+                filters, page_size=self.settings.page_size
+            ):
+                asset = Asset.from_json(item)
+                if not asset.is_trashed:
+                    assets.append(asset)
+            log.debug("listed %d %s assets", len(assets), asset_type)
+            return assets
+
+        return load
+
+    async def features(self) -> Mapping[str, Any]:
+        features: Mapping[str, Any] = await self.cache.misc.get(
+            ("features",), self.source.get_server_features
+        )
+        return features
+
+    async def search(self, query: str) -> list[Asset]:
+        """Smart search when the server has it, else file names containing ``query``."""
+        limit = max(self.settings.search_limit, 1)
+        if (await self.features()).get("smartSearch") is True:
+            items = await self.source.search_smart(query, size=limit)
+        else:
+            items = []
+            page: int | None = 1
+            while page is not None and len(items) < limit:
+                batch, page = await self.source.search_metadata(
+                    {"originalFileName": query}, page=page, size=min(1000, limit)
+                )
+                items.extend(batch)
+        assets = [Asset.from_json(item) for item in items[:limit]]
+        return [a for a in assets if not a.is_trashed]
+
+    async def thumbnail_type(self, size: str, assets: Sequence[Asset]) -> str:
+        """The Content-Type the server serves for ``size``, learned from one asset."""
+
+        async def probe() -> str:
+            for asset in sorted(assets, key=lambda a: a.id)[:3]:
+                try:
+                    _, content_type = await self.thumbnail_info(ThumbnailFile(asset, size))
+                except NotFound:
+                    continue  # not generated yet: try another
+                return content_type
+            return DEFAULT_THUMBNAIL_TYPES.get(size, "image/jpeg")
+
+        content_type: str = await self.cache.misc.get(("thumbnail-type", size), probe)
+        return content_type
+
+    async def _fetch_thumbnail(self, node: ThumbnailFile) -> tuple[int, str]:
+        data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
+        self.cache.thumbnails.put((node.size, node.asset.id), data)
+        return len(data), content_type
+
+    async def thumbnail_info(self, node: ThumbnailFile) -> tuple[int, str]:
+        """(length, content type) of a rendition; fetched (and kept) on first need."""
+        info: tuple[int, str] = await self.cache.thumbnail_info.get(
+            (node.size, node.asset.id), lambda: self._fetch_thumbnail(node)
+        )
+        return info
+
+    async def original_size(self, asset: Asset) -> int:
+        """The original's size: Immich's ``fileSizeInByte``, else HEAD (never a download)."""
+        if asset.size is not None:
+            return asset.size
+        size: int = await self.cache.sizes.get(
+            (asset.id, asset.checksum), lambda: self.source.head_original(asset.id)
+        )
+        return size
+
+    # -- attributes
+
+    def cached_attributes(self, node: Directory | FileNode) -> Attributes:
+        """Attributes from what is known, with no request (for readdir)."""
+        if isinstance(node, Directory):
+            listing = node.cached_listing()
+            newest = listing.newest if listing is not None and listing.newest else None
+            when = newest or self.mounted_at
+            return Attributes(True, 0, when, when, 2 + node.subdirectories())
+        asset = node.asset
+        size: int | None
+        if isinstance(node, AssetFile):
+            size = asset.size
+            if size is None:
+                size = self.cache.sizes.peek((asset.id, asset.checksum))
+        else:
+            info = self.cache.thumbnail_info.peek((node.size, asset.id))
+            size = info[0] if info is not None else None
+        return Attributes(
+            False,
+            size or 0,
+            asset.file_modified_at,
+            asset.file_created_at,
+            1,
+            size_known=size is not None,
+        )
+
+    async def attributes(self, node: Directory | FileNode) -> Attributes:
+        """Exact attributes; may fetch a thumbnail or HEAD an original to learn a size."""
+        if isinstance(node, AssetFile) and node.asset.size is None:
+            await self.original_size(node.asset)
+        elif isinstance(node, ThumbnailFile):
+            await self.thumbnail_info(node)
+        return self.cached_attributes(node)
+
+    def xattrs(self, node: Directory | FileNode) -> dict[str, bytes]:
+        """Extended attributes (``user.immich.*``) of a node."""
+        if isinstance(node, Directory):
+            return {}
+        asset = node.asset
+        values = {"user.immich.id": asset.id, "user.immich.type": asset.type}
+        if isinstance(node, AssetFile):
+            if asset.checksum:
+                values["user.immich.checksum"] = asset.checksum
+        else:
+            values["user.immich.thumbnail_size"] = node.size
+        return {name: value.encode("utf-8") for name, value in values.items()}
+
+    # -- bytes
+
+    async def open(self, node: FileNode) -> OpenFile:
+        """An open handle on a file's bytes."""
+        if isinstance(node, AssetFile):
+            size = await self.original_size(node.asset)
+            return self.readers.open(node.asset.id, size)
+        key = (node.size, node.asset.id)
+        data = self.cache.thumbnails.peek(key)
+        if data is None:
+            data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
+            self.cache.thumbnails.put(key, data)
+            self.cache.thumbnail_info.put(key, (len(data), content_type))
+        return BytesFile(data)

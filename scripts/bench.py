@@ -1,0 +1,620 @@
+#!/usr/bin/env python3
+"""Throughput and memory benchmark of immichfs against the bundled fake server.
+
+Every figure is compared with a baseline measured in the same run, on the same
+machine, against the same fake server:
+
+1. ``dd bs=1M`` of a 1 GiB original through the mount vs ``curl -o /dev/null``;
+2. ``cp -r`` of a directory of 200 × 4 MiB photos vs ``curl`` of the same files,
+   and 16 parallel readers vs ``curl --parallel --parallel-max 16``;
+3. a cold 4 KiB read at 900 MiB: GETs and bytes sent by the server (its request
+   log), and latency vs one ranged ``curl``;
+4. peak RSS of the mount process while streaming the 1 GiB file;
+5. ``ls -l`` of a directory of 100,000 assets, cold, vs the connector alone
+   paging the same listing; warm ``ls -l``; peak RSS with the listing cached;
+6. 2,000 × 200 KiB files read by 8 parallel readers: files per second.
+
+Usage: ``scripts/bench [--quick] [--only big,listing,small] [--mount-arg=--x=y]``.
+It prints a table and, as its last line, one JSON object with the figures.
+``--quick`` shrinks every set (256 MiB file, 48 photos, 20,000 assets, 400 small
+files) to finish in under two minutes. Needs root or a user allowed to mount
+FUSE, ``curl``, ``dd``, ``cp``, ``xargs``; run ``scripts/install`` first.
+
+The fake server runs in a child process (this script with ``--serve``) that
+answers ``stats`` / ``reset`` on its stdin with its request counters, so the
+bytes the mount asked for are counted where they are sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+FULL = {"big": GiB, "photos": 200, "listing": 100_000, "small": 2000}
+QUICK = {"big": 256 * MiB, "photos": 48, "listing": 20_000, "small": 400}
+PHOTO = 4 * MiB
+SMALL = 200 * KiB
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the fake server (child process) ---------------------------------------------------------
+
+
+def serve(spec: dict[str, Any]) -> int:
+    """Child: run a FakeImmich over a generated library; answer commands on stdin."""
+    from immichfs.fake import FakeImmich, FakeLibrary
+    from immichfs.fake.library import FILE_THRESHOLD
+
+    lib = FakeLibrary.generate(seed=spec.get("seed", 7), **spec["generate"])
+    with FakeImmich(lib) as server:
+        keyfile = Path(spec["keyfile"])
+        keyfile.write_text(server.api_key)
+        keyfile.chmod(0o600)
+        visible = [
+            a
+            for a in lib.assets.values()
+            if a.visibility == "timeline" and not a.is_trashed and a.owner_id == lib.me.id
+        ]
+        want = spec.get("report_size")
+        report: list[dict[str, Any]] = [
+            {"id": a.id, "size": a.size, "type": a.type}
+            for a in visible
+            if want is not None and (a.size == want or a.size > FILE_THRESHOLD)
+        ]
+        for item in report:  # write large bytes to the cache now, not while timing
+            if item["size"] > FILE_THRESHOLD:
+                lib.content_path(item["id"])
+        images = sum(1 for a in visible if a.type == "IMAGE")
+        print(json.dumps({"url": server.url, "assets": report, "images": images}), flush=True)
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "stats":
+                gets = [
+                    r for r in server.requests if r.method == "GET" and r.path.endswith("/original")
+                ]
+                answer = {
+                    "gets": len(gets),
+                    "bytes": sum(r.bytes_sent for r in gets),
+                    "requests": len(server.requests),
+                    "ranges": [r.range for r in gets[:20]],
+                }
+            elif command == "reset":
+                server.requests.clear()
+                answer = {}
+            else:
+                answer = {"error": f"unknown command {command!r}"}
+            print(json.dumps(answer), flush=True)
+    return 0
+
+
+class Fake:
+    """The fake server child process and its control pipe."""
+
+    def __init__(self, work: Path, name: str, generate: dict[str, Any], report_size: int | None):
+        self.keyfile = work / f"{name}.key"
+        spec = {"generate": generate, "keyfile": str(self.keyfile), "report_size": report_size}
+        self.log = (work / f"fake-{name}.log").open("w")
+        self.proc = subprocess.Popen(
+            [PY, __file__, "--serve", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fake server did not start; see {self.log.name}")
+        info = json.loads(line)
+        self.url: str = info["url"]
+        self.assets: list[dict[str, Any]] = info["assets"]
+        self.images: int = info["images"]
+        self.key = self.keyfile.read_text().strip()
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return answer
+
+    def original_url(self, asset_id: str) -> str:
+        return f"{self.url}/api/assets/{asset_id}/original"
+
+    def close(self) -> None:
+        with suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+# -- the mount -------------------------------------------------------------------------------
+
+
+class Mount:
+    """``immichfs mount --foreground`` as a child process, with its memory figures."""
+
+    def __init__(
+        self,
+        fake: Fake,
+        mountpoint: Path,
+        log_file: TextIO,
+        extra: Sequence[str],
+        program: Sequence[str] = (PY, "-m", "immichfs"),
+    ):
+        self.mountpoint = mountpoint
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "IMMICHFS"))}
+        env.update(IMMICH_URL=fake.url, IMMICH_API_KEY_FILE=str(fake.keyfile))
+        command = [*program, "mount", str(mountpoint), "--foreground", *extra]
+        self.proc = subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"immichfs mount exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the mount did not become ready within 60 s")
+            time.sleep(0.05)
+
+    def _status(self, field: str) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB → MiB
+        return float("nan")
+
+    def rss_mb(self) -> float:
+        return self._status("VmRSS")
+
+    def peak_mb(self) -> float:
+        return self._status("VmHWM")
+
+    def reset_peak(self) -> bool:
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        for args in (["-u"], ["-uz"]):
+            if not os.path.ismount(self.mountpoint):
+                break
+            fusermount = shutil.which("fusermount3") or "fusermount"
+            subprocess.run([fusermount, *args, str(self.mountpoint)], capture_output=True)
+            time.sleep(0.2)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def timed(command: Sequence[str], **kw: Any) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, **kw)
+    return time.perf_counter() - started
+
+
+def timed_shell(script: str) -> float:
+    return timed(["sh", "-c", script])
+
+
+class Curl:
+    def __init__(self, work: Path, fake: Fake) -> None:
+        # the key goes in a file: command lines are visible in `ps`
+        self.headers = work / f"curl-headers-{fake.proc.pid}"
+        self.headers.write_text(f"x-api-key: {fake.key}\n")
+        self.headers.chmod(0o600)
+        self.base = ["curl", "-sSf", "--no-progress-meter", "-H", f"@{self.headers}"]
+
+    def get(self, url: str, out: str = "/dev/null", byte_range: str | None = None) -> float:
+        extra = ["-r", byte_range] if byte_range else []
+        return timed([*self.base, *extra, "-o", out, url])
+
+    def latency(self, url: str, byte_range: str) -> float:
+        result = subprocess.run(
+            [*self.base, "-r", byte_range, "-o", "/dev/null", "-w", "%{time_total}", url],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return float(result.stdout.strip())
+
+    def many(self, urls: Sequence[str], outputs: Sequence[str], parallel: int = 1) -> float:
+        config = self.headers.with_suffix(".cfg")
+        config.write_text(
+            "".join(f'url = "{u}"\noutput = "{o}"\n' for u, o in zip(urls, outputs, strict=True))
+        )
+        extra = ["--parallel", "--parallel-max", str(parallel)] if parallel > 1 else []
+        try:
+            return timed([*self.base, *extra, "-K", str(config)])
+        finally:
+            config.unlink()
+
+
+def pread_latency(path: Path, offset: int, size: int = 4096) -> tuple[float, int]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        started = time.perf_counter()
+        data = os.pread(fd, size, offset)
+        return time.perf_counter() - started, len(data)
+    finally:
+        os.close(fd)
+
+
+def files_of_size(directory: Path, size: int) -> list[Path]:
+    return sorted(
+        entry for entry in directory.iterdir() if entry.is_file() and entry.stat().st_size == size
+    )
+
+
+def parallel_cat(paths: Sequence[Path], parallel: int) -> float:
+    listing = "\0".join(str(p) for p in paths).encode() + b"\0"
+    per = max(1, min(25, len(paths) // (parallel * 4) or 1))
+    started = time.perf_counter()
+    subprocess.run(
+        ["xargs", "-0", "-P", str(parallel), "-n", str(per), "cat"],
+        input=listing,
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sizes = QUICK if args.quick else FULL
+        self.work = Path(tempfile.mkdtemp(prefix="immichfs-bench-"))
+        shm = Path("/dev/shm")
+        self.scratch = Path(
+            tempfile.mkdtemp(prefix="immichfs-bench-", dir=shm if shm.is_dir() else None)
+        )
+        self.results: dict[str, Any] = {"quick": bool(args.quick)}
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.mount_log = (self.work / "mount.log").open("w")
+
+    def row(self, what: str, mount: str, baseline: str, ratio: str, goal: str) -> None:
+        self.rows.append((what, mount, baseline, ratio, goal))
+        log(f"{what}: {mount} vs {baseline} → {ratio} (goal {goal})")
+
+    @contextmanager
+    def fake(self, name: str, generate: dict[str, Any], report_size: int | None) -> Iterator[Fake]:
+        log(f"starting the fake server ({name})")
+        fake = Fake(self.work, name, generate, report_size)
+        try:
+            yield fake
+        finally:
+            fake.close()
+
+    @contextmanager
+    def mount(self, fake: Fake, name: str) -> Iterator[Mount]:
+        program = (
+            shlex.split(self.args.mount_cmd) if self.args.mount_cmd else (PY, "-m", "immichfs")
+        )
+        mount = Mount(fake, self.work / f"mnt-{name}", self.mount_log, self.args.mount_arg, program)
+        try:
+            yield mount
+        finally:
+            mount.close()
+
+    # -- 1-4: one large original and a directory of photos ------------------------------------
+
+    def big(self) -> None:
+        size, count = self.sizes["big"], self.sizes["photos"]
+        generate = {
+            "photos": count,
+            "videos": 0,
+            "photo_bytes": (PHOTO, PHOTO),
+            "large_video_bytes": size,
+            "extra": True,
+        }
+        with self.fake("big", generate, report_size=PHOTO) as fake:
+            curl = Curl(self.work, fake)
+            video = next(a for a in fake.assets if a["size"] == size)
+            photos = [a for a in fake.assets if a["size"] == PHOTO and a["type"] == "IMAGE"]
+            video_url = fake.original_url(video["id"])
+            mib = size / MiB
+
+            # baselines first, on a warm server (its cache file exists)
+            curl.get(video_url)
+            curl_seq = min(curl.get(video_url) for _ in range(2))
+            far = min(900 * MiB, size - 64 * MiB) // 4096 * 4096
+            offsets = [far + i * 8 * MiB for i in range(5)]
+            curl_lat = statistics.median(
+                curl.latency(video_url, f"{o}-{o + 4095}") for o in offsets
+            )
+            urls = [fake.original_url(p["id"]) for p in photos]
+            out = self.scratch / "curl"
+            out.mkdir()
+            curl.many(urls, ["/dev/null"] * len(urls), parallel=16)  # warm the server
+            curl_cp = curl.many(urls, [str(out / f"{i}") for i in range(len(urls))])
+            shutil.rmtree(out)
+            curl_par = curl.many(urls, ["/dev/null"] * len(urls), parallel=16)
+            photo_bytes = len(urls) * PHOTO
+
+            with self.mount(fake, "big") as mount:
+                videos = self.mount_dir(mount, "videos")
+                path = next(p for p in videos.iterdir() if p.stat().st_size == size)
+                # 3. cold random reads
+                latencies = []
+                for i, offset in enumerate(offsets):
+                    fake.ask("reset")
+                    seconds, got = pread_latency(path, offset)
+                    assert got == 4096
+                    latencies.append(seconds)
+                    if i == 0:
+                        stats = fake.ask("stats")
+                        self.results["rand_gets"] = stats["gets"]
+                        self.results["rand_bytes"] = stats["bytes"]
+                lat = statistics.median(latencies)
+                self.results["rand_latency_ms"] = round(lat * 1000, 2)
+                self.results["rand_latency_ratio"] = round(lat / curl_lat, 2)
+                self.row(
+                    f"cold 4 KiB read at {far // MiB} MiB",
+                    f"{self.results['rand_gets']} GET, {self.results['rand_bytes']} B, "
+                    f"{lat * 1000:.1f} ms",
+                    f"curl {curl_lat * 1000:.1f} ms",
+                    f"{lat / curl_lat:.2f}×",
+                    "1 GET, ≤128 KiB, ≤2×",
+                )
+                # 1 + 4. sequential read and memory
+                fake.ask("reset")
+                peak_reset = mount.reset_peak()
+                before = mount.rss_mb()
+                dd = timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True)
+                peak = mount.peak_mb() if peak_reset else float("nan")
+                stats = fake.ask("stats")
+                self.results["seq_mib_s"] = round(mib / dd)
+                self.results["seq_curl_mib_s"] = round(mib / curl_seq)
+                self.results["seq_ratio"] = round(curl_seq / dd, 3)
+                self.results["seq_gets"] = stats["gets"]
+                self.results["rss_stream_mb"] = round(peak, 1)
+                self.results["rss_before_stream_mb"] = round(before, 1)
+                self.row(
+                    f"dd bs=1M of {mib:.0f} MiB",
+                    f"{mib / dd:.0f} MiB/s ({stats['gets']} GETs)",
+                    f"curl {mib / curl_seq:.0f} MiB/s",
+                    f"{curl_seq / dd:.2f}×",
+                    "≥0.5×",
+                )
+                self.row(
+                    "peak RSS while streaming",
+                    f"{peak:.0f} MB",
+                    f"{before:.0f} MB before",
+                    "",
+                    "≤100 MB",
+                )
+                # 2a. cp -r of the photos directory
+                photos_dir = self.mount_dir(mount, "photos")
+                target = self.scratch / "cp"
+                cp = timed(["cp", "-r", str(photos_dir), str(target)])
+                copied = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+                shutil.rmtree(target)
+                ratio = (copied / cp) / (photo_bytes / curl_cp)
+                self.results["cp_mib_s"] = round(copied / MiB / cp)
+                self.results["cp_curl_mib_s"] = round(photo_bytes / MiB / curl_cp)
+                self.results["cp_ratio"] = round(ratio, 3)
+                self.row(
+                    f"cp -r photos/ ({copied / MiB:.0f} MiB)",
+                    f"{copied / MiB / cp:.0f} MiB/s",
+                    f"curl {photo_bytes / MiB / curl_cp:.0f} MiB/s",
+                    f"{ratio:.2f}×",
+                    "≥0.5×",
+                )
+            # 2b. a fresh mount (cold page cache): 16 parallel readers
+            with self.mount(fake, "big2") as mount:
+                files = files_of_size(self.mount_dir(mount, "photos"), PHOTO)
+                assert len(files) == len(urls), (len(files), len(urls))
+                par = parallel_cat(files, 16)
+                self.results["par16_mib_s"] = round(photo_bytes / MiB / par)
+                self.results["par16_curl_mib_s"] = round(photo_bytes / MiB / curl_par)
+                self.results["par16_ratio"] = round(curl_par / par, 3)
+                self.row(
+                    f"16 readers × {len(files)} photos",
+                    f"{photo_bytes / MiB / par:.0f} MiB/s",
+                    f"curl {photo_bytes / MiB / curl_par:.0f} MiB/s",
+                    f"{curl_par / par:.2f}×",
+                    "≥0.5×",
+                )
+
+    def mount_dir(self, mount: Mount, name: str) -> Path:
+        path = mount.mountpoint / name
+        if not path.is_dir():
+            raise RuntimeError(f"no {name}/ in the mount: {sorted(os.listdir(mount.mountpoint))}")
+        return path
+
+    # -- 5: a directory of 100,000 assets ----------------------------------------------------
+
+    def listing(self) -> None:
+        count = self.sizes["listing"]
+        generate = {
+            "photos": count,
+            "videos": 0,
+            "photo_bytes": (16 * KiB, 64 * KiB),
+            "large_video_bytes": None,
+            "extra": False,
+        }
+        with self.fake("listing", generate, report_size=None) as fake:
+            page = [PY, __file__, "--page", fake.url, str(fake.keyfile)]
+            subprocess.run(page, check=True, capture_output=True)  # warm the server
+            result = subprocess.run(page, check=True, capture_output=True, text=True)
+            paged = json.loads(result.stdout)
+            with self.mount(fake, "listing") as mount:
+                directory = self.mount_dir(mount, "photos")
+                started = time.perf_counter()
+                listed = subprocess.run(
+                    ["ls", "-l", str(directory)], check=True, capture_output=True
+                ).stdout.count(b"\n")
+                cold = time.perf_counter() - started
+                warm = timed(["ls", "-l", str(directory)], stdout=subprocess.DEVNULL)
+                rss = mount.peak_mb()
+            ratio = cold / paged["seconds"]
+            self.results["ls100k_entries"] = listed - 1
+            self.results["ls100k_cold_s"] = round(cold, 3)
+            self.results["ls100k_connector_s"] = round(paged["seconds"], 3)
+            self.results["ls100k_ratio"] = round(ratio, 3)
+            self.results["ls100k_warm_s"] = round(warm, 3)
+            self.results["rss_100k_mb"] = round(rss, 1)
+            self.row(
+                f"ls -l of {listed - 1} assets, cold",
+                f"{cold:.2f} s",
+                f"connector paging {paged['seconds']:.2f} s ({paged['count']})",
+                f"{ratio:.2f}×",
+                "≤1.3×",
+            )
+            self.row("ls -l, warm", f"{warm:.3f} s", "", "", "≤0.5 s")
+            self.row("peak RSS with the listing cached", f"{rss:.0f} MB", "", "", "≤400 MB")
+
+    # -- 6: many small files -------------------------------------------------------------------
+
+    def small(self) -> None:
+        count = self.sizes["small"]
+        generate = {
+            "photos": count,
+            "videos": 0,
+            "photo_bytes": (SMALL, SMALL),
+            "large_video_bytes": None,
+            "extra": False,
+        }
+        with self.fake("small", generate, report_size=SMALL) as fake:
+            curl = Curl(self.work, fake)
+            urls = [fake.original_url(a["id"]) for a in fake.assets if a["type"] == "IMAGE"]
+            curl_s = curl.many(urls, ["/dev/null"] * len(urls), parallel=8)
+            with self.mount(fake, "small") as mount:
+                files = files_of_size(self.mount_dir(mount, "photos"), SMALL)
+                seconds = parallel_cat(files, 8)
+            rate = len(files) / seconds
+            self.results["small_files"] = len(files)
+            self.results["small_files_per_s"] = round(rate)
+            self.results["small_curl_files_per_s"] = round(len(urls) / curl_s)
+            self.row(
+                f"8 readers × {len(files)} files of 200 KiB",
+                f"{rate:.0f} files/s",
+                f"curl {len(urls) / curl_s:.0f} files/s",
+                f"{len(urls) / curl_s / rate:.2f}× slower" if rate else "",
+                "≥800 files/s",
+            )
+
+    # -- report ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        started = time.perf_counter()
+        failed = []
+        try:
+            for name in self.args.only:
+                try:
+                    getattr(self, name)()
+                except Exception as exc:  # one broken scenario must not hide the others
+                    failed.append(name)
+                    log(f"{name} failed: {exc!r} (logs in {self.work})")
+        finally:
+            self.mount_log.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            if not self.args.keep and not failed:
+                shutil.rmtree(self.work, ignore_errors=True)
+        self.results["seconds"] = round(time.perf_counter() - started, 1)
+        if failed:
+            self.results["failed"] = failed
+        widths = [max(len(r[i]) for r in [HEADER, *self.rows]) for i in range(5)]
+        for row in [HEADER, *self.rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        print(json.dumps(self.results, sort_keys=True))
+        return 1 if failed else 0
+
+
+HEADER = ("measure", "immichfs", "baseline", "ratio", "goal")
+
+
+def page(url: str, keyfile: str) -> int:
+    """Child: page the /photos listing with the connector alone; print time and count."""
+    import trio
+
+    from immichfs.connector import ImmichConnector
+
+    async def main() -> None:
+        key = Path(keyfile).read_text().strip()
+        async with ImmichConnector(url, key) as connector:
+            await connector.connect()
+            started = time.perf_counter()
+            count = 0
+            filters = {"type": "IMAGE", "visibility": "timeline"}
+            async for _ in connector.iter_search_metadata(filters, page_size=1000):
+                count += 1
+            seconds = time.perf_counter() - started
+        print(json.dumps({"seconds": seconds, "count": count}))
+
+    trio.run(main)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sets, under two minutes")
+    parser.add_argument(
+        "--only",
+        default="big,listing,small",
+        help="comma-separated scenarios: big (1-4), listing (5), small (6)",
+    )
+    parser.add_argument(
+        "--mount-arg",
+        action="append",
+        default=[],
+        help="extra argument for `immichfs mount` (repeatable), e.g. --mount-arg=--readahead-mb=32",
+    )
+    parser.add_argument(
+        "--mount-cmd",
+        help="command run instead of `python -m immichfs` for `... mount MOUNTPOINT` "
+        "(e.g. an installed build: --mount-cmd immichfs)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--page", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(json.loads(args.serve))
+    if args.page:
+        return page(*args.page)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(args.only) - {"big", "listing", "small"}
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    for tool in ("curl", "dd", "cp", "xargs", "ls"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is needed (apt-get install {tool})")
+    return Bench(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

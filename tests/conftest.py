@@ -1,0 +1,84 @@
+"""Shared fixtures: the fake Immich server over real HTTP on loopback.
+
+``fake_library`` is generated once per session and must not be mutated (use
+``mutable_library`` for freshness tests). ``fake_immich`` is a running server
+per test; parametrize it indirectly with a version string, or with a dict of
+``FakeImmich`` keyword arguments::
+
+    @pytest.mark.parametrize("fake_immich", ["1.135.3", "3.1.0"], indirect=True)
+    @pytest.mark.parametrize("fake_immich", [{"version": "3.1.0", "smart_search": True}],
+                             indirect=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from immichfs.fake import FakeImmich, FakeLibrary
+
+#: The Immich versions the fake emulates in the test suite.
+FAKE_VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+DEFAULT_VERSION = "2.7.5"
+
+
+def _library() -> FakeLibrary:
+    # Small enough to generate in a blink, with one video above the in-memory
+    # threshold so the sendfile path is exercised.
+    return FakeLibrary.generate(seed=0, photos=120, videos=4, large_video_bytes=12 << 20)
+
+
+@pytest.fixture(scope="session")
+def fake_versions() -> list[str]:
+    return list(FAKE_VERSIONS)
+
+
+@pytest.fixture(scope="session")
+def fake_library() -> Iterator[FakeLibrary]:
+    library = _library()
+    yield library
+    library.close()
+
+
+@pytest.fixture
+def mutable_library() -> Iterator[FakeLibrary]:
+    """A private library a test may change (add, trash, delete, change content)."""
+    library = _library()
+    yield library
+    library.close()
+
+
+def _server_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
+    param = getattr(request, "param", DEFAULT_VERSION)
+    if isinstance(param, str):
+        return {"version": param}
+    if isinstance(param, dict):
+        return {"version": DEFAULT_VERSION, **param}
+    raise TypeError(f"fake_immich parameter must be a version or a dict, not {param!r}")
+
+
+@pytest.fixture
+def fake_immich(request: pytest.FixtureRequest, fake_library: FakeLibrary) -> Iterator[FakeImmich]:
+    """A running fake Immich (default v2.7.5) serving the session library."""
+    with FakeImmich(fake_library, **_server_kwargs(request)) as server:
+        yield server
+
+
+@pytest.fixture
+def mutable_immich(
+    request: pytest.FixtureRequest, mutable_library: FakeLibrary
+) -> Iterator[FakeImmich]:
+    """Like ``fake_immich`` but serving ``mutable_library``."""
+    with FakeImmich(mutable_library, **_server_kwargs(request)) as server:
+        yield server
+
+
+@pytest.fixture
+async def connector(fake_immich: FakeImmich) -> Any:
+    """An ``ImmichConnector`` talking to ``fake_immich`` (inside the test's trio run)."""
+    from immichfs.connector import ImmichConnector
+
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as client:
+        yield client

@@ -1,0 +1,324 @@
+"""The tree over an in-memory asset source: names, caching, attributes, searches.
+
+The source here is a small stand-in for the connector (its method names and
+return shapes), so tree logic is checked without sockets; the real connector
+against the fake server is exercised in test_ops.py and test_mount.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from immichfs.cache import CacheSettings, MetadataCache
+from immichfs.errors import NotFound
+from immichfs.reader import ReaderPool
+from immichfs.tree import (
+    AssetFile,
+    Directory,
+    SearchDirectory,
+    ThumbnailFile,
+    Tree,
+    TreeSettings,
+    extension_for,
+)
+
+
+def make_asset(
+    n: int,
+    name: str,
+    *,
+    kind: str = "IMAGE",
+    size: int | None = 1000,
+    created: str = "2020-01-01T00:00:00.000Z",
+    uploaded: str | None = None,
+    trashed: bool = False,
+) -> dict[str, Any]:
+    content = bytes([n % 256]) * (size or 777)
+    asset: dict[str, Any] = {
+        "id": f"{n:08d}-0000-4000-8000-000000000000",
+        "type": kind,
+        "originalFileName": name,
+        "checksum": base64.b64encode(hashlib.sha1(content).digest()).decode(),
+        "fileCreatedAt": created,
+        "fileModifiedAt": "2021-06-01T12:00:00.000Z",
+        "localDateTime": created,
+        "isTrashed": trashed,
+        "visibility": "timeline",
+        "exifInfo": {"fileSizeInByte": size} if size is not None else {},
+    }
+    if uploaded:
+        asset["createdAt"] = uploaded
+    return asset
+
+
+class MemorySource:
+    """Connector-shaped source over a list of asset dicts, counting calls."""
+
+    def __init__(self, assets: list[dict[str, Any]], smart: bool = False) -> None:
+        self.assets = assets
+        self.smart = smart
+        self.calls: Counter[str] = Counter()
+        self.thumbnail_type = {"preview": "image/jpeg", "thumbnail": "image/webp"}
+        self.gate: trio.Event | None = None
+
+    def content(self, asset_id: str) -> bytes:
+        asset = next(a for a in self.assets if a["id"] == asset_id)
+        n = int(asset_id[:8])
+        return bytes([n % 256]) * (asset["exifInfo"].get("fileSizeInByte") or 777)
+
+    async def iter_search_metadata(
+        self, filters: Mapping[str, Any], *, page_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.calls["search_metadata"] += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        for asset in self.assets:
+            if asset["type"] == filters.get("type") and not asset["isTrashed"]:
+                yield asset
+
+    async def search_metadata(
+        self, filters: Mapping[str, Any], *, page: int = 1, size: int = 1000
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        self.calls["search_metadata"] += 1
+        needle = str(filters.get("originalFileName", "")).lower()
+        found = [a for a in self.assets if needle in a["originalFileName"].lower()]
+        return found[(page - 1) * size : page * size], (
+            page + 1 if len(found) > page * size else None
+        )
+
+    async def search_smart(
+        self, query: str, *, size: int = 100, filters: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        self.calls["search_smart"] += 1
+        return self.assets[:size]
+
+    async def get_server_features(self) -> dict[str, Any]:
+        self.calls["features"] += 1
+        return {"smartSearch": self.smart}
+
+    async def get_asset_info(self, asset_id: str) -> dict[str, Any]:
+        self.calls["asset_info"] += 1
+        for asset in self.assets:
+            if asset["id"] == asset_id:
+                return asset
+        raise NotFound(f"asset {asset_id}")
+
+    async def head_original(self, asset_id: str) -> int:
+        self.calls["head"] += 1
+        return len(self.content(asset_id))
+
+    async def get_thumbnail_response(
+        self, asset_id: str, size: str = "preview"
+    ) -> tuple[bytes, str]:
+        self.calls[f"thumbnail:{size}"] += 1
+        return (size.encode() + asset_id.encode()) * 3, self.thumbnail_type[size]
+
+    @asynccontextmanager
+    async def stream(
+        self, asset_id: str, start: int, end: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        self.calls["range"] += 1
+        data = self.content(asset_id)[start : end + 1]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        yield chunks()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def build(
+    assets: list[dict[str, Any]], *, smart: bool = False, limit: int = 250
+) -> tuple[Tree, MemorySource, Clock]:
+    source = MemorySource(list(assets), smart=smart)
+    clock = Clock()
+    cache = MetadataCache(CacheSettings(listing_ttl=10, asset_ttl=30), timer=clock)
+    tree = Tree(source, cache, ReaderPool(source.stream), TreeSettings(search_limit=limit))
+    return tree, source, clock
+
+
+LIBRARY = [
+    make_asset(1, "IMG_0001.JPG", uploaded="2024-01-01T00:00:00Z"),
+    make_asset(2, "IMG_0001.JPG", uploaded="2024-02-01T00:00:00Z"),
+    make_asset(3, "clip.mp4", kind="VIDEO", size=5000),
+    make_asset(4, "AC/DC.jpg"),
+    make_asset(5, "gone.jpg", trashed=True),
+    make_asset(6, "nosize.png", size=None),
+]
+
+
+async def names_of(tree: Tree, path: str) -> list[str]:
+    key = ("dir", *path.split("/")) if "/" in path else ("dir", path)
+    directory = tree.directory(key)
+    assert directory is not None
+    return [name for name, _ in (await directory.listing()).entries]
+
+
+async def test_root_lists_the_views() -> None:
+    tree, _, _ = build(LIBRARY)
+    root = await tree.listdir(("dir", "/"))
+    assert [name for name, _ in root.entries] == ["photos", "search", "thumbs", "videos"]
+    assert tree.cached_attributes(tree.root).nlink == 2 + 4
+
+
+async def test_photos_and_videos_split_by_type_without_trash() -> None:
+    tree, _, _ = build(LIBRARY)
+    assert await names_of(tree, "photos") == [
+        "AC\u2215DC.jpg",
+        "IMG_0001.JPG",
+        "IMG_0001~00000002.JPG",
+        "nosize.png",
+    ]
+    assert await names_of(tree, "videos") == ["clip.mp4"]
+
+
+async def test_listing_is_cached_until_the_ttl_then_reloaded() -> None:
+    tree, source, clock = build(LIBRARY)
+    await tree.listdir(("dir", "photos"))
+    await tree.lookup(("dir", "photos"), "IMG_0001.JPG")
+    assert source.calls["search_metadata"] == 1
+    clock.now = 11
+    source.assets.append(make_asset(7, "new.jpg"))
+    assert "new.jpg" in await names_of(tree, "photos")
+    assert source.calls["search_metadata"] == 2
+
+
+async def test_attributes_of_a_listed_file_need_no_request() -> None:
+    tree, source, _ = build(LIBRARY)
+    await tree.listdir(("dir", "photos"))
+    before = sum(source.calls.values())
+    node = await tree.node(("asset", LIBRARY[0]["id"]))
+    attrs = await tree.attributes(node)
+    assert attrs.size == 1000 and attrs.size_known and not attrs.is_dir
+    assert attrs.mtime.year == 2021 and attrs.ctime.year == 2020
+    assert sum(source.calls.values()) == before
+
+
+async def test_unknown_size_is_learned_with_head_not_a_download() -> None:
+    tree, source, _ = build(LIBRARY)
+    listing = await tree.listdir(("dir", "photos"))
+    node = listing.get("nosize.png")
+    assert isinstance(node, AssetFile)
+    assert not tree.cached_attributes(node).size_known
+    assert (await tree.attributes(node)).size == 777
+    assert source.calls["head"] == 1 and source.calls["range"] == 0
+    assert tree.cached_attributes(node).size_known
+
+
+async def test_one_node_key_per_asset_across_views() -> None:
+    tree, _, _ = build(LIBRARY)
+    photo = await tree.lookup(("dir", "photos"), "AC\u2215DC.jpg")
+    search = await tree.lookup(("dir", "search"), "DC")
+    assert isinstance(search, Directory)
+    found = await search.lookup("AC\u2215DC.jpg")
+    assert found is not None and found.key == photo.key
+
+
+async def test_unknown_names_are_not_found() -> None:
+    tree, _, _ = build(LIBRARY)
+    with pytest.raises(NotFound):
+        await tree.lookup(("dir", "photos"), "nope.jpg")
+    with pytest.raises(NotFound):
+        await tree.lookup(("dir", "/"), "albums")
+    with pytest.raises(NotFound):
+        await tree.node(("asset", "00000099-0000-4000-8000-000000000000"))
+
+
+async def test_thumbnails_use_the_served_format_and_learn_sizes() -> None:
+    tree, source, _ = build(LIBRARY)
+    source.thumbnail_type["preview"] = "image/webp"  # an admin changed the format
+    names = await names_of(tree, "thumbs/preview")
+    assert "clip.webp" in names and "IMG_0001.webp" in names
+    assert all(name.endswith(".webp") for name in names)
+    assert "gone.webp" not in names
+    assert await names_of(tree, "thumbs/thumbnail") == sorted(
+        ["AC\u2215DC.webp", "IMG_0001.webp", "IMG_0001~00000002.webp", "clip.webp", "nosize.webp"]
+    )
+    node = await tree.lookup(("dir", "thumbs", "preview"), "clip.webp")
+    assert isinstance(node, ThumbnailFile)
+    attrs = await tree.attributes(node)
+    data = (b"preview" + node.asset.id.encode()) * 3
+    assert attrs.size == len(data)
+    calls = source.calls["thumbnail:preview"]
+    handle = await tree.open(node)
+    assert await handle.read(0, 10_000) == data
+    assert source.calls["thumbnail:preview"] == calls  # bytes kept from the size probe
+
+
+async def test_search_uses_metadata_without_smart_search_and_is_listed() -> None:
+    tree, source, _ = build(LIBRARY)
+    search = tree.directory(("dir", "search"))
+    assert isinstance(search, SearchDirectory)
+    directory = await tree.lookup(search.key, "img")
+    assert isinstance(directory, Directory)
+    names = [name for name, _ in (await directory.listing()).entries]
+    assert names == ["IMG_0001.JPG", "IMG_0001~00000002.JPG"]
+    assert source.calls["search_smart"] == 0
+    assert await names_of(tree, "search") == ["img"]
+    assert tree.cached_attributes(search).nlink == 3
+    with pytest.raises(NotFound):
+        await tree.lookup(search.key, ".git")
+    # the directory of an inode's key is found again even after it left the list
+    assert tree.directory(("search", "img")) is not None
+    assert tree.directory(("search", "never-used")) is not None
+
+
+async def test_smart_search_is_capped() -> None:
+    tree, source, _ = build(LIBRARY, smart=True, limit=2)
+    directory = await tree.lookup(("dir", "search"), "a dog on a beach")
+    assert isinstance(directory, Directory)
+    assert len((await directory.listing()).entries) == 2
+    assert source.calls["search_smart"] == 1
+
+
+async def test_concurrent_listings_make_one_request() -> None:
+    tree, source, _ = build(LIBRARY)
+    source.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(tree.listdir, ("dir", "photos"))
+        await trio.testing.wait_all_tasks_blocked()
+        source.gate.set()
+    assert source.calls["search_metadata"] == 1
+
+
+async def test_reading_an_original_returns_its_bytes() -> None:
+    tree, source, _ = build(LIBRARY)
+    node = await tree.lookup(("dir", "videos"), "clip.mp4")
+    assert isinstance(node, AssetFile)
+    handle = await tree.open(node)
+    assert await handle.read(4990, 100) == source.content(node.asset.id)[4990:]
+    assert await handle.read(5000, 100) == b""
+    await handle.aclose()
+
+
+def test_extensions() -> None:
+    assert extension_for("image/jpeg") == ".jpg"
+    assert extension_for("image/webp; charset=binary") == ".webp"
+    assert extension_for("application/x-unknown-thing") == ".bin"
+
+
+async def test_xattrs() -> None:
+    tree, _, _ = build(LIBRARY)
+    node = await tree.lookup(("dir", "videos"), "clip.mp4")
+    values = tree.xattrs(node)
+    assert values["user.immich.id"] == LIBRARY[2]["id"].encode()
+    assert values["user.immich.type"] == b"VIDEO"
+    assert values["user.immich.checksum"] == LIBRARY[2]["checksum"].encode()
+    assert tree.xattrs(tree.root) == {}
