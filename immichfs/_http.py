@@ -118,7 +118,7 @@ def error_message(body: bytes) -> str:
         return ""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, or absurdly nested
         return ""
     if not isinstance(data, Mapping):
         return ""

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=settings.timeout,
             verify=settings.verify,
             max_connections=settings.max_connections,
+            retry_policy=None,  # a diagnosis shows the first failure, at once
         )
     except ConfigError as exc:
         raise UserError(str(exc), 2) from None

@@ -4,8 +4,14 @@
 out Immich's own JSON objects. It is the one place where httpx exceptions and
 HTTP statuses become :mod:`immichfs.errors` (as httpx's own
 ``map_httpcore_exceptions`` does one layer down), always chained ``from`` the
-original. It does not retry: :func:`retry` is a small helper for callers that
-want to, and the filesystem layers their own policy on top.
+original. Idempotent JSON calls (every GET, and the read-only POSTs: search,
+key validation), thumbnails and HEAD are retried after transient failures
+under ``retry_policy`` (:class:`immichfs.retry.RetryPolicy`: 502/503/504, 429
+with ``Retry-After``, refused or broken connections, timeouts, truncated
+bodies; not 500, see :mod:`immichfs.retry`), bounded by its budget; pass
+``retry_policy=None`` to see every failure at once. Streams of originals are
+not retried here: :func:`immichfs.retry.resuming` resumes them at the offset
+reached.
 
 The API key is sent only in the ``x-api-key`` header and only to the server's
 own origin (a redirect elsewhere goes without it); it is registered with the
@@ -66,6 +72,7 @@ from immichfs.errors import (
     UnsupportedVersion,
 )
 from immichfs.logs import register_secret
+from immichfs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,8 @@ MAX_PAGE_SIZE = 1000
 MAX_JSON_BYTES = 64 * 1024 * 1024
 #: an error body is read this far for its message
 _MAX_ERROR_BYTES = 64 * 1024
+#: what a connector retries unless told otherwise (the ``retry_budget`` setting's default)
+DEFAULT_RETRY_POLICY = RetryPolicy()
 #: ids go into URL paths: refuse anything that could change the path
 _ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _THUMBNAIL_SIZES = ("thumbnail", "preview", "fullsize")
@@ -110,7 +119,8 @@ class ImmichConnector:
     (or the file named by ``$IMMICH_API_KEY_FILE``); both are validated here and
     a :class:`ConfigError` names the setting that is missing or malformed.
     ``verify`` is httpx's: ``True``, ``False`` (no TLS checks) or a CA bundle path.
-    ``env`` replaces ``os.environ`` (for tests and embedding).
+    ``env`` replaces ``os.environ`` (for tests and embedding). ``retry_policy``
+    governs retries of idempotent calls (``None`` or ``attempts=1``: none).
     """
 
     def __init__(
@@ -123,6 +133,7 @@ class ImmichConnector:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 16,
         env: Mapping[str, str] | None = None,
+        retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     ) -> None:
         env = os.environ if env is None else env
         if url is None:
@@ -142,6 +153,9 @@ class ImmichConnector:
             raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
         if isinstance(max_connections, bool) or max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, not {max_connections!r}")
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise ConfigError(f"retry_policy must be a RetryPolicy or None, not {retry_policy!r}")
+        self.retry_policy = retry_policy if retry_policy and retry_policy.enabled else None
         register_secret(key)
         self.__key = key
         self.timeout = float(timeout)
@@ -219,6 +233,10 @@ class ImmichConnector:
                 f"{what}: no {kind} from {self.url} within {self.timeout:g} s"
             ) from exc
         except (httpx.ConnectError, httpx.ProxyError) as exc:
+            tls = _tls_failure(exc)
+            if tls is not None:
+                # not transient: the same certificate fails the same way every time
+                raise ImmichError(_tls_message(self.url, tls)) from exc
             raise ConnectError(
                 f"cannot reach {self.url} — is the server running and the URL right? "
                 f"({_os_reason(exc)})"
@@ -320,22 +338,47 @@ class ImmichConnector:
         body: Any = None,
         what: str | None = None,
         about_id: bool = False,
+        idempotent: bool | None = None,
     ) -> Any:
+        """The decoded JSON answer; retried if ``idempotent`` (default: GET and HEAD)."""
         what = what or f"{method} /api{path}"
-        async with self._open(
-            method, path, params=params, body=body, what=what, about_id=about_id
-        ) as response:
-            raw = await self._read(response, MAX_JSON_BYTES, what)
-            content_type = response.headers.get("content-type", "")
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+
+        async def once() -> tuple[bytes, str]:
+            async with self._open(
+                method, path, params=params, body=body, what=what, about_id=about_id
+            ) as response:
+                raw = await self._read(response, MAX_JSON_BYTES, what)
+                return raw, response.headers.get("content-type", "")
+
+        raw, content_type = await self._retrying(once, what, idempotent=idempotent, path=path)
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: absurdly deep nesting ("[[[[..."), from a broken or hostile server
             shown = content_type.split(";")[0] or "no content type"
             raise ProtocolError(
                 f"{what}: the answer is not valid JSON ({shown}, {len(raw)} bytes) — "
                 f"is {self.url} an Immich server?",
                 status=200,
             ) from exc
+
+    async def _retrying(
+        self,
+        call: Callable[[], Awaitable[T]],
+        what: str,
+        *,
+        idempotent: bool = True,
+        path: str = "",
+    ) -> T:
+        """``call()`` under the retry policy when ``idempotent``, else once."""
+        if self.retry_policy is None or not idempotent:
+            return await call()
+        if self.server_version is None and path != "/server/version":
+            # outside the loop: connect() retries on its own; nesting would multiply tries
+            await self.connect()
+        return await self.retry_policy.call(call, what=what)
 
     async def _chunks(
         self, response: httpx.Response, expected: int | None, what: str
@@ -412,7 +455,9 @@ class ImmichConnector:
 
     async def validate_key(self) -> None:
         """``POST /api/auth/validateToken``: AuthenticationError unless the key is valid."""
-        data = await self._json("POST", "/auth/validateToken", what="validate the API key")
+        data = await self._json(
+            "POST", "/auth/validateToken", what="validate the API key", idempotent=True
+        )
         if not isinstance(data, dict) or data.get("authStatus") is not True:
             raise ProtocolError("the server did not confirm the API key (authStatus)")
 
@@ -519,31 +564,43 @@ class ImmichConnector:
             raise ValueError(f"size must be one of {', '.join(_THUMBNAIL_SIZES)}, not {size!r}")
         what = f"asset {asset_id}: {size}"
         path = self._asset_path(asset_id, "thumbnail")
-        async with self._open(
-            "GET",
-            path,
-            params={"size": size},
-            headers={"Accept": "image/*", "Accept-Encoding": "identity"},
-            follow_redirects=True,
-            what=what,
-            about_id=True,
-        ) as response:
-            content_type = response.headers.get("content-type", "").split(";")[0].strip()
-            if response.status_code != 200 or content_type in ("application/json", "text/html"):
-                raise ProtocolError(
-                    f"{what}: expected an image, got {response.status_code} {content_type!r}"
-                )
-            data = b"".join([c async for c in self._chunks(response, _length(response), what)])
-        return data, content_type or "application/octet-stream"
+
+        async def once() -> tuple[bytes, str]:
+            async with self._open(
+                "GET",
+                path,
+                params={"size": size},
+                headers={"Accept": "image/*", "Accept-Encoding": "identity"},
+                follow_redirects=True,
+                what=what,
+                about_id=True,
+            ) as response:
+                content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                if response.status_code != 200 or content_type in (
+                    "application/json",
+                    "text/html",
+                ):
+                    raise ProtocolError(
+                        f"{what}: expected an image, got {response.status_code} {content_type!r}"
+                    )
+                chunks = self._chunks(response, _length(response), what)
+                data = b"".join([c async for c in chunks])
+            return data, content_type or "application/octet-stream"
+
+        return await self._retrying(once, what, path=path)
 
     async def head_original(self, asset_id: str) -> int:
         """The size in bytes of the original (``HEAD``, ``Content-Length``)."""
         what = f"asset {asset_id}: original"
         path = self._asset_path(asset_id, "original")
-        async with self._open(
-            "HEAD", path, headers={"Accept-Encoding": "identity"}, what=what, about_id=True
-        ) as response:
-            length = _length(response)
+
+        async def once() -> int | None:
+            async with self._open(
+                "HEAD", path, headers={"Accept-Encoding": "identity"}, what=what, about_id=True
+            ) as response:
+                return _length(response)
+
+        length = await self._retrying(once, what, path=path)
         if length is None:
             raise ProtocolError(f"{what}: no Content-Length in the answer to HEAD")
         return length
@@ -651,7 +708,9 @@ class ImmichConnector:
         _page_args(size, 0)
         body = self._search_body(filters)
         body.update(page=page, size=size)
-        data = await self._json("POST", "/search/metadata", body=body, what="search")
+        data = await self._json(
+            "POST", "/search/metadata", body=body, what="search", idempotent=True
+        )
         return self._search_page(data, page, "search")
 
     @staticmethod
@@ -710,7 +769,9 @@ class ImmichConnector:
         page: int | None = 1
         while page is not None and len(results) < size:
             body.update(page=page, size=min(MAX_PAGE_SIZE, size - len(results)))
-            data = await self._json("POST", "/search/smart", body=body, what="smart search")
+            data = await self._json(
+                "POST", "/search/smart", body=body, what="smart search", idempotent=True
+            )
             items, page = self._search_page(data, page, "smart search")
             results.extend(items)
         return results[:size]
@@ -818,6 +879,37 @@ async def _raw_body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or during, groups included (bounded walk)."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo and len(seen) < 50:
+        cause = todo.pop(0)
+        if id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        if isinstance(cause, BaseExceptionGroup):
+            todo.extend(cause.exceptions)
+        todo.extend(e for e in (cause.__cause__, cause.__context__) if e is not None)
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failed connection, if that is what it was."""
+    return next((e for e in _causes(exc) if isinstance(e, ssl.SSLError)), None)
+
+
+def _tls_message(url: str, error: ssl.SSLError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = error.verify_message or error.reason or "verification failed"
+        return (
+            f"the TLS certificate of {url} is not trusted ({detail}); for a private CA "
+            "give its certificate with --ca-cert FILE (IMMICH_CA_CERT), or skip the check "
+            "with --insecure"
+        )
+    return f"TLS with {url} failed ({error.reason or error}); is it really https?"
+
+
 def _os_reason(exc: BaseException) -> str:
     """The operating system's words for a failed connection ("connection refused")."""
     todo: list[BaseException] = [exc]
@@ -827,6 +919,8 @@ def _os_reason(exc: BaseException) -> str:
         seen = todo.pop(0)
         if isinstance(seen, socket.gaierror):
             return str(seen.strerror or seen).lower()
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS: {seen.reason or seen}"
         if isinstance(seen, OSError) and seen.errno:
             return os.strerror(seen.errno).lower()
         if isinstance(seen, BaseExceptionGroup):

@@ -61,55 +61,23 @@ R = TypeVar("R")
 
 #: hint for readers (cp, Python's open) to read in large chunks; also FUSE's max read
 BLOCK_SIZE = 1024 * 1024
-#: open flags that would change the file
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+#: open flags that would change the file (as on any read-only mount, O_APPEND and
+#: O_CREAT of an existing file alone are no write)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+_DOTS = frozenset((".", ".."))
 ReaddirReply = Callable[[Any, bytes, pyfuse3.EntryAttributes, int], bool]
-
-
-class _ErrnoGuard:
-    """Maps errors to FUSEError; remembers which access errors were logged."""
-
-    def __init__(self) -> None:
-        self._logged: set[tuple[str, str | None]] = set()
-
-    @contextmanager
-    def __call__(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except pyfuse3.FUSEError:
-            raise
-        except NotFound as exc:
-            log.debug("%s: not found (%s)", what, exc)
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except StaleAsset as exc:
-            log.warning("%s: %s", what, exc)
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except (AuthenticationError, PermissionDenied) as exc:
-            permission = exc.permission if isinstance(exc, PermissionDenied) else None
-            marker = (type(exc).__name__, permission)
-            if marker not in self._logged:
-                # once per kind: a revoked key must not log a line per read
-                self._logged.add(marker)
-                log.error("%s: access denied: %s", what, exc)
-            raise pyfuse3.FUSEError(errno.EACCES) from None
-        except ImmichfsError as exc:
-            log.error("%s: %s", what, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("%s: unexpected error", what)
-            raise pyfuse3.FUSEError(errno.EIO) from None
 
 
 def _guarded(
     method: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run a handler inside the instance's errno guard."""
+    """Run a handler inside ``Operations._errno_guard``."""
 
     @functools.wraps(method)
     async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
         self = args[0]
         assert isinstance(self, Operations)
-        with self._guard(method.__name__):
+        with self._errno_guard(method.__name__):
             return await method(*args, **kwargs)
 
     return handler
@@ -154,8 +122,38 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.readdir_reply: ReaddirReply = readdir_reply or pyfuse3.readdir_reply
-        self._guard = _ErrnoGuard()
+        #: access errors already logged: (error class, permission)
+        self._access_logged: set[tuple[str, str | None]] = set()
         self._checksums: dict[int, str] = {}
+
+    @contextmanager
+    def _errno_guard(self, what: str) -> Iterator[None]:
+        """The one place where errors become errno values (see the module docstring)."""
+        try:
+            yield
+        except pyfuse3.FUSEError:
+            raise
+        except NotFound as exc:
+            log.debug("%s: not found (%s)", what, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except StaleAsset as exc:
+            log.warning("%s: %s", what, exc)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except (AuthenticationError, PermissionDenied) as exc:
+            permission = exc.permission if isinstance(exc, PermissionDenied) else None
+            marker = (type(exc).__name__, permission)
+            if marker not in self._access_logged:
+                # once per kind: a revoked key must not log a line per read
+                self._access_logged.add(marker)
+                log.error("%s: access denied: %s", what, exc)
+            raise pyfuse3.FUSEError(errno.EACCES) from None
+        except ImmichfsError as exc:
+            log.error("%s: %s", what, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            # never BaseException: trio.Cancelled and KeyboardInterrupt must pass
+            log.exception("%s: unexpected error", what)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     # -- helpers (no FUSE request of their own)
 
@@ -261,7 +259,9 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = await self._directory(inode)
         listing = await directory.listing()
-        return self.dirs.add(DirSnapshot(directory.key, listing.entries))
+        parent = self.tree.directory(directory.parent) or directory
+        entries = [(".", directory), ("..", parent), *listing.entries]
+        return self.dirs.add(DirSnapshot(directory.key, entries))
 
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -271,8 +271,10 @@ class Operations(pyfuse3.Operations):
             entry = self._entry(inode, self.tree.cached_attributes(node))
             if not self.readdir_reply(token, name.encode("utf-8"), entry, next_id):
                 break
-            # readdir is readdirplus in pyfuse3: an accepted entry is a lookup
-            self.inodes.remember(inode)
+            # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
+            # except . and .. (the kernel does not link them)
+            if name not in _DOTS:
+                self.inodes.remember(inode)
 
     @_guarded
     async def releasedir(self, fh: int) -> None:
@@ -336,6 +338,9 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(b"user."):
+            # `ls -l` asks for security.* and system.posix_acl_* of every file: answer fast
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = await self._node(inode)
         value = self.tree.xattrs(node).get(name.decode("utf-8", "replace"))
         if value is None:

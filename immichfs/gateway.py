@@ -327,6 +327,7 @@ class Exchange:
     status: int = 0
     body_bytes: int = 0
     started: bool = False
+    client_left: bool = False
 
     async def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
         self.status = status
@@ -372,6 +373,7 @@ class Exchange:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
+                self.client_left = True
                 raise ClientDisconnected
             chunk = bytes(message.get("body", b""))
             total += len(chunk)
@@ -455,12 +457,13 @@ class Gateway:
             level = logging.DEBUG if path == "/healthz" else logging.INFO
             log.log(
                 level,
-                "%s %s -> %s (%d bytes, %.3f s)",
+                "%s %s -> %s (%d bytes, %.3f s%s)",
                 scope.get("method"),
                 path,
                 exchange.status or "no answer",
                 exchange.body_bytes,
                 time.monotonic() - started,
+                ", client left" if exchange.client_left else "",
             )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -706,7 +709,8 @@ class Gateway:
             message = await exchange.receive()
             if message["type"] == "http.disconnect":
                 self.downloads_cancelled += 1
-                log.info("client left; cancelling the transfer from Immich")
+                exchange.client_left = True
+                log.debug("client left; cancelling the transfer from Immich")
                 scope.cancel()
                 return
 

@@ -38,9 +38,11 @@ import trio
 
 from immichfs import config, kernel, preflight, sdnotify
 from immichfs.cache import CacheSettings, MetadataCache
+from immichfs.cli import UserError
 from immichfs.connector import ImmichConnector
 from immichfs.logs import register_secret, scrub, setup_logging
 from immichfs.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
+from immichfs.retry import RetryPolicy
 from immichfs.tree import Tree, TreeSettings
 
 if TYPE_CHECKING:
@@ -90,8 +92,12 @@ class MountPlan:
         return options
 
 
-def connector_for(settings: config.Settings) -> ImmichConnector:
-    """A connector from resolved settings (ConfigError if URL or key are missing)."""
+def connector_for(settings: config.Settings, *, retry: bool = True) -> ImmichConnector:
+    """A connector from resolved settings (ConfigError if URL or key are missing).
+
+    ``retry=False`` reports the first failure at once (the pre-mount check: a
+    person waits for it, and one clear line beats a minute of retries).
+    """
     register_secret(settings.api_key)
     return ImmichConnector(
         settings.url,
@@ -99,6 +105,7 @@ def connector_for(settings: config.Settings) -> ImmichConnector:
         timeout=settings.timeout,
         verify=settings.verify,
         max_connections=settings.max_connections,
+        retry_policy=RetryPolicy.from_settings(settings) if retry else None,
     )
 
 
@@ -123,7 +130,12 @@ def build_operations(
     readers = ReaderPool(
         fetch or connector.stream_full_resolution_file, ReadaheadConfig.from_settings(settings)
     )
-    tree = Tree(connector, cache, readers, TreeSettings(search_limit=settings.search_limit))
+    tree = Tree(
+        connector,
+        cache,
+        readers,
+        TreeSettings(search_limit=settings.search_limit, show_trash=settings.show_trash),
+    )
     return Operations(tree, kernel_ttl=settings.kernel_ttl, uid=settings.uid, gid=settings.gid)
 
 
@@ -134,7 +146,7 @@ async def check_server(connector: ImmichConnector) -> None:
 
 
 async def _check_only(settings: config.Settings) -> None:
-    async with connector_for(settings) as connector:
+    async with connector_for(settings, retry=False) as connector:
         await check_server(connector)
 
 
@@ -202,10 +214,13 @@ def _demo_server(plan: MountPlan) -> Iterator[MountPlan]:
     from immichfs.fake.server import FakeImmich
 
     library = FakeLibrary.generate(seed=0, large_video_bytes=DEMO_LARGE_VIDEO_BYTES)
-    with FakeImmich(library) as server:
-        log.info("demo: fake Immich with %d assets at %s", len(library.assets), server.url)
-        settings = replace(plan.settings, url=server.url, api_key=server.api_key)
-        yield replace(plan, settings=settings)
+    try:
+        with FakeImmich(library) as server:
+            log.info("demo: fake Immich with %d assets at %s", len(library.assets), server.url)
+            settings = replace(plan.settings, url=server.url, api_key=server.api_key)
+            yield replace(plan, settings=settings)
+    finally:
+        library.close()  # its temporary files (the daemon ends with os._exit: no finalizers)
 
 
 def _serve_here(plan: MountPlan, ready: Callable[[], None]) -> int:
@@ -275,6 +290,9 @@ def run(args: argparse.Namespace) -> int:
         log_file=str(settings.log_file) if settings.log_file else None,
     )
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 PID: every thread's stack
+    if settings.kernel_ttl <= 0:
+        # 0 makes Linux look up every entry readdir just returned, once more
+        raise UserError("--kernel-ttl must be more than 0 (1 is the default)", 2)
     # resolved now: once mounted, resolving it would ask this very process
     mountpoint = os.path.realpath(args.mountpoint)
     preflight.check_all(mountpoint)

@@ -29,6 +29,7 @@ from pathlib import Path
 from immichfs.cli import UserError
 from immichfs.config import OPTIONS, Option
 from immichfs.errors import ImmichfsError
+from immichfs.mount import GROUPS as MOUNT_GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ IGNORED_PREFIXES = ("x-", "X-", "comment=", "user=", "fsname=", "subtype=")
 #: sources that mean "take the URL from the config file or environment"
 CONFIG_SOURCES = frozenset({"immichfs", "none", ""})
 
-_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS if o.flag}
+#: the settings `immichfs mount` takes as flags (not the gateway's)
+_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS if o.flag and o.group in MOUNT_GROUPS}
 
 
 class HelperError(ImmichfsError):

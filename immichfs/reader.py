@@ -683,8 +683,7 @@ class AssetReader:
                 self._pool._counters["retries"] += 1
                 log.log(
                     logging.DEBUG if attempt < 3 else logging.WARNING,
-                    "asset %s: %s; retrying at offset %d in %.2f s (attempt %d)",
-                    self.asset_id,
+                    "%s; retrying at offset %d in %.2f s (attempt %d)",
                     exc,
                     window.start + window.filled,
                     delay,

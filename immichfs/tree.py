@@ -8,6 +8,7 @@ adapter in ``fs`` turns them into inodes and ``EntryAttributes``. The tree is
     /thumbs/preview/         each asset of /photos and /videos as its preview image
     /thumbs/thumbnail/       ... as its small thumbnail
     /search/<query>/         assets matching <query> (created by looking the name up)
+    /trash/                  trashed assets (only with ``show_trash``)
 
 Every directory is a :class:`Directory` with a stable key; a new view (albums,
 people, by-date, ...) is one more ``Directory`` subclass registered with
@@ -27,7 +28,7 @@ import mimetypes
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -143,6 +144,7 @@ class Listing:
 
     entries: tuple[tuple[str, Directory | FileNode], ...]
     newest: datetime | None = None
+    index: dict[str, Directory | FileNode] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -151,11 +153,10 @@ class Listing:
         return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", dict(self.entries))
+        object.__setattr__(self, "index", dict(self.entries))
 
     def get(self, name: str) -> Directory | FileNode | None:
-        index: dict[str, Directory | FileNode] = self._index  # type: ignore[attr-defined]
-        return index.get(name)
+        return self.index.get(name)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -257,11 +258,6 @@ class AssetDirectory(Directory):
         listing: Listing | None = self.tree.cache.listings.peek(self.key)
         return listing
 
-    async def assets(self) -> list[Asset]:
-        return [
-            node.asset for _, node in (await self.listing()).entries if isinstance(node, AssetFile)
-        ]
-
     async def _load(self) -> Listing:
         assets = await self._load_assets()
         unique: dict[str, Asset] = {}
@@ -278,8 +274,9 @@ class ThumbnailDirectory(Directory):
     """Renditions of the assets of ``sources``, named ``<stem>.<served format>``.
 
     The format of a size is the server's setting, the same for every asset, so it
-    is learned from the Content-Type of one thumbnail when the directory is
-    listed and cached; it names every entry.
+    is learned from the Content-Type of one thumbnail and cached; it names every
+    entry. The listing is derived from the sources' listings (and rebuilt only
+    when one of them was reloaded), so it is exactly as fresh as they are.
     """
 
     def __init__(
@@ -288,21 +285,25 @@ class ThumbnailDirectory(Directory):
         super().__init__(tree, key, parent)
         self.size = size
         self.sources = tuple(sources)
+        #: (source listings, content type) the current listing was built from
+        self._built: tuple[tuple[Listing, ...], str, Listing] | None = None
 
     async def listing(self) -> Listing:
-        listing: Listing = await self.tree.cache.listings.get(self.key, self._load)
-        return listing
-
-    def cached_listing(self) -> Listing | None:
-        listing: Listing | None = self.tree.cache.listings.peek(self.key)
-        return listing
-
-    async def _load(self) -> Listing:
+        listings = tuple([await source.listing() for source in self.sources])
         assets: dict[str, Asset] = {}
-        for source in self.sources:
-            for asset in await source.assets():
-                assets.setdefault(asset.id, asset)
+        for listing in listings:
+            for _, node in listing.entries:
+                if isinstance(node, AssetFile):
+                    assets.setdefault(node.asset.id, node.asset)
         content_type = await self.tree.thumbnail_type(self.size, list(assets.values()))
+        built = self._built
+        if (
+            built is not None
+            and built[1] == content_type
+            and len(built[0]) == len(listings)
+            and all(a is b for a, b in zip(built[0], listings, strict=True))
+        ):
+            return built[2]
         extension = extension_for(content_type)
         requests = []
         for asset in assets.values():
@@ -310,9 +311,14 @@ class ThumbnailDirectory(Directory):
             requests.append(NameRequest(asset.id, stem + extension, asset_order(asset)))
         names = assign_names(requests)
         newest = max((a.file_modified_at for a in assets.values()), default=None)
-        return Listing.build(
+        result = Listing.build(
             {names[i]: ThumbnailFile(a, self.size) for i, a in assets.items()}, newest
         )
+        self._built = (listings, content_type, result)
+        return result
+
+    def cached_listing(self) -> Listing | None:
+        return self._built[2] if self._built is not None else None
 
 
 class SearchDirectory(Directory):
@@ -344,7 +350,9 @@ class SearchDirectory(Directory):
     async def lookup(self, name: str) -> Directory | FileNode | None:
         if not name or name.startswith("."):
             return None
-        return self.query_directory(name)
+        directory = self.query_directory(name)
+        await directory.listing()  # the search runs now (then cached for the listing TTL)
+        return directory
 
     async def listing(self) -> Listing:
         return Listing.build(dict(self._queries))
@@ -364,6 +372,7 @@ class TreeSettings:
     search_limit: int = 250
     max_search_queries: int = 256
     page_size: int = 1000
+    show_trash: bool = False
 
 
 class Tree:
@@ -403,6 +412,8 @@ class Tree:
             )
             thumbs.children[size] = child
             self._register(child)
+        if self.settings.show_trash:
+            self.add_view("trash", lambda key: AssetDirectory(self, key, ROOT_KEY, self._trash))
         search = self.add_view(
             "search",
             lambda key: SearchDirectory(self, key, ROOT_KEY, self.settings.max_search_queries),
@@ -491,6 +502,18 @@ class Tree:
             return assets
 
         return load
+
+    async def _trash(self) -> list[Asset]:
+        # any trashedAfter makes Immich include trashed assets, and only those
+        filters = {"trashedAfter": "1970-01-01T00:00:00.000Z", "visibility": "timeline"}
+        assets = []
+        async for item in self.source.iter_search_metadata(
+            filters, page_size=self.settings.page_size
+        ):
+            asset = Asset.from_json(item)
+            if asset.is_trashed:
+                assets.append(asset)
+        return assets
 
     async def features(self) -> Mapping[str, Any]:
         features: Mapping[str, Any] = await self.cache.misc.get(

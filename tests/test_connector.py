@@ -431,6 +431,8 @@ def version_text(srv: FakeImmich) -> str:
 
 
 def connect_to(srv: FakeImmich, **kwargs: Any) -> ImmichConnector:
+    # no retries: these tests look at how each failure is translated (retries: test_retry.py)
+    kwargs.setdefault("retry_policy", None)
     return ImmichConnector(srv.url, srv.api_key, **kwargs)
 
 
@@ -725,7 +727,7 @@ async def test_unknown_asset_is_not_found(server: FakeImmich) -> None:
 
 async def test_dead_url_and_refused_connections(server: FakeImmich) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    async with ImmichConnector(url, KEY) as immich:
+    async with ImmichConnector(url, KEY, retry_policy=None) as immich:
         with pytest.raises(errors.ConnectError) as info:
             await immich.get_asset_statistics()
     assert str(info.value).startswith(

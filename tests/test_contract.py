@@ -132,7 +132,9 @@ class Contract:
                 f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
                 for e in errors[:10]
             ]
-            pytest.fail(f"v{self.version} {where}: {len(errors)} schema errors\n" + "\n".join(lines))
+            pytest.fail(
+                f"v{self.version} {where}: {len(errors)} schema errors\n" + "\n".join(lines)
+            )
 
 
 @pytest.fixture(params=VERSIONS)
@@ -145,8 +147,16 @@ def contract(request: pytest.FixtureRequest, fake_library: FakeLibrary) -> Itera
 
 
 def test_server_and_user(contract: Contract) -> None:
-    for template in ("/server/ping", "/server/version", "/server/features", "/server/about",
-                     "/server/config", "/server/media-types", "/users/me"):
+    for template in (
+        "/server/ping",
+        "/server/version",
+        "/server/features",
+        "/server/about",
+        "/server/config",
+        "/server/media-types",
+        "/server/storage",
+        "/users/me",
+    ):
         contract.call("GET", template)
     assert contract.call("POST", "/auth/validateToken") == {"authStatus": True}
     if contract.server.version_info >= (1, 139, 0):
@@ -168,26 +178,44 @@ def test_search(contract: Contract, fake_library: FakeLibrary) -> None:
     for body in bodies:
         result = contract.call("POST", "/search/metadata", json_body=body)
         assert isinstance(result["assets"]["nextPage"], str | None)
-        contract.call("POST", "/search/statistics", json_body={
-            k: v for k, v in body.items() if k not in ("size", "page", "order")
-        })
+        contract.call(
+            "POST",
+            "/search/statistics",
+            json_body={k: v for k, v in body.items() if k not in ("size", "page", "order")},
+        )
         contract.call("POST", "/search/smart", json_body={"query": "temple", **body})
     contract.call("GET", "/assets/statistics")
     contract.call("GET", "/assets/statistics", params={"isTrashed": "true"})
 
 
 def test_assets(contract: Contract, fake_library: FakeLibrary) -> None:
-    names = ["Kinkaku-ji.jpg", "IMG_5000.JPG", "IMG_5000.MOV", "blurry.jpg", "large-video.mp4",
-             "friend photo 1.jpg", "archived receipt.png", "group photo 1.jpg"]
+    names = [
+        "Kinkaku-ji.jpg",
+        "IMG_5000.JPG",
+        "IMG_5000.MOV",
+        "blurry.jpg",
+        "large-video.mp4",
+        "friend photo 1.jpg",
+        "archived receipt.png",
+        "group photo 1.jpg",
+    ]
     for name in names:
         asset = fake_library.find(name)
         info = contract.call("GET", "/assets/{id}", path_params={"id": asset.id})
         assert info["id"] == asset.id
         contract.call("GET", "/assets/{id}/original", path_params={"id": asset.id})
-        contract.call("GET", "/assets/{id}/thumbnail", path_params={"id": asset.id},
-                      params={"size": "preview"})
-    contract.call("GET", "/assets/{id}", path_params={"id": "00000000-0000-4000-8000-000000000000"},
-                  expect=400)
+        contract.call(
+            "GET",
+            "/assets/{id}/thumbnail",
+            path_params={"id": asset.id},
+            params={"size": "preview"},
+        )
+    contract.call(
+        "GET",
+        "/assets/{id}",
+        path_params={"id": "00000000-0000-4000-8000-000000000000"},
+        expect=400,
+    )
 
 
 def test_albums(contract: Contract, fake_library: FakeLibrary) -> None:
@@ -200,8 +228,9 @@ def test_albums(contract: Contract, fake_library: FakeLibrary) -> None:
         contract.call("GET", "/albums", params=params)
     for album in fake_library.albums.values():
         contract.call("GET", "/albums/{id}", path_params={"id": album.id})
-        contract.call("GET", "/albums/{id}", path_params={"id": album.id},
-                      params={"withoutAssets": "true"})
+        contract.call(
+            "GET", "/albums/{id}", path_params={"id": album.id}, params={"withoutAssets": "true"}
+        )
 
 
 def test_people_tags_timeline(contract: Contract, fake_library: FakeLibrary) -> None:
@@ -213,8 +242,10 @@ def test_people_tags_timeline(contract: Contract, fake_library: FakeLibrary) -> 
     for params in ({}, {"visibility": "timeline"}, {"isFavorite": "true"}, {"isTrashed": "true"}):
         buckets = contract.call("GET", "/timeline/buckets", params=params)
         for bucket in buckets[:3]:
-            contract.call("GET", "/timeline/bucket",
-                          params={**params, "timeBucket": bucket["timeBucket"],
-                                  "withCoordinates": "true"})
+            contract.call(
+                "GET",
+                "/timeline/bucket",
+                params={**params, "timeBucket": bucket["timeBucket"], "withCoordinates": "true"},
+            )
     album = fake_library.album_named("Shared with me")
     contract.call("GET", "/timeline/buckets", params={"albumId": album.id})

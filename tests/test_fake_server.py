@@ -130,6 +130,8 @@ def test_authentication_errors(fake_immich: FakeImmich, api: httpx.Client) -> No
         assert_error(fake_immich, bad, 401, "Invalid API key")
         by_query = anonymous.get("/users/me", params={"apiKey": fake_immich.api_key})
         assert by_query.status_code == 200
+        bearer = anonymous.get("/users/me", headers={"Authorization": "Bearer abc"})
+        assert_error(fake_immich, bearer, 401, "Invalid user token")
     assert api.post("/auth/validateToken").json() == {"authStatus": True}
     me = api.get("/users/me").json()
     assert me["id"] == fake_immich.library.me.id
@@ -182,7 +184,9 @@ def test_unknown_and_inaccessible_ids_are_400(
     # the friend's photo is readable only because it sits in an album shared with us
     friend = fake_library.find("friend photo 1.jpg")
     assert api.get(f"/assets/{friend.id}").json()["ownerId"] == fake_library.other.id
-    assert_error(fake_immich, api.get(f"/albums/{MISSING}"), 400, "Not found or no album.read access")
+    assert_error(
+        fake_immich, api.get(f"/albums/{MISSING}"), 400, "Not found or no album.read access"
+    )
     assert_validation(fake_immich, api.get("/assets/not-a-uuid"), "id")
     v1_uuid = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
     r = api.get(f"/assets/{v1_uuid}")
@@ -232,6 +236,11 @@ def test_metadata_validation(fake_immich: FakeImmich, api: httpx.Client) -> None
     assert_validation(fake_immich, api.post("/search/metadata", json={"size": 0}), "size")
     assert_validation(fake_immich, api.post("/search/metadata", json={"page": 0}), "page")
     assert_validation(fake_immich, api.post("/search/metadata", json={"type": "PHOTO"}), "type")
+    zero = api.post("/search/metadata", json={"rating": 0})
+    if v3(fake_immich):
+        assert_validation(fake_immich, zero, "rating")
+    else:
+        assert zero.status_code == 200
 
 
 @ALL
@@ -250,7 +259,9 @@ def test_metadata_visibility_and_trash(
     assert not (trashed & default)
     only_archive = {a["id"] for a in search_all(api, {"visibility": "archive"})}
     assert only_archive == archived
-    with_deleted = {a["id"] for a in search_all(api, {"visibility": "timeline", "withDeleted": True})}
+    with_deleted = {
+        a["id"] for a in search_all(api, {"visibility": "timeline", "withDeleted": True})
+    }
     assert trashed <= with_deleted
     trash = search_all(api, {"visibility": "timeline", "trashedAfter": "1970-01-01T00:00:00Z"})
     assert {a["id"] for a in trash} == trashed
@@ -260,7 +271,9 @@ def test_metadata_visibility_and_trash(
 
 
 @ALL
-def test_metadata_filters(fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary) -> None:
+def test_metadata_filters(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
     lib = fake_library
     base = {"visibility": "timeline"}
     timeline = [a for a in mine(lib) if a.visibility == "timeline" and not a.is_trashed]
@@ -271,7 +284,9 @@ def test_metadata_filters(fake_immich: FakeImmich, api: httpx.Client, fake_libra
     assert ids({"type": "VIDEO"}) == {a.id for a in timeline if a.type == "VIDEO"}
     assert ids({"isFavorite": True}) == {a.id for a in timeline if a.is_favorite}
     noel = ids({"originalFileName": "ete a noel"})  # case- and accent-insensitive substring
-    assert {lib.find(unicodedata.normalize(f, "Été à Noël 🎄.jpg")).id for f in ("NFC", "NFD")} == noel
+    assert {
+        lib.find(unicodedata.normalize(f, "Été à Noël 🎄.jpg")).id for f in ("NFC", "NFD")
+    } == noel
     kyoto = next(t for t in lib.tags.values() if t.value == "Travel/Japan/Kyoto")
     travel = next(t for t in lib.tags.values() if t.value == "Travel")
     in_kyoto = ids({"tagIds": [kyoto.id]})
@@ -291,8 +306,12 @@ def test_metadata_filters(fake_immich: FakeImmich, api: httpx.Client, fake_libra
     end = datetime(2019, 12, 31, 23, 59, 59, tzinfo=UTC)
     window = ids({"takenAfter": start.isoformat(), "takenBefore": end.isoformat()})
     assert window == {a.id for a in timeline if start <= a.file_created_at <= end}
-    exact = ids({"takenAfter": photo.file_created_at.isoformat(),
-                 "takenBefore": photo.file_created_at.isoformat()})
+    exact = ids(
+        {
+            "takenAfter": photo.file_created_at.isoformat(),
+            "takenBefore": photo.file_created_at.isoformat(),
+        }
+    )
     assert photo.id in exact  # both ends inclusive
 
 
@@ -312,11 +331,14 @@ def test_search_and_asset_statistics(
         a.is_trashed for a in own
     )
     total = api.post("/search/statistics", json={"type": "IMAGE", "visibility": "timeline"})
-    assert total.json() == {"total": len(search_all(api, {"type": "IMAGE", "visibility": "timeline"}))}
+    assert total.json() == {
+        "total": len(search_all(api, {"type": "IMAGE", "visibility": "timeline"}))
+    }
 
 
-@pytest.mark.parametrize("fake_immich", [{"version": v, "smart_search": True} for v in VERSIONS],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "fake_immich", [{"version": v, "smart_search": True} for v in VERSIONS], indirect=True
+)
 def test_smart_search_ranks_without_cut_off(
     fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
 ) -> None:
@@ -326,13 +348,15 @@ def test_smart_search_ranks_without_cut_off(
     everything: list[str] = []
     page: str | None = "1"
     while page is not None:
-        result = api.post("/search/smart", json={"query": "golden temple kyoto", "page": int(page),
-                                                 "size": 50}).json()["assets"]
+        result = api.post(
+            "/search/smart", json={"query": "golden temple kyoto", "page": int(page), "size": 50}
+        ).json()["assets"]
         everything += [i["id"] for i in result["items"]]
         page = result["nextPage"]
     assert len(everything) == len(set(everything))
-    assert set(everything) == {a.id for a in visible_by_default(fake_library,
-                                                                 fake_immich.version_info)}
+    assert set(everything) == {
+        a.id for a in visible_by_default(fake_library, fake_immich.version_info)
+    }
     assert_validation(fake_immich, api.post("/search/smart", json={}), "query")
 
 
@@ -389,8 +413,9 @@ def test_originals_match_checksums_and_decode(api: httpx.Client, fake_library: F
     assert kinds_seen == {"jpeg", "png", "webp"}
 
 
-def test_large_original_is_sent_whole(api: httpx.Client, fake_immich: FakeImmich,
-                                      fake_library: FakeLibrary) -> None:
+def test_large_original_is_sent_whole(
+    api: httpx.Client, fake_immich: FakeImmich, fake_library: FakeLibrary
+) -> None:
     big = fake_library.find("large-video.mp4")
     assert big.size > FILE_THRESHOLD
     digest = hashlib.sha1()
@@ -429,8 +454,9 @@ def test_ranges(fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLi
 
 
 @ALL
-def test_head_etag_and_headers(fake_immich: FakeImmich, api: httpx.Client,
-                               fake_library: FakeLibrary) -> None:
+def test_head_etag_and_headers(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
     asset = fake_library.find("AC/DC live at Wembley.jpg")
     url = f"/assets/{asset.id}/original"
     head = api.head(url)
@@ -440,8 +466,12 @@ def test_head_etag_and_headers(fake_immich: FakeImmich, api: httpx.Client,
     mtime_ms = int(asset.file_modified_at.timestamp() * 1000)
     assert etag == f'W/"{asset.size:x}-{mtime_ms:x}"'
     assert head.headers["last-modified"] == asset.file_modified_at.strftime(
-        "%a, %d %b %Y %H:%M:%S GMT")
-    assert head.headers["content-disposition"] == "inline; filename*=UTF-8''AC%2FDC%20live%20at%20Wembley.jpg"
+        "%a, %d %b %Y %H:%M:%S GMT"
+    )
+    assert (
+        head.headers["content-disposition"]
+        == "inline; filename*=UTF-8''AC%2FDC%20live%20at%20Wembley.jpg"
+    )
     assert "no-transform" in head.headers["cache-control"]
     assert api.get(url, headers={"If-None-Match": etag}).status_code == 304
     stale = api.get(url, headers={"Range": "bytes=0-9", "If-Range": 'W/"0-0"'})
@@ -450,7 +480,10 @@ def test_head_etag_and_headers(fake_immich: FakeImmich, api: httpx.Client,
     assert ranged_head.status_code == 206 and ranged_head.headers["content-length"] == "10"
     noel = fake_library.find(unicodedata.normalize("NFC", "Été à Noël 🎄.jpg"))
     disposition = api.head(f"/assets/{noel.id}/original").headers["content-disposition"]
-    assert disposition == "inline; filename*=UTF-8''%C3%89t%C3%A9%20%C3%A0%20No%C3%ABl%20%F0%9F%8E%84.jpg"
+    assert (
+        disposition
+        == "inline; filename*=UTF-8''%C3%89t%C3%A9%20%C3%A0%20No%C3%ABl%20%F0%9F%8E%84.jpg"
+    )
 
 
 @ALL
@@ -459,8 +492,10 @@ def test_thumbnails(fake_immich: FakeImmich, api: httpx.Client, fake_library: Fa
     video = fake_library.find("large-video.mp4")
     bodies = set()
     for asset in (photo, video):
-        for size, content_type, fmt in (("thumbnail", "image/webp", "WEBP"),
-                                        ("preview", "image/jpeg", "JPEG")):
+        for size, content_type, fmt in (
+            ("thumbnail", "image/webp", "WEBP"),
+            ("preview", "image/jpeg", "JPEG"),
+        ):
             r = api.get(f"/assets/{asset.id}/thumbnail", params={"size": size})
             assert r.headers["content-type"] == content_type
             image = Image.open(io.BytesIO(r.content))
@@ -471,12 +506,21 @@ def test_thumbnails(fake_immich: FakeImmich, api: httpx.Client, fake_library: Fa
     assert api.get(f"/assets/{photo.id}/thumbnail").headers["content-type"] == "image/webp"
     full = api.get(f"/assets/{photo.id}/thumbnail", params={"size": "fullsize"})
     assert full.status_code == 302 and full.headers["location"].startswith("original")
-    followed = api.get(f"/assets/{photo.id}/thumbnail", params={"size": "fullsize"},
-                       follow_redirects=True)
+    keyed = api.get(
+        f"/assets/{photo.id}/thumbnail",
+        params={"size": "fullsize", "apiKey": fake_immich.api_key},
+        headers={"x-api-key": ""},
+    )
+    assert keyed.status_code == 302 and "apiKey" not in keyed.headers["location"]
+    followed = api.get(
+        f"/assets/{photo.id}/thumbnail", params={"size": "fullsize"}, follow_redirects=True
+    )
     assert followed.content == fake_library.content(photo.id)
     video_full = api.get(f"/assets/{video.id}/thumbnail", params={"size": "fullsize"})
-    assert video_full.headers["location"].startswith("thumbnail?") and "size=preview" in \
-        video_full.headers["location"]
+    assert (
+        video_full.headers["location"].startswith("thumbnail?")
+        and "size=preview" in video_full.headers["location"]
+    )
     original = api.get(f"/assets/{photo.id}/thumbnail", params={"size": "original"})
     if v3(fake_immich):
         assert original.status_code == 302 and original.headers["location"].startswith("original")
@@ -485,9 +529,14 @@ def test_thumbnails(fake_immich: FakeImmich, api: httpx.Client, fake_library: Fa
 
 
 @ALL
-def test_video_playback(fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary) -> None:
-    video = next(a for a in mine(fake_library) if a.type == "VIDEO" and a.extension == ".mp4"
-                 and a.size <= FILE_THRESHOLD)
+def test_video_playback(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
+    video = next(
+        a
+        for a in mine(fake_library)
+        if a.type == "VIDEO" and a.extension == ".mp4" and a.size <= FILE_THRESHOLD
+    )
     r = api.get(f"/assets/{video.id}/video/playback", headers={"Range": "bytes=0-99"})
     assert r.status_code == 206 and r.headers["content-type"] == "video/mp4"
     assert r.content == fake_library.content(video.id)[:100]
@@ -518,8 +567,9 @@ def test_media_is_decodable_and_exact() -> None:
 
 
 @ALL
-def test_albums_per_version(fake_immich: FakeImmich, api: httpx.Client,
-                            fake_library: FakeLibrary) -> None:
+def test_albums_per_version(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
     lib = fake_library
     owned = {a.id for a in lib.albums.values() if a.owner_id == lib.me.id}
     shared_in = lib.album_named("Shared with me")
@@ -529,7 +579,8 @@ def test_albums_per_version(fake_immich: FakeImmich, api: httpx.Client,
         default = {a["id"] for a in api.get("/albums").json()}
         assert default == owned | {shared_in.id}
         assert {a["id"] for a in api.get("/albums", params={"isOwned": "false"}).json()} == {
-            shared_in.id}
+            shared_in.id
+        }
         detail = api.get(f"/albums/{shared_in.id}").json()
         assert "assets" not in detail and "owner" not in detail
         assert detail["albumUsers"][0] == {"user": detail["albumUsers"][0]["user"], "role": "owner"}
@@ -547,8 +598,9 @@ def test_albums_per_version(fake_immich: FakeImmich, api: httpx.Client,
 
 
 @ALL
-def test_people_and_tags(fake_immich: FakeImmich, api: httpx.Client,
-                         fake_library: FakeLibrary) -> None:
+def test_people_and_tags(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
     first = api.get("/people", params={"size": 2}).json()
     assert len(first["people"]) == 2 and first["hasNextPage"] is True
     everyone = api.get("/people", params={"withHidden": "true"}).json()
@@ -569,26 +621,32 @@ def test_people_and_tags(fake_immich: FakeImmich, api: httpx.Client,
 
 @ALL
 def test_timeline(fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary) -> None:
-    countable = [a for a in mine(fake_library)
-                 if a.visibility in ("timeline", "archive") and not a.is_trashed]
+    countable = [
+        a
+        for a in mine(fake_library)
+        if a.visibility in ("timeline", "archive") and not a.is_trashed
+    ]
     buckets = api.get("/timeline/buckets").json()
     assert sum(b["count"] for b in buckets) == len(countable)
-    assert [b["timeBucket"] for b in buckets] == sorted((b["timeBucket"] for b in buckets),
-                                                        reverse=True)
+    assert [b["timeBucket"] for b in buckets] == sorted(
+        (b["timeBucket"] for b in buckets), reverse=True
+    )
     bucket = buckets[0]
     columns = api.get("/timeline/bucket", params={"timeBucket": bucket["timeBucket"]}).json()
     assert len(columns["id"]) == bucket["count"] == len(columns["fileCreatedAt"])
     month = bucket["timeBucket"][:7]
-    assert all(fake_library.assets[i].local_date_time.strftime("%Y-%m") == month
-               for i in columns["id"])
+    assert all(
+        fake_library.assets[i].local_date_time.strftime("%Y-%m") == month for i in columns["id"]
+    )
     assert ("createdAt" in columns) == v3(fake_immich)
 
 
 # -- faults and the request log ----------------------------------------------------------
 
 
-def test_fault_cut_and_truncate(fake_immich: FakeImmich, api: httpx.Client,
-                                fake_library: FakeLibrary) -> None:
+def test_fault_cut_and_truncate(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
     asset = fake_library.find("Kinkaku-ji.jpg")
     url = f"/assets/{asset.id}/original"
     fake_immich.faults.cut_after(1000, path="/api/assets/")
@@ -602,6 +660,11 @@ def test_fault_cut_and_truncate(fake_immich: FakeImmich, api: httpx.Client,
             api.get(url)
     assert fake_immich.requests[-1].bytes_sent == asset.size // 2
     assert api.get(url).status_code == 200
+    # a cut longer than the body cannot break it: it stays armed
+    fake_immich.faults.cut_after(asset.size, path="/api/assets/")
+    assert api.get(url).content == fake_library.content(asset.id)
+    assert [rule.kind for rule in fake_immich.faults.active()] == ["cut"]
+    fake_immich.faults.clear()
     # a path filter leaves other paths alone
     fake_immich.faults.cut_after(10, path="/api/people")
     assert api.get(url).status_code == 200
@@ -638,8 +701,25 @@ def test_fault_refuse_connections_and_revoke(fake_immich: FakeImmich, api: httpx
     assert api.get("/users/me").status_code == 200
 
 
-def test_fault_ignore_range(fake_immich: FakeImmich, api: httpx.Client,
-                            fake_library: FakeLibrary) -> None:
+def test_fault_slow_body_and_stall(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
+    asset = fake_library.find("Kinkaku-ji.jpg")
+    url = f"/assets/{asset.id}/original"
+    rate = asset.size * 4  # about a quarter of a second for the whole body
+    fake_immich.faults.slow_body(rate, times=1, path="/api/assets/")
+    started = time.monotonic()
+    assert api.get(url).content == fake_library.content(asset.id)
+    assert time.monotonic() - started >= 0.2
+    fake_immich.faults.stall(1000, 1.0, path="/api/assets/")
+    with pytest.raises(httpx.ReadTimeout):
+        api.get(url, timeout=httpx.Timeout(5.0, read=0.3))
+    assert api.get(url).content == fake_library.content(asset.id)
+
+
+def test_fault_ignore_range(
+    fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary
+) -> None:
     asset = fake_library.find("Kinkaku-ji.jpg")
     fake_immich.faults.ignore_range(times=1)
     r = api.get(f"/assets/{asset.id}/original", headers={"Range": "bytes=0-9"})
@@ -688,8 +768,9 @@ def test_generation_is_deterministic() -> None:
     c = FakeLibrary.generate(seed=8, photos=30, videos=2, large_video_bytes=None)
 
     def fingerprint(lib: FakeLibrary) -> list[tuple[str, str, int, str]]:
-        return sorted((x.id, x.original_file_name, x.size, lib.checksum(x.id))
-                      for x in lib.assets.values())
+        return sorted(
+            (x.id, x.original_file_name, x.size, lib.checksum(x.id)) for x in lib.assets.values()
+        )
 
     assert fingerprint(a) == fingerprint(b)
     assert fingerprint(a) != fingerprint(c)
@@ -701,8 +782,10 @@ def test_generation_is_deterministic() -> None:
 def test_large_library_pages_without_files() -> None:
     lib = FakeLibrary.generate(seed=1, photos=100_000, videos=0, large_video_bytes=None)
     assert len(lib.assets) > 100_000
-    with FakeImmich(lib) as srv, httpx.Client(base_url=srv.url + "/api",
-                                              headers={"x-api-key": srv.api_key}) as api:
+    with (
+        FakeImmich(lib) as srv,
+        httpx.Client(base_url=srv.url + "/api", headers={"x-api-key": srv.api_key}) as api,
+    ):
         first = api.post("/search/metadata", json={"size": 1000}).json()["assets"]
         assert first["count"] == 1000 and first["nextPage"] == "2"
         far = api.post("/search/metadata", json={"size": 1000, "page": 90}).json()["assets"]
@@ -712,8 +795,9 @@ def test_large_library_pages_without_files() -> None:
     assert lib._cache_dir is None  # nothing was written to disk
 
 
-def test_mutations_show_up(mutable_immich: FakeImmich, mapi: httpx.Client,
-                           mutable_library: FakeLibrary) -> None:
+def test_mutations_show_up(
+    mutable_immich: FakeImmich, mapi: httpx.Client, mutable_library: FakeLibrary
+) -> None:
     lib = mutable_library
     before = datetime.now(UTC) - timedelta(seconds=1)
     added = lib.add_asset("brand new.jpg", taken=datetime(2030, 1, 1, tzinfo=UTC))
@@ -747,8 +831,9 @@ def test_mutations_show_up(mutable_immich: FakeImmich, mapi: httpx.Client,
 
 
 def test_gzip_json(fake_immich: FakeImmich) -> None:
-    with httpx.Client(base_url=fake_immich.url + "/api",
-                      headers={"x-api-key": fake_immich.api_key}) as api:
+    with httpx.Client(
+        base_url=fake_immich.url + "/api", headers={"x-api-key": fake_immich.api_key}
+    ) as api:
         r = api.post("/search/metadata", json={"size": 50})
         assert r.headers["content-encoding"] == "gzip"
         assert r.json()["assets"]["count"] == 50
@@ -756,11 +841,28 @@ def test_gzip_json(fake_immich: FakeImmich) -> None:
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    exe = Path(sys.executable).with_name("immichfs")
+    exe = Path(sys.executable).with_name("immichfs")  # the installed command
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "immichfs"]
     proc = subprocess.Popen(
-        [str(exe), "fake-server", "--port", "0", "--photos", "20", "--videos", "1",
-         "--large-video-mb", "0", "--version", "3.1.0", "--ready-file", str(ready)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *command,
+            "fake-server",
+            "--port",
+            "0",
+            "--photos",
+            "20",
+            "--videos",
+            "1",
+            "--large-video-mb",
+            "0",
+            "--version",
+            "3.1.0",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -770,8 +872,9 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
             time.sleep(0.05)
         env = dict(line.split("=", 1) for line in ready.read_text().splitlines())
         assert env["IMMICH_API_KEY"].startswith("fake-immich-key-")
-        with httpx.Client(base_url=env["IMMICH_URL"] + "/api",
-                          headers={"x-api-key": env["IMMICH_API_KEY"]}) as api:
+        with httpx.Client(
+            base_url=env["IMMICH_URL"] + "/api", headers={"x-api-key": env["IMMICH_API_KEY"]}
+        ) as api:
             assert api.get("/server/version").json()["major"] == 3
             assert api.get("/users/me").status_code == 200
     finally:

@@ -330,16 +330,44 @@ def test_changes_appear_after_the_listing_ttl(mutable_immich: Any, tmp_path: Pat
         before = set(os.listdir(photos))
         assert "IMG_0002.JPG" in before
         victim = os.getxattr(photos / "IMG_0003.JPG", "user.immich.id").decode()
+        # deleted in Immich while still listed here: reading fails with ENOENT
+        gone = os.getxattr(photos / "IMG_0004.JPG", "user.immich.id").decode()
+        library.delete(gone)
+        with pytest.raises(FileNotFoundError):
+            (photos / "IMG_0004.JPG").read_bytes()
         added = library.add_asset("IMG_0002.JPG", size=12_345)  # a later upload, same name
         library.trash(victim)
         time.sleep(1.5)
         after = set(os.listdir(photos))
         new_name = f"IMG_0002~{added.id[:8]}.JPG"
         assert after - before == {new_name}
-        assert before - after == {"IMG_0003.JPG"}
+        assert before - after == {"IMG_0003.JPG", "IMG_0004.JPG"}
         # the existing file kept its name and identity
         assert os.getxattr(photos / "IMG_0002.JPG", "user.immich.id") != added.id.encode()
         assert (photos / new_name).read_bytes() == library.content(added.id)
         assert process.unmount() == (0, 0)
     finally:
         process.cleanup()
+
+
+def test_demo_mounts_the_sample_library(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        result = subprocess.run(
+            mount_command(mountpoint, "--demo", "--uid", "1234", "--gid", "5678"),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert sorted(os.listdir(mountpoint)) == ["photos", "search", "thumbs", "videos"]
+        video = os.stat(mountpoint / "videos" / "large-video.mp4")
+        assert video.st_size == 300 * MIB
+        assert (video.st_uid, video.st_gid) == (1234, 5678)
+        assert len(os.listdir(mountpoint / "photos")) >= 90
+        assert unmount(mountpoint).returncode == 0
+    finally:
+        if os.path.ismount(mountpoint):
+            unmount(mountpoint, lazy=True)

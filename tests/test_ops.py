@@ -102,7 +102,12 @@ async def list_dir(operations: Operations, replies: Replies, inode: int) -> dict
             break
         start = replies.entries[-1][2]
     await operations.releasedir(fh)
-    return {name: ino for name, ino, _ in replies.entries}
+    entries = {name: ino for name, ino, _ in replies.entries}
+    # . and .. come first, then the directory's entries
+    assert [name for name, _, _ in replies.entries[:2]] == [b".", b".."]
+    assert entries.pop(b".") == inode
+    entries.pop(b"..")
+    return entries
 
 
 async def test_root_and_photos(ops: tuple[Operations, Replies], fake_immich: Any) -> None:
@@ -133,18 +138,20 @@ async def test_readdir_with_a_full_buffer_counts_only_accepted_entries(
     operations, replies = ops
     photos = (await operations.lookup(ROOT_INODE, b"photos", CTX)).st_ino
     fh = await operations.opendir(photos, CTX)
-    replies.room = 3
+    replies.room = 5
     replies.next_call()
     await operations.readdir(fh, 0, None)  # type: ignore[arg-type]
-    assert len(replies.entries) == 3
-    first = {ino for _, ino, _ in replies.entries}
+    assert len(replies.entries) == 5
+    dots, first = replies.entries[:2], {ino for _, ino, _ in replies.entries[2:]}
+    assert [(name, ino) for name, ino, _ in dots] == [(b".", photos), (b"..", ROOT_INODE)]
+    assert operations.inodes.lookup_count(photos) == 1  # its lookup, not the "."
     assert all(operations.inodes.lookup_count(i) == 1 for i in first)
     # continue from the last next_id: no entry twice, none skipped
     replies.room = 1_000_000
     replies.next_call()
     await operations.readdir(fh, replies.entries[-1][2], None)  # type: ignore[arg-type]
     await operations.releasedir(fh)
-    names = [name for name, _, _ in replies.entries]
+    names = [name for name, _, _ in replies.entries if name not in (b".", b"..")]
     assert len(names) == len(set(names))
     all_names = await list_dir(operations, replies, photos)
     assert sorted(names) == sorted(all_names)

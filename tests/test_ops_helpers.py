@@ -299,10 +299,12 @@ def test_bad_source() -> None:
         mounthelper.build_command(Invocation("immich.local", "/mnt/p"))
 
 
-def test_mapped_flags_resolve_through_the_options_table() -> None:
-    # the flags the helper builds are the ones config.add_arguments defines
+def test_mapped_flags_are_what_immichfs_mount_accepts() -> None:
+    # the command the helper builds, parsed by the real `immichfs mount` parser
+    from immichfs import mount
+
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    mount.add_arguments(parser)
     command = mounthelper.build_command(
         Invocation(
             "http://immich.local:2283",
@@ -310,11 +312,20 @@ def test_mapped_flags_resolve_through_the_options_table() -> None:
             ["allow_other", "uid=12", "gid=34", "listing_ttl=7.5", "readahead_mb=8", "show_trash"],
         )
     )
-    args = parser.parse_args(command[5:])
+    assert command[1:4] == ["-m", "immichfs", "mount"]
+    args = parser.parse_args(command[4:])
+    assert args.mountpoint == "/mnt/p" and not args.foreground  # mount(8) wants it to return
     settings = config.load_settings(args, env={}, config_path=None)
     assert settings.url == "http://immich.local:2283"
     assert (settings.allow_other, settings.uid, settings.gid) == (True, 12, 34)
     assert (settings.listing_ttl, settings.readahead_mb, settings.show_trash) == (7.5, 8, True)
+    demo = parser.parse_args(mounthelper.build_command(Invocation("demo", "/mnt/p"))[4:])
+    assert demo.demo is True
+
+
+def test_gateway_settings_are_not_mount_options() -> None:
+    with pytest.raises(HelperError, match="unknown mount option 'gateway_port'"):
+        mounthelper.option_flags(["gateway_port=8080"])
 
 
 def test_helper_script_fake_mode_prints_command() -> None:
@@ -338,43 +349,6 @@ def test_helper_script_fake_mode_prints_command() -> None:
     assert bad.returncode == 1
     assert bad.stderr.startswith("mount.fuse.immichfs: api_key in mount options")
     assert "s3cret" not in bad.stderr
-
-
-@pytest.fixture
-def helper_in_sbin() -> Iterator[Path]:
-    """mount(8) finds helpers only in /sbin: link ours there for the test."""
-    if not IS_ROOT or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8)")
-    target = mounthelper.HELPER_DIR / mounthelper.HELPER_NAME
-    existed = target.exists() or target.is_symlink()
-    if not (Path(sys.executable).parent / mounthelper.HELPER_NAME).exists():
-        pytest.skip("package not installed (pip install -e .)")
-    if not existed:
-        mounthelper.install_helper(mounthelper.HELPER_DIR)
-    try:
-        yield target
-    finally:
-        if not existed:
-            target.unlink(missing_ok=True)
-
-
-def test_mount_8_calls_the_helper(helper_in_sbin: Path, tmp_path: Path) -> None:
-    # mount -f runs the helper with -f: everything but the mount itself
-    result = subprocess.run(
-        [
-            *("mount", "-f", "-t", "fuse.immichfs", "immichfs", str(tmp_path)),
-            *("-o", "allow_other,listing_ttl=3,config=/etc/immichfs/x.toml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
-    assert result.returncode == 0, result.stderr
-    assert (
-        f"-m immichfs mount {tmp_path} --allow-other --listing-ttl 3 "
-        "--config /etc/immichfs/x.toml" in result.stderr
-    )
 
 
 def install_helper_cli(*argv: str) -> int:
@@ -598,3 +572,20 @@ def test_kubernetes_sidecar_example() -> None:
     (app_mount,) = app["volumeMounts"]
     assert (app_mount["name"], app_mount["mountPropagation"]) == ("immich", "HostToContainer")
     assert "emptyDir" in volumes["immich"]
+
+
+def test_compose_example() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((REPO / "contrib" / "docker" / "compose.yaml").read_text())
+    immichfs, job = compose["services"]["immichfs"], compose["services"]["photo-job"]
+    assert immichfs["devices"] == ["/dev/fuse:/dev/fuse"]
+    assert immichfs["cap_add"] == ["SYS_ADMIN"]
+    assert "apparmor=unconfined" in immichfs["security_opt"]
+    assert immichfs["secrets"] == ["immich_api_key"]  # /run/secrets/immich_api_key
+    (shared,) = immichfs["volumes"]
+    (seen,) = job["volumes"]
+    assert shared["source"] == seen["source"]
+    assert shared["target"] == "/mnt/immich"  # the entrypoint's default mount point
+    assert (shared["bind"]["propagation"], seen["bind"]["propagation"]) == ("rshared", "rslave")
+    assert job["depends_on"]["immichfs"]["condition"] == "service_healthy"
+    assert "HEALTHCHECK" in (REPO / "Dockerfile").read_text()

@@ -407,3 +407,34 @@ async def test_tls_with_custom_ca_and_insecure(nursery: trio.Nursery, tmp_path: 
     async with RangeGetClient(url, "k-123456", verify=True, timeout=5) as client:
         with pytest.raises(ConnectError, match="TLS"):
             await fill(client, "abc", 7, 70)
+
+
+async def test_reader_resumes_cut_downloads_at_the_exact_offset(
+    fake_immich: Any, fake_library: Any
+) -> None:
+    asset = largest(fake_library)
+    content = content_of(fake_library, asset.id)
+    path = f"/api/assets/{asset.id}/original"
+    fake_immich.faults.cut_after(200_001, times=2, path=path)
+    fake_immich.faults.truncate(99_999, times=1, path=path)
+    fake_immich.faults.fail(503, times=1, path=path)
+    async with RangeGetClient(fake_immich.url, fake_immich.api_key, timeout=5) as client:
+        pool = ReaderPool(client)
+        async with pool.running():
+            reader = pool.open(asset.id, asset.size)
+            data = await reader.read(0, 3 * MiB)
+            await reader.aclose()
+        assert pool.statistics()["retries"] >= 4
+    assert data == content[: 3 * MiB]
+    by_end: dict[int, list[int]] = {}
+    for record in originals(fake_immich):
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", record.range or "")
+        assert match
+        by_end.setdefault(int(match[2]), []).append(int(match[1]))
+    # a failed request is asked again from where its bytes stopped, never from the start
+    # (the 503 is asked again at the same offset: nothing arrived)
+    assert sum(len(starts) for starts in by_end.values()) >= len(by_end) + 4
+    for starts in by_end.values():
+        assert starts == sorted(starts)
+        assert len(set(starts)) >= len(starts) - 1
+    assert sum(r.bytes_sent for r in originals(fake_immich)) <= 3 * MiB + 2 * MiB

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,9 +18,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from immichfs.cache import CacheSettings, MetadataCache
 from immichfs.errors import NotFound
+from immichfs.names import is_valid
 from immichfs.reader import ReaderPool
 from immichfs.tree import (
     AssetFile,
@@ -82,7 +86,10 @@ class MemorySource:
         if self.gate is not None:
             await self.gate.wait()
         for asset in self.assets:
-            if asset["type"] == filters.get("type") and not asset["isTrashed"]:
+            if "trashedAfter" in filters:
+                if asset["isTrashed"]:
+                    yield asset
+            elif asset["type"] == filters.get("type") and not asset["isTrashed"]:
                 yield asset
 
     async def search_metadata(
@@ -144,12 +151,14 @@ class Clock:
 
 
 def build(
-    assets: list[dict[str, Any]], *, smart: bool = False, limit: int = 250
+    assets: list[dict[str, Any]], *, smart: bool = False, limit: int = 250, trash: bool = False
 ) -> tuple[Tree, MemorySource, Clock]:
     source = MemorySource(list(assets), smart=smart)
     clock = Clock()
     cache = MetadataCache(CacheSettings(listing_ttl=10, asset_ttl=30), timer=clock)
-    tree = Tree(source, cache, ReaderPool(source.stream), TreeSettings(search_limit=limit))
+    tree = Tree(
+        source, cache, ReaderPool(source.stream), TreeSettings(search_limit=limit, show_trash=trash)
+    )
     return tree, source, clock
 
 
@@ -175,6 +184,14 @@ async def test_root_lists_the_views() -> None:
     root = await tree.listdir(("dir", "/"))
     assert [name for name, _ in root.entries] == ["photos", "search", "thumbs", "videos"]
     assert tree.cached_attributes(tree.root).nlink == 2 + 4
+
+
+async def test_trash_only_when_asked() -> None:
+    tree, _, _ = build(LIBRARY)
+    assert tree.directory(("dir", "trash")) is None
+    tree, _, _ = build(LIBRARY, trash=True)
+    assert await names_of(tree, "trash") == ["gone.jpg"]
+    assert tree.root.children["trash"] is tree.directory(("dir", "trash"))
 
 
 async def test_photos_and_videos_split_by_type_without_trash() -> None:
@@ -322,3 +339,26 @@ async def test_xattrs() -> None:
     assert values["user.immich.type"] == b"VIDEO"
     assert values["user.immich.checksum"] == LIBRARY[2]["checksum"].encode()
     assert tree.xattrs(tree.root) == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    names=st.lists(st.text(max_size=300), max_size=15),
+    query=st.text(min_size=1, max_size=80).filter(lambda q: "/" not in q and "\0" not in q),
+)
+async def test_hostile_names_and_queries_give_valid_unique_names(
+    names: list[str], query: str
+) -> None:
+    assets = [make_asset(i + 1, name) for i, name in enumerate(names)]
+    tree, _, _ = build(assets)
+    for path in ("photos", "thumbs/preview"):
+        listed = await names_of(tree, path)
+        assert len(listed) == len(assets)
+        assert all(is_valid(name) for name in listed)
+        keys = [unicodedata.normalize("NFC", name) for name in listed]
+        assert len(set(keys)) == len(keys)
+    node = await tree.lookup(("dir", "search"), query) if not query.startswith(".") else None
+    if node is not None:
+        assert isinstance(node, Directory)
+        found = [name for name, _ in (await node.listing()).entries]
+        assert all(is_valid(name) for name in found)

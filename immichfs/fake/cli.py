@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-extra",
         action="store_true",
-        help="only regular assets (no awkward names, live photo, large video)",
+        help="only regular assets and the large video (no awkward names, live photo...)",
     )
 
 
@@ -126,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
         f"{len(library.albums)} albums; Ctrl-C to stop",
         file=sys.stderr,
     )
-    # Materialise the large video now rather than on the first listing.
     threading.Thread(target=_warm, args=(library,), daemon=True).start()
     try:
         while not stop.wait(0.5):
@@ -140,9 +139,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _warm(library: object) -> None:
-    from immichfs.fake.library import FILE_THRESHOLD, FakeLibrary
+    """Compute every checksum in the background (large files first): the first
+    listing of a big library is then as fast as the next ones."""
+    from immichfs.fake.library import FakeLibrary
 
     assert isinstance(library, FakeLibrary)
-    for asset in list(library.assets.values()):
-        if asset.size > FILE_THRESHOLD:
+    assets = sorted(library.sorted_assets(), key=lambda a: -a.size)
+    for asset in assets:
+        try:
             library.checksum(asset.id)
+        except KeyError:  # deleted meanwhile
+            continue

@@ -63,7 +63,7 @@ def user(u: FakeUser) -> JSON:
 
 
 def user_admin(u: FakeUser, lib: FakeLibrary) -> JSON:
-    usage = sum(a.size for a in lib.assets.values() if a.owner_id == u.id)
+    usage = sum(a.size for a in lib.sorted_assets() if a.owner_id == u.id)
     return {
         **user(u),
         "isAdmin": u.is_admin,
@@ -97,7 +97,7 @@ def exif(lib: FakeLibrary, asset: FakeAsset, version: Version) -> JSON:
         "orientation": "1" if is_image else None,
         "dateTimeOriginal": iso(asset.file_created_at),
         "modifyDate": iso(asset.file_modified_at),
-        "timeZone": _offset_zone(asset.local_offset_minutes),
+        "timeZone": asset.time_zone or _offset_zone(asset.local_offset_minutes),
         "lensModel": asset.lens_model,
         "fNumber": 1.8 if is_image else None,
         "focalLength": 5.1 if is_image else None,

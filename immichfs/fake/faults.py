@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Rule:
-    kind: str  # cut | truncate | fail | delay | ignore_range
+    kind: str  # cut | truncate | fail | delay | ignore_range | slow | stall
     path: str | None
     times: int | None
     nbytes: int = 0
@@ -52,12 +52,12 @@ class Faults:
         with self._lock:
             self._rules.append(rule)
 
-    def cut_after(self, nbytes: int, *, times: int | None = 1, path: str | None = None) -> None:
+    def cut_after(self, nbytes: int, times: int | None = 1, *, path: str | None = None) -> None:
         """Reset the connection after ``nbytes`` bytes of a response body."""
         self._add(Rule("cut", path, times, nbytes=nbytes))
 
     def truncate(
-        self, nbytes: int | None = None, *, times: int | None = 1, path: str | None = None
+        self, nbytes: int | None = None, times: int | None = 1, *, path: str | None = None
     ) -> None:
         """Send only ``nbytes`` (default: half) of a body whose full Content-Length was
         announced, then close the connection cleanly."""
@@ -66,9 +66,9 @@ class Faults:
     def fail(
         self,
         status: int = 503,
-        *,
         times: int | None = 1,
         retry_after: int | None = None,
+        *,
         path: str | None = None,
     ) -> None:
         """Answer ``status`` (5xx or 429) instead of serving, optionally with Retry-After."""
@@ -77,6 +77,26 @@ class Faults:
     def delay(self, seconds: float, *, times: int | None = None, path: str | None = None) -> None:
         """Wait ``seconds`` before answering."""
         self._add(Rule("delay", path, times, seconds=seconds))
+
+    def slow_body(
+        self, bytes_per_second: int, times: int | None = None, *, path: str | None = None
+    ) -> None:
+        """Send response bodies at about ``bytes_per_second``."""
+        if bytes_per_second < 1:
+            raise ValueError("bytes_per_second must be >= 1")
+        self._add(Rule("slow", path, times, nbytes=bytes_per_second))
+
+    def stall(
+        self,
+        nbytes: int,
+        seconds: float,
+        times: int | None = 1,
+        *,
+        path: str | None = None,
+    ) -> None:
+        """Send ``nbytes`` of a body, then pause ``seconds`` before the rest
+        (a read timeout in the middle of a download)."""
+        self._add(Rule("stall", path, times, nbytes=nbytes, seconds=seconds))
 
     def ignore_range(self, *, times: int | None = None, path: str | None = None) -> None:
         """Answer ranged requests with 200 and the whole body."""
@@ -109,11 +129,22 @@ class Faults:
         if self.refusing:
             self.resume_connections()
 
-    def take(self, kind: str, path: str) -> Rule | None:
-        """The first matching active rule of ``kind``, consuming one use of it."""
+    def take(self, kind: str, path: str, body_length: int | None = None) -> Rule | None:
+        """The first matching active rule of ``kind``, consuming one use of it.
+
+        Byte-count faults (cut, truncate) match only bodies longer than the
+        bytes they let through, so they never fire on a body they cannot break.
+        """
         with self._lock:
             for rule in self._rules:
                 if rule.kind == kind and rule.matches(path):
+                    if (
+                        body_length is not None
+                        and rule.kind in ("cut", "truncate", "stall")
+                        and rule.nbytes >= 0
+                        and rule.nbytes >= body_length
+                    ):
+                        continue
                     if rule.times is not None:
                         rule.times -= 1
                         if rule.times <= 0:

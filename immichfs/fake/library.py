@@ -51,14 +51,33 @@ _EXTENSION_MIME = {
 }
 _KIND_EXTENSION = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "mp4": ".mp4"}
 _OFFSETS = (-420, -300, -240, 0, 60, 120, 330, 540, 600)  # minutes east of UTC
-_PLACES = (
-    ("Kyoto", "Kyoto", "Japan", 35.0116, 135.7681),
-    ("Paris", "Île-de-France", "France", 48.8566, 2.3522),
-    ("Lyon", "Auvergne-Rhône-Alpes", "France", 45.764, 4.8357),
-    ("New York", "New York", "United States of America", 40.7128, -74.006),
-    ("Reykjavík", "Capital Region", "Iceland", 64.1466, -21.9426),
-    (None, None, None, None, None),
+_PLACES = (  # city, state, country, latitude, longitude, IANA time zone
+    ("Kyoto", "Kyoto", "Japan", 35.0116, 135.7681, "Asia/Tokyo"),
+    ("Paris", "Île-de-France", "France", 48.8566, 2.3522, "Europe/Paris"),
+    ("Lyon", "Auvergne-Rhône-Alpes", "France", 45.764, 4.8357, "Europe/Paris"),
+    ("New York", "New York", "United States of America", 40.7128, -74.006, "America/New_York"),
+    ("Reykjavík", "Capital Region", "Iceland", 64.1466, -21.9426, "Atlantic/Reykjavik"),
+    (None, None, None, None, None, None),
 )
+_STANDARD_OFFSETS = {  # without tzdata: offsets ignoring daylight saving time
+    "Asia/Tokyo": 540,
+    "Europe/Paris": 60,
+    "America/New_York": -300,
+    "Atlantic/Reykjavik": 0,
+}
+
+
+def zone_offset(zone: str, instant: datetime) -> int:
+    """Minutes east of UTC in ``zone`` at ``instant`` (daylight saving time included)."""
+    try:
+        from zoneinfo import ZoneInfo
+
+        offset = instant.astimezone(ZoneInfo(zone)).utcoffset()
+    except Exception:  # no tzdata on this machine
+        return _STANDARD_OFFSETS.get(zone, 0)
+    return int(offset.total_seconds() // 60) if offset is not None else 0
+
+
 _CAMERAS = (
     ("Apple", "iPhone 13", "iPhone 13 back dual wide camera 5.1mm f/1.6"),
     ("Google", "Pixel 7", None),
@@ -124,6 +143,7 @@ class FakeAsset:
     updated_at: datetime
     salt: int
     extension: str = ".jpg"  # of the stored file (decides Content-Type)
+    time_zone: str | None = None  # IANA zone of the place, when known
     is_favorite: bool = False
     visibility: str = "timeline"  # timeline | archive | hidden | locked
     deleted_at: datetime | None = None
@@ -220,10 +240,19 @@ class FakeTag:
     color: str | None = None
 
 
-def _fmt_exif_offset(minutes: int) -> str:
-    sign = "+" if minutes >= 0 else "-"
-    h, m = divmod(abs(minutes), 60)
-    return f"{sign}{h:02d}:{m:02d}"
+def _remove_orphans() -> None:
+    """Remove cache directories left by fake servers that were killed (no exit hooks ran)."""
+    for path in Path(tempfile.gettempdir()).glob("immichfs-fake-*-*"):
+        pid_text = path.name.split("-")[2]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            log.debug("removing %s, left by a dead process", path)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process): leave it
 
 
 class FakeLibrary:
@@ -276,11 +305,12 @@ class FakeLibrary:
         """A deterministic sample library.
 
         ``photos``/``videos`` regular assets spread over 2015-2025 (JPEG, PNG,
-        WebP photos; MP4 videos), plus, with ``extra``, the awkward cases a
-        client must survive: duplicate names, NFC/NFD unicode, a name with
-        ``/``, a name longer than 255 bytes, archived, trashed and locked
-        assets, a live photo, another user's shared album, and one video of
-        ``large_video_bytes`` (skipped when None).
+        WebP photos; MP4 videos; sizes log-uniform in ``photo_bytes`` /
+        ``video_bytes``), one video of ``large_video_bytes`` (none when None)
+        and, with ``extra``, the awkward cases a client must survive: duplicate
+        names, NFC/NFD unicode, a name with ``/``, a name longer than 255
+        bytes, archived, trashed and locked assets, a live photo and another
+        user's photos seen through a shared album.
         """
         lib = cls(seed)
         rng = random.Random(seed)
@@ -362,6 +392,20 @@ class FakeLibrary:
 
         if extra:
             lib._add_extras(rng, people, tags, large_video_bytes)
+        elif large_video_bytes:
+            taken = datetime(2020, 1, 3, 18, 30, tzinfo=UTC)
+            big = lib._new_asset(
+                "large-video",
+                me,
+                "VIDEO",
+                "mp4",
+                "large-video.mp4",
+                taken,
+                rng,
+                size=large_video_bytes,
+            )
+            big.description = "A very large video file"
+            lib._store(big)
         lib._add_albums(rng)
         lib._sorted = None
         return lib
@@ -410,7 +454,10 @@ class FakeLibrary:
         size: int,
     ) -> FakeAsset:
         make, model, lens = _CAMERAS[rng.randrange(len(_CAMERAS))]
-        city, state, country, lat, lon = _PLACES[rng.randrange(len(_PLACES))]
+        city, state, country, lat, lon, zone = _PLACES[rng.randrange(len(_PLACES))]
+        offset = _OFFSETS[rng.randrange(len(_OFFSETS))]
+        if zone is not None:
+            offset = zone_offset(zone, taken)
         width, height = {
             "jpeg": (640, 480),
             "png": (320, 240),
@@ -426,7 +473,8 @@ class FakeLibrary:
             kind=kind,
             original_file_name=name,
             file_created_at=taken.replace(microsecond=0),
-            local_offset_minutes=_OFFSETS[rng.randrange(len(_OFFSETS))],
+            local_offset_minutes=offset,
+            time_zone=zone,
             size=media.adjust_size(kind, size),
             width=width,
             height=height,
@@ -478,6 +526,12 @@ class FakeLibrary:
             )
             for key, value in changes.items():
                 setattr(asset, key, value)
+            place = next(
+                (p for p in _PLACES if p[0] is not None and p[0] == changes.get("city")), None
+            )
+            if place is not None and place[5] is not None:
+                asset.time_zone = place[5]
+                asset.local_offset_minutes = zone_offset(place[5], asset.file_created_at)
             self._store(asset)
             return asset
 
@@ -683,7 +737,8 @@ class FakeLibrary:
         """Private directory for large contents, removed on :meth:`close` or exit."""
         with self.lock:
             if self._cache_dir is None:
-                path = Path(tempfile.mkdtemp(prefix="immichfs-fake-"))
+                _remove_orphans()
+                path = Path(tempfile.mkdtemp(prefix=f"immichfs-fake-{os.getpid()}-"))
                 self._cache_dir = path
                 self._finalizer = weakref.finalize(self, shutil.rmtree, str(path), True)
             return self._cache_dir
@@ -721,11 +776,20 @@ class FakeLibrary:
         if raw is None:
             if asset.size > FILE_THRESHOLD:
                 self.content_path(asset_id)
-            else:
-                self.content(asset_id)
-            raw = asset.checksum_raw
-            if raw is None:  # content changed while hashing: hash the current bytes
-                raw = hashlib.sha1(self.content(asset_id)).digest()
+                raw = asset.checksum_raw
+            if raw is None:
+                # Hash the stream without keeping the bytes: listings need every
+                # checksum, downloads need few contents.
+                revision = asset.revision
+                digest = hashlib.sha1()
+                for piece in media.iter_content(
+                    asset.kind, asset.media_info(), asset.size, asset.salt
+                ):
+                    digest.update(piece)
+                raw = digest.digest()
+                with self.lock:
+                    if asset.revision == revision:
+                        asset.checksum_raw = raw
         return raw
 
     def checksum(self, asset_id: str) -> str:
@@ -858,6 +922,9 @@ class FakeLibrary:
         """Replace the asset's bytes (new checksum; same size unless ``size`` is given)."""
         with self.lock:
             asset = self._asset(asset_id)
+            if self._cache_dir is not None:  # open handles keep serving the old file
+                for path in self._cache_dir.glob(f"{asset.id}.{asset.revision}*"):
+                    path.unlink(missing_ok=True)
             asset.revision += 1
             asset.checksum_raw = None
             if size is not None:

@@ -86,6 +86,7 @@ class Body:
     path: Path | None = None
     offset: int = 0
     length: int = 0
+    json: bool = False  # a JSON document: may be gzipped, answers If-None-Match
 
 
 @dataclass(slots=True)
@@ -296,8 +297,10 @@ class FakeImmich:
     def _serve_connection(self, conn: socket.socket, addr: Any) -> None:
         try:
             _Handler(conn, addr, self)
-        except OSError:
-            pass
+        except (OSError, ValueError):
+            pass  # the client went away or sent garbage: drop the connection
+        except Exception:
+            log.exception("fake server connection failed")
         finally:
             with self._conn_lock:
                 self._connections.discard(conn)
@@ -375,13 +378,15 @@ class FakeImmich:
             digest = base64.b64encode(hashlib.sha1(data).digest()).decode()[:27]
             hdrs.append(("ETag", f'"{len(data):x}-{digest}"'))
         hdrs.extend(headers or [])
-        return Response(status, hdrs, Body(data=data))
+        return Response(status, hdrs, Body(data=data, length=len(data), json=True))
 
     # -- auth ------------------------------------------------------------------------------
 
     def authenticate(self, req: Request, route: Route) -> None:
         key = req.headers.get("x-api-key") or req.arg("apiKey")
         if not key:
+            if req.headers.get("Authorization", "").lower().startswith("bearer "):
+                raise HttpError(401, "Invalid user token")  # no login sessions here
             raise HttpError(401, "Authentication required")
         if key != self.api_key or self.faults.key_revoked:
             raise HttpError(401, "Invalid API key")
@@ -409,7 +414,7 @@ class FakeImmich:
             return True
         return any(
             asset.id in album.asset_ids and self._album_access(album.id)
-            for album in self.library.albums.values()
+            for album in list(self.library.albums.values())
         )
 
     def _album_access(self, album_id: str) -> bool:
@@ -441,6 +446,7 @@ class FakeImmich:
             r("GET", "/server/config", self.server_config, None),
             r("GET", "/server/media-types", self.media_types, None),
             r("GET", "/server/about", self.server_about, "server.about"),
+            r("GET", "/server/storage", self.server_storage, "server.storage"),
             r("POST", "/auth/validateToken", self.validate_token, "", any_credential=True),
             r(
                 "GET",
@@ -599,6 +605,30 @@ class FakeImmich:
             }
         )
 
+    def server_storage(self, req: Request, m: re.Match[str]) -> Response:
+        used = sum(a.size for a in self.library.sorted_assets())
+        size = max(1 << 40, used * 4)  # a 1 TiB disk, or bigger for huge libraries
+
+        def human(n: int) -> str:
+            value = float(n)
+            for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+                if value < 1024 or unit == "TiB":
+                    return f"{value:.1f} {unit}"
+                value /= 1024
+            return f"{value:.1f} TiB"
+
+        return self.json_response(
+            {
+                "diskSize": human(size),
+                "diskUse": human(used),
+                "diskAvailable": human(size - used),
+                "diskSizeRaw": size,
+                "diskUseRaw": used,
+                "diskAvailableRaw": size - used,
+                "diskUsagePercentage": round(used * 100 / size, 2),
+            }
+        )
+
     def validate_token(self, req: Request, m: re.Match[str]) -> Response:
         return self.json_response({"authStatus": True})
 
@@ -665,9 +695,18 @@ class FakeImmich:
                     "invalid_value",
                     "Invalid option",
                 )
-        for name in ("id", "deviceId", "libraryId"):
-            if name == "id" and isinstance(f.get(name), str):
-                self.check_id(f[name], name)
+        if isinstance(f.get("id"), str):
+            self.check_id(f["id"], "id")
+        rating = f.get("rating")
+        if rating is not None:
+            low = 1 if self.version_info >= (3, 0, 0) else -1  # 0 and -1 went away in v3
+            if isinstance(rating, bool) or not isinstance(rating, int) or not low <= rating <= 5:
+                raise self.validation(
+                    "rating",
+                    f"rating must not be less than {low}",
+                    "too_small",
+                    f"Too small: expected number to be >={low}",
+                )
         for name in ("personIds", "albumIds", "tagIds"):
             value = f.get(name)
             if value is None:
@@ -740,7 +779,7 @@ class FakeImmich:
                 return lambda a: False
         not_in_album: set[str] | None = None
         if f.get("isNotInAlbum"):
-            not_in_album = {i for al in lib.albums.values() for i in al.asset_ids}
+            not_in_album = {i for al in list(lib.albums.values()) for i in list(al.asset_ids)}
         checksum = f.get("checksum")
         checksum_raw: bytes | None = None
         if isinstance(checksum, str):
@@ -944,7 +983,7 @@ class FakeImmich:
         favorite = req.arg("isFavorite")
         trashed = req.arg("isTrashed") == "true"
         images = videos = total = 0
-        for a in self.library.assets.values():
+        for a in self.library.sorted_assets():
             if a.owner_id != self.user.id or a.visibility == "locked":
                 continue
             if visibility is not None:
@@ -1055,7 +1094,9 @@ class FakeImmich:
     def asset_thumbnail(self, req: Request, m: re.Match[str]) -> Response:
         asset = self.asset_for(m["id"], "asset.view")
         size = req.arg("size") or "thumbnail"
-        allowed = ["fullsize", "preview", "thumbnail"]
+        allowed = ["preview", "thumbnail"]
+        if self.version_info >= (1, 131, 0):
+            allowed.insert(0, "fullsize")
         if self.version_info >= (3, 0, 0):
             allowed.append("original")
         if size not in allowed:
@@ -1066,7 +1107,8 @@ class FakeImmich:
                 "Invalid option",
             )
         if size in ("fullsize", "original"):
-            rest = {k: v for k, v in req.query.items() if k != "size"}
+            # only the endpoint's own parameters travel (never apiKey)
+            rest = {k: v for k, v in req.query.items() if k in ("edited", "key", "slug")}
             query = "&".join(f"{quote(k)}={quote(v[-1])}" for k, v in rest.items())
             if asset.type == "IMAGE" or size == "original":
                 location = "original" + (f"?{query}" if query else "")
@@ -1099,7 +1141,7 @@ class FakeImmich:
 
     def albums(self, req: Request, m: re.Match[str]) -> Response:
         lib, me = self.library, self.user.id
-        albums = [a for a in lib.albums.values() if self._album_visible(a.id)]
+        albums = [a for a in list(lib.albums.values()) if self._album_visible(a.id)]
         if self.version_info >= (3, 0, 0):
             is_owned, is_shared = req.arg("isOwned"), req.arg("isShared")
             if is_owned is not None:
@@ -1145,7 +1187,7 @@ class FakeImmich:
 
     def _face_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for a in self.library.assets.values():
+        for a in self.library.sorted_assets():
             if a.owner_id == self.user.id and not a.is_trashed:
                 for pid in a.person_ids:
                     counts[pid] = counts.get(pid, 0) + 1
@@ -1373,6 +1415,7 @@ class _Handler(BaseHTTPRequestHandler):
     """One connection; ``http.server`` parses, :class:`FakeImmich` answers."""
 
     protocol_version = "HTTP/1.1"
+    _progress = 0  # body bytes of the current response written so far
     timeout = 120  # idle keep-alive connections are closed after this
     server: Any
 
@@ -1463,8 +1506,8 @@ class _Handler(BaseHTTPRequestHandler):
         data = body.data
         headers = response.headers
         fake = self.fake
-        if data is not None and body.path is None and body.length == 0 and body.offset == 0:
-            # a JSON/error body: compress like Immich (v1.133+) when the client accepts it
+        if data is not None and body.json:
+            # compress like Immich (v1.133+) when the client accepts it
             if (
                 fake.version_info >= (1, 133, 0)
                 and len(data) > 1024
@@ -1478,13 +1521,13 @@ class _Handler(BaseHTTPRequestHandler):
                 body = Body()
         length = body.length
         self.send_response(response.status)
+        cid = "X-Correlation-ID" if fake.version_info >= (3, 0, 0) else "x-immich-cid"
+        if not any(name == cid for name, _ in headers):  # Immich tags every response
+            self.send_header(cid, secrets.token_hex(4))
         for name, value in headers:
             self.send_header(name, value)
-        if not any(name.lower() == "content-length" for name, _ in headers):
-            if response.status == 304:
-                pass
-            else:
-                self.send_header("Content-Length", str(length))
+        if response.status != 304 and not any(n.lower() == "content-length" for n, _ in headers):
+            self.send_header("Content-Length", str(length))
         if self.close_connection:
             self.send_header("Connection", "close")
         record.status = response.status
@@ -1494,29 +1537,39 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         limit = length
-        cut = fake.faults.take("cut", path)
-        truncate = None if cut else fake.faults.take("truncate", path)
+        cut = fake.faults.take("cut", path, length)
+        truncate = None if cut else fake.faults.take("truncate", path, length)
         if cut is not None:
             limit = min(length, cut.nbytes)
         elif truncate is not None:
             limit = length // 2 if truncate.nbytes < 0 else min(length, truncate.nbytes)
+        slow = fake.faults.take("slow", path)
+        stall = fake.faults.take("stall", path, length)
         record.bytes_sent = limit
         fake.requests.append(record)
         self.end_headers()
-        sent = 0
+        self._progress = 0
         try:
-            if body.path is not None:
+            if slow is not None or stall is not None:
+                self._send_paced(
+                    body,
+                    limit,
+                    rate=slow.nbytes if slow is not None else None,
+                    stall_at=stall.nbytes if stall is not None else None,
+                    stall_for=stall.seconds if stall is not None else 0.0,
+                )
+            elif body.path is not None:
                 with body.path.open("rb") as f:
-                    sent = self._sendfile(f, body.offset, limit)
+                    self._sendfile(f, body.offset, limit)
             elif body.data is not None:
                 view = memoryview(body.data)[body.offset : body.offset + limit]
                 self.connection.sendall(view)
-                sent = len(view)
+                self._progress = len(view)
         except OSError:
             self.close_connection = True
-            record.bytes_sent = sent
+            record.bytes_sent = self._progress
             return
-        record.bytes_sent = sent
+        record.bytes_sent = self._progress
         if cut is not None or truncate is not None:
             self.close_connection = True
             self.wfile.flush()
@@ -1529,14 +1582,50 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_WR)
 
-    def _sendfile(self, f: Any, offset: int, count: int) -> int:
-        sent = 0
-        while sent < count:
-            n = self.connection.sendfile(f, offset + sent, count - sent)
+    def _sendfile(self, f: Any, offset: int, count: int) -> None:
+        while self._progress < count:
+            n = self.connection.sendfile(f, offset + self._progress, count - self._progress)
             if n == 0:
                 break
-            sent += n
-        return sent
+            self._progress += n
+
+    def _send_paced(
+        self,
+        body: Body,
+        limit: int,
+        *,
+        rate: int | None,
+        stall_at: int | None,
+        stall_for: float,
+    ) -> None:
+        """Send in small pieces: at ``rate`` bytes/s, and/or pausing at ``stall_at``."""
+        chunk = 16 << 10 if rate is None else max(1, min(16 << 10, rate // 20))
+        fd = None
+        try:
+            if body.path is not None:
+                fd = body.path.open("rb")
+            while self._progress < limit:
+                n = min(chunk, limit - self._progress)
+                if stall_at is not None and self._progress + n > stall_at:
+                    n = stall_at - self._progress
+                    if n <= 0:
+                        time.sleep(stall_for)
+                        stall_at = None
+                        continue
+                start = body.offset + self._progress
+                if fd is not None:
+                    fd.seek(start)
+                    piece = fd.read(n)
+                else:
+                    assert body.data is not None
+                    piece = body.data[start : start + n]
+                self.connection.sendall(piece)
+                self._progress += len(piece)
+                if rate:
+                    time.sleep(len(piece) / rate)
+        finally:
+            if fd is not None:
+                fd.close()
 
     def _not_modified(self, headers: list[tuple[str, str]]) -> bool:
         wanted = self.headers.get("If-None-Match")
