@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "immichfs.mounthelper",
         "put mount.fuse.immichfs where mount(8) finds it, for /etc/fstab",
     ),
+    "refresh": ("immichfs.refresh", "make a mounted immichfs look for changes in Immich now"),
     "warm": (
         "immichfs.warm",
         "pre-fetch the listings (and thumbnails) of a mounted subtree, with progress",

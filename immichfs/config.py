@@ -147,6 +147,22 @@ OPTIONS: tuple[Option, ...] = (
         group="mount",
     ),
     Option(
+        "hide_unnamed_people",
+        bool,
+        False,
+        "leave unnamed face clusters out of /people (they are shown as unnamed-<id prefix>)",
+        "IMMICHFS_HIDE_UNNAMED_PEOPLE",
+        group="mount",
+    ),
+    Option(
+        "by_date_days",
+        bool,
+        False,
+        "split /by-date/YYYY/MM into DD day directories",
+        "IMMICHFS_BY_DATE_DAYS",
+        group="mount",
+    ),
+    Option(
         "search_limit",
         int,
         250,
@@ -285,6 +301,8 @@ class Settings:
     uid: int | None = None
     gid: int | None = None
     show_trash: bool = False
+    hide_unnamed_people: bool = False
+    by_date_days: bool = False
     search_limit: int = 250
     listing_ttl: float = 20.0
     asset_ttl: float = 60.0

@@ -4,14 +4,15 @@
 out Immich's own JSON objects. It is the one place where httpx exceptions and
 HTTP statuses become :mod:`immichfs.errors` (as httpx's own
 ``map_httpcore_exceptions`` does one layer down), always chained ``from`` the
-original. Idempotent JSON calls (every GET, and the read-only POSTs: search,
-key validation), thumbnails and HEAD are retried after transient failures
-under ``retry_policy`` (:class:`immichfs.retry.RetryPolicy`: 502/503/504, 429
-with ``Retry-After``, refused or broken connections, timeouts, truncated
-bodies; not 500, see :mod:`immichfs.retry`), bounded by its budget; pass
-``retry_policy=None`` to see every failure at once. Streams of originals are
-not retried here: :func:`immichfs.retry.resuming` resumes them at the offset
-reached.
+original. Given a ``retry_policy`` (:class:`immichfs.retry.RetryPolicy`, e.g.
+``DEFAULT_RETRY_POLICY``), idempotent JSON calls (every GET, and the read-only
+POSTs: search, key validation), thumbnails and HEAD are retried after
+transient failures (502/503/504, 429 with ``Retry-After``, refused or broken
+connections, timeouts, truncated bodies; not 500, see :mod:`immichfs.retry`)
+within its budget. Without one (the default) every failure is raised at once:
+a diagnosis (``immichfs check``) or a gateway answering its own client wants
+that. Streams of originals are never retried here:
+:func:`immichfs.retry.resuming` resumes them at the offset reached.
 
 The API key is sent only in the ``x-api-key`` header and only to the server's
 own origin (a redirect elsewhere goes without it); it is registered with the
@@ -34,10 +35,12 @@ import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import (
     AbstractAsyncContextManager,
     AsyncExitStack,
+    aclosing,
     asynccontextmanager,
     contextmanager,
     suppress,
@@ -88,7 +91,7 @@ MAX_PAGE_SIZE = 1000
 MAX_JSON_BYTES = 64 * 1024 * 1024
 #: an error body is read this far for its message
 _MAX_ERROR_BYTES = 64 * 1024
-#: what a connector retries unless told otherwise (the ``retry_budget`` setting's default)
+#: the policy the filesystem uses by default (the ``retry_budget`` setting's default)
 DEFAULT_RETRY_POLICY = RetryPolicy()
 #: ids go into URL paths: refuse anything that could change the path
 _ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
@@ -120,7 +123,8 @@ class ImmichConnector:
     a :class:`ConfigError` names the setting that is missing or malformed.
     ``verify`` is httpx's: ``True``, ``False`` (no TLS checks) or a CA bundle path.
     ``env`` replaces ``os.environ`` (for tests and embedding). ``retry_policy``
-    governs retries of idempotent calls (``None`` or ``attempts=1``: none).
+    governs retries of idempotent calls (``None``, the default, or ``attempts=1``:
+    none).
     """
 
     def __init__(
@@ -133,7 +137,7 @@ class ImmichConnector:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 16,
         env: Mapping[str, str] | None = None,
-        retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         env = os.environ if env is None else env
         if url is None:
@@ -171,7 +175,12 @@ class ImmichConnector:
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            headers={"User-Agent": f"immichfs/{__version__}", "Accept": "application/json"},
+            headers={
+                "User-Agent": f"immichfs/{__version__}",
+                "Accept": "application/json",
+                # what _read can decode (httpx would add br/zstd when installed)
+                "Accept-Encoding": "gzip, deflate",
+            },
             event_hooks={"request": [self._authorise]},
             follow_redirects=False,
             trust_env=False,
@@ -312,21 +321,35 @@ class ImmichConnector:
     async def _read(
         self, response: httpx.Response, limit: int, what: str, *, truncate: bool = False
     ) -> bytes:
-        """The (decoded) body, at most ``limit`` bytes: more is ProtocolError or cut."""
+        """The (decoded) body, at most ``limit`` bytes: more is ProtocolError or cut.
+
+        The raw body is decoded here, not by httpx, so that a gzip bomb is cut at
+        ``limit`` decoded bytes (never inflated whole) and leaving early closes
+        every generator at once.
+        """
         declared = response.headers.get("content-length")
         if not truncate and declared and declared.isdigit() and int(declared) > limit:
             raise ProtocolError(f"{what}: the answer is too large ({declared} bytes)")
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in _DECODERS:
+            raise ProtocolError(f"{what}: the server sent it {encoding}-encoded")
+        # a body read before it got here (httpx.MockTransport) is decoded already
+        decoder = _Identity() if response.is_stream_consumed else _DECODERS[encoding]()
         parts: list[bytes] = []
         got = 0
         with self._translate(what, in_body=True):
-            async for chunk in response.aiter_bytes():
-                got += len(chunk)
-                if got > limit:
-                    if truncate:
-                        parts.append(chunk[: limit - (got - len(chunk))])
-                        break
-                    raise ProtocolError(f"{what}: the answer is larger than {limit} bytes")
-                parts.append(chunk)
+            async with aclosing(_raw_body(response)) as body:
+                async for raw in body:
+                    for chunk in _decoded(decoder, raw, limit - got + 1, what):
+                        got += len(chunk)
+                        if got > limit:
+                            if not truncate:
+                                raise ProtocolError(
+                                    f"{what}: the answer is larger than {limit} bytes"
+                                )
+                            parts.append(chunk[: limit - (got - len(chunk))])
+                            return b"".join(parts)
+                        parts.append(chunk)
         return b"".join(parts)
 
     async def _json(
@@ -927,6 +950,39 @@ def _os_reason(exc: BaseException) -> str:
             todo.extend(seen.exceptions)
         todo.extend(e for e in (seen.__cause__, seen.__context__) if e is not None)
     return str(exc) or type(exc).__name__
+
+
+class _Identity:
+    """The decoder of a body sent as it is."""
+
+    unconsumed_tail = b""
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        return data
+
+
+#: Content-Encoding -> a fresh decoder (what the client offers in Accept-Encoding)
+_DECODERS: dict[str, Callable[[], Any]] = {
+    "identity": _Identity,
+    "": _Identity,
+    "gzip": lambda: zlib.decompressobj(zlib.MAX_WBITS | 16),
+    "x-gzip": lambda: zlib.decompressobj(zlib.MAX_WBITS | 16),
+    "deflate": lambda: zlib.decompressobj(),
+}
+
+
+def _decoded(decoder: Any, data: bytes, most: int, what: str) -> Iterator[bytes]:
+    """``data`` decoded piece by piece, no piece larger than ``most`` (bomb-proof)."""
+    try:
+        while data:
+            piece = decoder.decompress(data, max(most, 1))
+            data = decoder.unconsumed_tail
+            if piece:
+                yield piece
+            elif data:
+                raise ProtocolError(f"{what}: the compressed body does not decode")
+    except zlib.error as exc:
+        raise ProtocolError(f"{what}: the compressed body is corrupt ({exc})") from exc
 
 
 def _length(response: httpx.Response) -> int | None:

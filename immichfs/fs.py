@@ -11,6 +11,7 @@ errno values:
     any other ImmichfsError                EIO
     any other Exception                    EIO, with the traceback logged
     writes of any kind                     EROFS
+    a name longer than 255 bytes           ENAMETOOLONG
 
 pyfuse3 only catches ``FUSEError``: anything else would end the main loop and
 leave a dead mount, hence the guard. ``BaseException`` (``trio.Cancelled``,
@@ -30,11 +31,12 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from immichfs.errors import (
     AuthenticationError,
@@ -44,12 +46,15 @@ from immichfs.errors import (
     StaleAsset,
 )
 from immichfs.inodes import DirSnapshot, HandleTable, InodeTable
+from immichfs.names import MAX_NAME_BYTES
 from immichfs.tree import (
     ROOT_KEY,
     AssetFile,
     Attributes,
     Directory,
     FileNode,
+    Key,
+    Node,
     OpenFile,
     Tree,
 )
@@ -73,11 +78,16 @@ def _guarded(
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """Run a handler inside ``Operations._errno_guard``."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
         self = args[0]
         assert isinstance(self, Operations)
-        with self._errno_guard(method.__name__):
+        if log.isEnabledFor(logging.DEBUG):
+            shown = ", ".join(repr(a)[:80] for a in args[1:] if isinstance(a, int | bytes))
+            log.debug("%s(%s) started", name, shown)
+        with self._errno_guard(name):
             return await method(*args, **kwargs)
 
     return handler
@@ -98,6 +108,7 @@ class Operations(pyfuse3.Operations):
         kernel_ttl: entry/attribute timeout handed to the kernel
         uid, gid: owner of every file
         readdir_reply: pyfuse3.readdir_reply, injectable for tests
+        invalidate_inode: pyfuse3.invalidate_inode, replaceable for tests
     """
 
     supports_dot_lookup = True
@@ -122,6 +133,8 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.readdir_reply: ReaddirReply = readdir_reply or pyfuse3.readdir_reply
+        #: pyfuse3.invalidate_inode, replaceable in tests (it needs a mounted session)
+        self.invalidate_inode: Callable[[int, bool], None] = pyfuse3.invalidate_inode
         #: access errors already logged: (error class, permission)
         self._access_logged: set[tuple[str, str | None]] = set()
         self._checksums: dict[int, str] = {}
@@ -181,7 +194,7 @@ class Operations(pyfuse3.Operations):
         entry.st_birthtime_ns = entry.st_ctime_ns
         return entry
 
-    async def _node(self, inode: int) -> Directory | FileNode:
+    async def _node(self, inode: int) -> Node:
         key = self.inodes.key(inode)
         if key is None:
             raise NotFound(f"unknown inode {inode}")
@@ -207,9 +220,11 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        log.debug("lookup(%d, %r)", parent_inode, name)
+        if len(name) > MAX_NAME_BYTES:
+            # FUSE passes names up to 1024 bytes; none of ours is longer than 255
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         directory = await self._directory(parent_inode)
-        node: Directory | FileNode
+        node: Node
         if name == b".":
             node = directory
         elif name == b"..":
@@ -342,7 +357,7 @@ class Operations(pyfuse3.Operations):
             # `ls -l` asks for security.* and system.posix_acl_* of every file: answer fast
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = await self._node(inode)
-        value = self.tree.xattrs(node).get(name.decode("utf-8", "replace"))
+        value = await self.tree.getxattr(node, name.decode("utf-8", "replace"))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -350,7 +365,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = await self._node(inode)
-        return [name.encode("utf-8") for name in self.tree.xattrs(node)]
+        return [name.encode("utf-8") for name in await self.tree.listxattr(node)]
 
     @_guarded
     async def setxattr(
@@ -417,6 +432,29 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         raise _read_only()
+
+    # -- changes made behind the kernel's back
+
+    async def invalidate(self, keys: Iterable[Key]) -> int:
+        """Make the kernel drop what it cached of these nodes (attributes, page cache,
+        directory contents), e.g. after a refresh found them changed in Immich.
+
+        Only inodes the kernel holds are concerned. ``invalidate_inode`` may block
+        (it waits for the kernel), so it runs in a thread; an inode the kernel has
+        dropped meanwhile is no error. Returns how many inodes were invalidated.
+        """
+        done = 0
+        for key in set(keys):
+            inode = self.inodes.find(key)
+            if inode is None or self.inodes.lookup_count(inode) == 0:
+                continue
+            try:
+                await trio.to_thread.run_sync(self.invalidate_inode, inode, False)
+            except OSError as exc:
+                log.debug("invalidate inode %d (%r): %s", inode, key, exc)
+            else:
+                done += 1
+        return done
 
     # -- for tests and statistics
 

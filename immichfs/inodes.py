@@ -19,7 +19,7 @@ two readdir calls neither skips nor repeats entries.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -50,6 +50,10 @@ class InodeTable:
             self._by_key[key] = inode
             self._by_inode[inode] = key
         return inode
+
+    def find(self, key: Key) -> int | None:
+        """The inode of ``key`` if it has one (never allocates)."""
+        return self._by_key.get(key)
 
     def key(self, inode: int) -> Key | None:
         return self._by_inode.get(inode)
@@ -87,13 +91,16 @@ class DirSnapshot(Generic[T]):
     key: Key
     entries: Sequence[tuple[str, T]]
 
-    def since(self, start_id: int) -> Sequence[tuple[int, str, T]]:
-        """Entries after offset ``start_id`` as (next_id, name, node)."""
-        start = max(start_id, 0)
-        return [
-            (index + 1, name, node)
-            for index, (name, node) in enumerate(self.entries[start:], start=start)
-        ]
+    def since(self, start_id: int) -> Iterator[tuple[int, str, T]]:
+        """Entries after offset ``start_id`` as (next_id, name, node), lazily.
+
+        Lazily because the kernel reads a big directory a page (some 20 entries)
+        per call: copying the rest of the directory each time would be quadratic.
+        """
+        entries = self.entries
+        for index in range(max(start_id, 0), len(entries)):
+            name, node = entries[index]
+            yield index + 1, name, node
 
 
 class HandleTable(Generic[T]):

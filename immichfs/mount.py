@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -42,8 +42,10 @@ from immichfs.cli import UserError
 from immichfs.connector import ImmichConnector
 from immichfs.logs import register_secret, scrub, setup_logging
 from immichfs.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
+from immichfs.refresh import RefreshTask
 from immichfs.retry import RetryPolicy
-from immichfs.tree import Tree, TreeSettings
+from immichfs.tree import Directory, Key, Node, Tree, TreeSettings, VirtualFile
+from immichfs.views import ViewOptions, Views, install_views, views_of
 
 if TYPE_CHECKING:
     from immichfs.fs import Operations
@@ -136,7 +138,51 @@ def build_operations(
         readers,
         TreeSettings(search_limit=settings.search_limit, show_trash=settings.show_trash),
     )
+    views = install_views(
+        tree,
+        ViewOptions(
+            show_unnamed_people=not settings.hide_unnamed_people,
+            by_date_days=settings.by_date_days,
+        ),
+    )
+    tree.add_extension(ViewsExtension(views))
     return Operations(tree, kernel_ttl=settings.kernel_ttl, uid=settings.uid, gid=settings.gid)
+
+
+class ViewsExtension:
+    """The views' virtual files (``.manifest.jsonl``) and extended attributes, as the
+    tree's :class:`~immichfs.tree.TreeExtension`."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+
+    def node(self, key: Key) -> VirtualFile | None:
+        return self.views.virtual_node(key)
+
+    def lookup(self, directory: Directory, name: str) -> VirtualFile | None:
+        return self.views.manifest(directory, name)
+
+    async def xattrs(self, node: Node) -> Mapping[str, bytes]:
+        return await self.views.xattrs(node)  # type: ignore[arg-type]
+
+    async def getxattr(self, node: Node, name: str) -> bytes | None:
+        return await self.views.getxattr(node, name)  # type: ignore[arg-type]
+
+
+def refresh_task(operations: Operations, settings: config.Settings) -> RefreshTask | None:
+    """The background refresh of ``operations``' views; changes reach the kernel too."""
+    views = views_of(operations.tree)
+    if views is None:
+        return None
+
+    async def on_change(keys: set[Key]) -> None:
+        await operations.invalidate(keys)
+
+    task = RefreshTask(
+        operations.tree, views, interval=settings.refresh_interval, on_change=on_change
+    )
+    views.refresh_hook = task.refresh_now  # getfattr -n user.immichfs.refresh MOUNTPOINT
+    return task
 
 
 async def check_server(connector: ImmichConnector) -> None:
@@ -188,14 +234,24 @@ async def serve(plan: MountPlan, ready: Callable[[], None]) -> None:
             # a second SIGTERM cannot kill the process between the two
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with operations.tree.readers.running():
-                    pyfuse3.init(operations, plan.mountpoint, plan.fuse_options())
+                    try:
+                        pyfuse3.init(operations, plan.mountpoint, plan.fuse_options())
+                    except RuntimeError as exc:
+                        # libfuse explains on stderr; in the background that is /dev/null
+                        raise UserError(
+                            f"cannot mount at {plan.mountpoint} ({exc}); "
+                            "--foreground shows libfuse's reason"
+                        ) from exc
                     try:
                         ready()
                         sdnotify.ready(f"mounted {connector.url} at {plan.mountpoint}")
                         log.info("mounted %s at %s", connector.url, plan.mountpoint)
+                        refresh = refresh_task(operations, settings)
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_watch_signals, signals)
                             nursery.start_soon(_tune_kernel, plan.mountpoint)
+                            if refresh is not None:
+                                nursery.start_soon(refresh.run)
                             await pyfuse3.main()
                             nursery.cancel_scope.cancel()
                         log.info("unmounted %s", plan.mountpoint)

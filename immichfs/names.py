@@ -27,6 +27,7 @@ the same on every listing and every mount.
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,15 +43,17 @@ SUFFIX_SEPARATOR = "~"
 SHORT_ID_LENGTH = 8
 
 
-def _replace_char(char: str) -> str:
+#: characters rules 1 and 2 replace (controls: C0, DEL, C1; lone surrogates)
+_UNSAFE = re.compile("[/\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _replace(match: re.Match[str]) -> str:
+    char = match.group()
     if char == "/":
         return SLASH_REPLACEMENT
-    code = ord(char)
-    if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
-        return CONTROL_REPLACEMENT
-    if 0xD800 <= code <= 0xDFFF:
+    if "\ud800" <= char <= "\udfff":
         return "\ufffd"
-    return char
+    return CONTROL_REPLACEMENT
 
 
 def split_extension(name: str) -> tuple[str, str]:
@@ -82,9 +85,9 @@ def fit(stem: str, tail: str, limit: int = MAX_NAME_BYTES) -> str:
 
 def clean(name: str, fallback: str = "unnamed") -> str:
     """``name`` as a valid file name: rules 1–4 of the module docstring."""
-    text = "".join(_replace_char(char) for char in name)
+    text = _UNSAFE.sub(_replace, name)
     if not text:
-        text = "".join(_replace_char(char) for char in fallback) or "unnamed"
+        text = _UNSAFE.sub(_replace, fallback) or "unnamed"
     if text in (".", ".."):
         text = "_" + text
     if len(text.encode("utf-8")) > MAX_NAME_BYTES:

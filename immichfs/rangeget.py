@@ -39,7 +39,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import h11
 import trio
@@ -57,7 +57,7 @@ from immichfs.errors import (
     TruncatedBody,
 )
 from immichfs.logs import register_secret
-from immichfs.reader import RangeFetcher, ReadaheadConfig, ReaderPool
+from immichfs.reader import RangeFetcher
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,9 @@ class _Exchange:
         """The rest of a Content-Length body, straight from the socket into ``view``.
 
         On plain TCP the socket is read with ``os.readv`` until it is empty and only
-        then waited on: trio's ``recv_into`` yields to the scheduler after every
-        call, which at loopback speed costs more CPU than the copying. Other tasks
-        still get a turn at least every ``_YIELD_EVERY`` bytes.
+        then waited on, instead of a scheduler round trip per ``recv_into``; other
+        tasks still get a turn at least every ``_YIELD_EVERY`` bytes. (Receiving in
+        worker threads was tried: thread hand-offs and the GIL made it slower.)
         """
         want = len(view)
         client = self.client
@@ -311,7 +311,8 @@ class RangeGetClient:
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._tls else 80)
         self._host_header = parts.netloc.encode("idna" if not parts.netloc.isascii() else "ascii")
-        self._prefix = parts.path
+        # a reverse proxy's path prefix, percent-encoded once (it may hold any character)
+        self._prefix = quote(parts.path, safe="/%:@!$&'()*+,;=-._~")
         self._ssl: ssl.SSLContext | None = self._ssl_context(verify) if self._tls else None
         self._headers = [
             (b"Host", self._host_header),
@@ -693,21 +694,3 @@ class RangeGetClient:
 
 class _StaleConnection(Exception):
     """The connection broke before any part of the response arrived."""
-
-
-def reader_pool_for(settings: Any, connector: Any) -> ReaderPool:
-    """The mount's ReaderPool: this client on the byte path, the connector as fallback.
-
-    ``settings`` is ``immichfs.config.Settings`` (url, api_key, verify, timeout,
-    max_connections, readahead_mb, readahead_budget_mb, retry_budget);
-    ``connector`` an ``ImmichConnector`` (its ``url`` is the normalised base).
-    """
-    client = RangeGetClient(
-        connector.url,
-        settings.api_key,
-        verify=settings.verify,
-        timeout=settings.timeout,
-        max_connections=settings.max_connections,
-        fallback=connector.stream_full_resolution_file,
-    )
-    return ReaderPool(client, ReadaheadConfig.from_settings(settings))

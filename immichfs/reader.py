@@ -9,14 +9,17 @@ that starts past EOF). Its design follows how the kernel really reads
 ranged GET filled by a background trio task. A read waits only for the bytes
 it needs, not for the whole window, so a large window costs no latency.
 
-*Sequential detection.* A read at offset 0, at the end of the previous read,
-or inside/at the end of the windows already queued is sequential: it extends
-a queue of windows that grows ``initial_window`` (1 MiB + 128 KiB: Linux adds
-128 KiB of readahead to a 1 MiB read) doubling up to ``max_window`` per
-request, and keeps up to ``max_ahead`` bytes in flight or ready ahead of the
-reader. Forward seeks inside the queue wait for the data in flight; reads up
-to ``backward_keep`` behind the furthest read are served from windows kept for
-that (the kernel issues two reads at once and they arrive out of order).
+*Sequential detection.* A read at offset 0 (or, as a handle's first read,
+within ``initial_window`` of it), at the end of the previous read, or inside or
+a little past the windows already queued is sequential: it extends a queue of
+windows that grows from ``initial_window`` (1 MiB + 128 KiB: Linux adds 128 KiB
+of readahead to a 1 MiB read) doubling up to ``max_window`` per request, and
+keeps up to ``max_ahead`` bytes in flight or ready ahead of the reader. The
+first read of a stream fetches one window only, so a program that reads just a
+file's header costs one request; read-ahead starts with the second. Forward
+seeks inside the queue wait for the data in flight; reads up to
+``backward_keep`` behind the furthest read are served from windows kept for
+that (the kernel sends several reads at once and they arrive in any order).
 
 *Random reads.* Anything else is one ranged GET of exactly the bytes asked
 for: a cold 4 KiB read at 900 MiB costs one small GET. If the next read
@@ -29,10 +32,12 @@ from free budget; when the budget is short, windows of other readers that no
 read is using are reclaimed (least recently read first; read-ahead of readers
 read within the last ``idle_reclaim`` seconds is left alone). Bytes a read
 needs right now are always fetched, so the bound is ``global_budget`` plus the
-reads in flight.
+reads in flight, plus at most half the budget (32 MiB) of emptied buffers kept
+for reuse (see ``_Buffers``).
 
-*Errors.* Transient failures (cut connections, truncated bodies, 5xx, 429)
-are retried with jittered exponential backoff, resuming at the exact offset
+*Errors.* Transient failures (cut connections, truncated bodies, timeouts,
+502/503/504, 429) are retried by the rules of ``immichfs.retry.RetryPolicy``
+(jittered exponential backoff, ``Retry-After``), resuming at the exact offset
 reached, within ``retry_budget`` seconds. Anything else, or a transient error
 after the budget, is raised (as ``immichfs.errors``) by every read that needs
 the failed bytes; the failed window is dropped so a later read tries again.
@@ -43,9 +48,9 @@ never wrong bytes, never a short read in the middle of a file.
 ``async with pool.running():``) or, when the pool was given none, as trio
 system tasks. ``AssetReader.aclose`` cancels the reader's fetches.
 
-Concurrency: all bookkeeping happens in methods whose names start with ``_``
-and which never await ("no checkpoint inside"), so concurrent reads of one
-handle always see a consistent queue.
+Concurrency: all bookkeeping happens in synchronous methods (marked "no
+checkpoint inside"), so concurrent reads of one handle always see a consistent
+queue; reads only wait for bytes after their windows are planned and pinned.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from immichfs.errors import (
     TransientError,
     TruncatedBody,
 )
+from immichfs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +129,10 @@ class ReadaheadConfig:
       reads, small backward seeks).
     - ``global_budget``: bytes held in windows across ALL readers of a pool.
     - ``idle_reclaim``: a reader idle this long may lose its read-ahead to others.
-    - ``retry_budget`` / ``max_attempts``: transient failures are retried,
-      resuming at the exact offset, within this many seconds and attempts.
+    - ``retry_budget`` / ``max_attempts`` / ``backoff_*``: transient failures are
+      retried as ``immichfs.retry.RetryPolicy`` says (not a 500: Immich repeats it),
+      resuming at the exact offset, within this many seconds and attempts; a
+      budget of 0 turns retries off.
     """
 
     initial_window: int = MiB + 128 * KiB
@@ -136,8 +144,18 @@ class ReadaheadConfig:
     idle_reclaim: float = 1.0
     retry_budget: float = 30.0
     max_attempts: int = 8
-    backoff_base: float = 0.1
-    backoff_max: float = 5.0
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The project's retry rules (which errors, full-jitter backoff) with these bounds."""
+        return RetryPolicy(
+            attempts=self.max_attempts if self.retry_budget > 0 else 1,
+            base_delay=self.backoff_base,
+            max_delay=self.backoff_max,
+            budget=self.retry_budget,
+        )
 
     @classmethod
     def from_settings(cls, settings: Any) -> ReadaheadConfig:
@@ -386,7 +404,8 @@ class ReaderPool:
             self._reclaim(requester, extra - self._budget.free, idle_only=True)
         if demand > 0 and self._budget.free < demand:
             self._reclaim(requester, demand - self._budget.free, idle_only=False)
-        granted = demand + min(max(0, extra), self._budget.free)
+        # the demanded bytes use the free budget first; read-ahead only gets what is left
+        granted = demand + min(max(0, extra), max(0, self._budget.free - demand))
         self._budget.take(granted)
         return granted
 
@@ -666,23 +685,25 @@ class AssetReader:
 
     async def _fill(self, window: _Window) -> None:
         """Fetch the window, retrying transient failures from the exact offset reached."""
-        cfg = self._config
-        deadline = trio.current_time() + cfg.retry_budget
+        policy = self._config.retry_policy
+        deadline = trio.current_time() + policy.budget
         attempt = 0
         while window.filled < window.size:
             try:
                 await self._fetch_once(window)
             except TransientError as exc:
                 attempt += 1
-                delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
-                delay *= 0.5 + random.random()  # jitter: many readers must not retry in step
+                if not policy.retryable(exc):
+                    raise
+                # full jitter: many readers hit by one outage must not come back in step
+                delay = policy.backoff(attempt, random.random())
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
-                if attempt >= cfg.max_attempts or trio.current_time() + delay > deadline:
+                if attempt >= policy.attempts or trio.current_time() + delay > deadline:
                     raise
                 self._pool._counters["retries"] += 1
                 log.log(
-                    logging.DEBUG if attempt < 3 else logging.WARNING,
+                    (logging.DEBUG, logging.INFO)[attempt - 1] if attempt < 3 else logging.WARNING,
                     "%s; retrying at offset %d in %.2f s (attempt %d)",
                     exc,
                     window.start + window.filled,

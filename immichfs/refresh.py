@@ -35,8 +35,11 @@ on the two clocks agreeing within ``overlap``.
 
 from __future__ import annotations
 
+import argparse
+import errno
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +55,7 @@ from immichfs.views import (
     ALBUMS_KEY,
     BY_DATE_KEY,
     PEOPLE_KEY,
+    REFRESH_XATTR,
     TAGS_KEY,
     Views,
     ViewSource,
@@ -128,6 +132,7 @@ class RefreshTask:
         self._wake = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self._stopped = False
+        self._failing = False
         self._last_full = -math.inf
         self.cycles = 0
         self.last_result: RefreshResult | None = None
@@ -150,8 +155,16 @@ class RefreshTask:
                 try:
                     await self.refresh(full=full)
                 except Exception as exc:
-                    # the server may be down for a while: try again next cycle
-                    log.warning("refresh failed: %s", exc)
+                    # the server may be down for a while: say so once, try every cycle
+                    if not self._failing:
+                        log.warning("refresh failed (retrying every %g s): %s", self.interval, exc)
+                    else:
+                        log.debug("refresh failed again: %s", exc)
+                    self._failing = True
+                else:
+                    if self._failing:
+                        log.info("refresh works again")
+                    self._failing = False
 
     def stop(self) -> None:
         self._stopped = True
@@ -179,7 +192,12 @@ class RefreshTask:
                 self._last_full = trio.current_time()
             if result.keys:
                 self.tree.cache.misc.pop(("membership",))
-                self.views.manifest_sizes.clear()
+                # a changed directory's manifest changes too (its size, for the kernel)
+                result.keys |= {
+                    ("manifest", key)
+                    for key in result.keys
+                    if not (isinstance(key, tuple) and key[:1] in (("asset",), ("month-assets",)))
+                }
             self.cycles += 1
             self.last_result = result
         if result.keys:
@@ -332,3 +350,30 @@ class RefreshTask:
             now = await load()
             if before is not None and before != now:
                 self._drop({key}, result)
+
+
+# -- ``immichfs refresh MOUNTPOINT`` ----------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mountpoint", help="where immichfs is mounted")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Ask the mount to refresh now; print what it found (one JSON line).
+
+    The request is ``getxattr(MOUNTPOINT, "user.immichfs.refresh")``: a read
+    through the mount itself, so it needs no pid file and reaches exactly the
+    process serving that mount point (the same as ``getfattr -n
+    user.immichfs.refresh MOUNTPOINT``). It returns once the refresh is done.
+    """
+    from immichfs.cli import UserError
+
+    try:
+        value = os.getxattr(args.mountpoint, REFRESH_XATTR)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise UserError(f"{args.mountpoint} is not an immichfs mount", 1) from None
+        raise UserError(f"{args.mountpoint}: {exc.strerror}", 1) from None
+    print(value.decode("utf-8", "replace"))
+    return 0

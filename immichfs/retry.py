@@ -8,8 +8,8 @@ again after a pause. The pauses follow "full jitter" exponential backoff
 ``max_delay``) so that many readers hit by the same outage do not come back in
 step, and a server's ``Retry-After`` is honoured. Everything is bounded: at
 most ``attempts`` tries, and no retry starts later than ``budget`` seconds
-after the first failure, so no operation takes longer than one request's
-timeout plus the budget.
+after the operation started, so no operation takes longer than the budget plus
+one request's timeout (the last try).
 
 What is retried, and why:
 
@@ -66,7 +66,7 @@ class RetryPolicy:
     - ``base_delay`` / ``max_delay``: the backoff ceiling doubles from
       ``base_delay`` per attempt up to ``max_delay``; the pause is a uniformly
       random fraction of it (full jitter).
-    - ``budget``: seconds after the first failure within which retries may
+    - ``budget``: seconds after the operation started within which retries may
       start; ``Retry-After`` is honoured but never beyond it. Defaults to the
       ``retry_budget`` setting's default.
     - ``retry_statuses``: the 5xx statuses worth retrying.
@@ -167,20 +167,20 @@ class Retrying:
         self._random: Random = random or _random.random
         self.failures = 0
         self.total_failures = 0
-        self._deadline: float | None = None
+        # from the start, not the first failure: a try that hangs for the whole
+        # timeout before failing counts against the budget
+        self._deadline = self._clock() + policy.budget
 
     def progressed(self) -> None:
         self.failures = 0
-        self._deadline = None
+        self._deadline = self._clock() + self.policy.budget
 
     def delay_for(self, exc: TransientError) -> float | None:
         """Seconds to wait before the next try, or None to give up (no side effects)."""
         policy = self.policy
         if not policy.retryable(exc) or self.failures + 1 >= policy.attempts:
             return None
-        now = self._clock()
-        deadline = self._deadline if self._deadline is not None else now + policy.budget
-        remaining = deadline - now
+        remaining = self._deadline - self._clock()
         if remaining <= 0:
             return None
         delay = policy.backoff(self.failures + 1, self._random())
@@ -191,8 +191,6 @@ class Retrying:
 
     async def failed(self, exc: TransientError, what: str) -> None:
         """Sleep before the next try, or re-raise ``exc``."""
-        if self._deadline is None:
-            self._deadline = self._clock() + self.policy.budget
         delay = self.delay_for(exc)
         self.total_failures += 1
         if delay is None:

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Union, runtime_checkable
 
 from immichfs.cache import MetadataCache
 from immichfs.errors import NotFound
@@ -136,6 +136,43 @@ class ThumbnailFile:
 
 
 FileNode = AssetFile | ThumbnailFile
+
+
+class VirtualFile(Protocol):
+    """A file a view makes up (a manifest, a report): it knows its own attributes and
+    bytes. It is found by name through an extension's ``lookup`` and by key through
+    its ``node``; it is never a listing entry."""
+
+    @property
+    def key(self) -> Key: ...
+
+    async def attributes(self) -> Attributes: ...
+
+    async def open(self) -> OpenFile: ...
+
+
+Node = Union["Directory", AssetFile, ThumbnailFile, VirtualFile]
+
+
+class TreeExtension(Protocol):
+    """Hooks a set of views adds to the tree (:meth:`Tree.add_extension`).
+
+    ``node`` and ``lookup`` return None for what is not theirs; the first
+    extension to answer wins. ``xattrs``/``getxattr`` replace the tree's own
+    extended attributes for every node (the last extension added that has them
+    decides); ``getxattr`` answers None for an absent attribute.
+    """
+
+    def node(self, key: Key) -> VirtualFile | None: ...
+
+    def lookup(self, directory: Directory, name: str) -> VirtualFile | None: ...
+
+
+@runtime_checkable
+class XattrProvider(Protocol):
+    async def xattrs(self, node: Node) -> Mapping[str, bytes]: ...
+
+    async def getxattr(self, node: Node, name: str) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -290,20 +327,19 @@ class ThumbnailDirectory(Directory):
 
     async def listing(self) -> Listing:
         listings = tuple([await source.listing() for source in self.sources])
+        built = self._built
+        if (
+            built is not None
+            and built[1] == self.tree.cache.misc.peek(("thumbnail-type", self.size))
+            and all(a is b for a, b in zip(built[0], listings, strict=True))
+        ):
+            return built[2]  # every lookup comes here: no work per entry
         assets: dict[str, Asset] = {}
         for listing in listings:
             for _, node in listing.entries:
                 if isinstance(node, AssetFile):
                     assets.setdefault(node.asset.id, node.asset)
         content_type = await self.tree.thumbnail_type(self.size, list(assets.values()))
-        built = self._built
-        if (
-            built is not None
-            and built[1] == content_type
-            and len(built[0]) == len(listings)
-            and all(a is b for a, b in zip(built[0], listings, strict=True))
-        ):
-            return built[2]
         extension = extension_for(content_type)
         requests = []
         for asset in assets.values():
@@ -394,6 +430,8 @@ class Tree:
         self.mounted_at = now()
         self._directories: dict[Key, Directory] = {}
         self._resolvers: dict[str, Callable[[Key], Directory | None]] = {}
+        self._extensions: list[TreeExtension] = []
+        self._xattr_provider: XattrProvider | None = None
         self.root = StaticDirectory(self, ROOT_KEY, ROOT_KEY)
         self._register(self.root)
 
@@ -441,6 +479,12 @@ class Tree:
         """Directories keyed ``(kind, ...)`` that are created on demand are found via this."""
         self._resolvers[kind] = resolve
 
+    def add_extension(self, extension: TreeExtension) -> None:
+        """Virtual files (and, if it has ``xattrs``/``getxattr``, extended attributes)."""
+        self._extensions.append(extension)
+        if isinstance(extension, XattrProvider):
+            self._xattr_provider = extension
+
     def _register(self, directory: Directory) -> None:
         self._directories[directory.key] = directory
 
@@ -452,7 +496,7 @@ class Tree:
                 found = resolver(key)
         return found
 
-    async def node(self, key: Key) -> Directory | FileNode:
+    async def node(self, key: Key) -> Node:
         """The node behind ``key`` (an inode's key); NotFound if it is gone."""
         directory = self.directory(key)
         if directory is not None:
@@ -462,13 +506,21 @@ class Tree:
                 return AssetFile(await self.asset(str(key[1])))
             if key[0] == "thumbnail" and len(key) == 3:
                 return ThumbnailFile(await self.asset(str(key[2])), str(key[1]))
+        for extension in self._extensions:
+            virtual = extension.node(key)
+            if virtual is not None:
+                return virtual
         raise NotFound(f"no node {key!r}")
 
-    async def lookup(self, directory_key: Key, name: str) -> Directory | FileNode:
+    async def lookup(self, directory_key: Key, name: str) -> Node:
         directory = self.directory(directory_key)
         if directory is None:
             raise NotFound(f"no directory {directory_key!r}")
-        node = await directory.lookup(name)
+        node: Node | None = await directory.lookup(name)
+        for extension in self._extensions:
+            if node is not None:
+                break
+            node = extension.lookup(directory, name)
         if node is None:
             raise NotFound(f"no entry {name!r}")
         return node
@@ -600,17 +652,32 @@ class Tree:
             size_known=size is not None,
         )
 
-    async def attributes(self, node: Directory | FileNode) -> Attributes:
+    async def attributes(self, node: Node) -> Attributes:
         """Exact attributes; may fetch a thumbnail or HEAD an original to learn a size."""
-        if isinstance(node, AssetFile) and node.asset.size is None:
-            await self.original_size(node.asset)
+        if isinstance(node, AssetFile):
+            if node.asset.size is None:
+                await self.original_size(node.asset)
         elif isinstance(node, ThumbnailFile):
             await self.thumbnail_info(node)
+        elif not isinstance(node, Directory):
+            return await node.attributes()
         return self.cached_attributes(node)
 
-    def xattrs(self, node: Directory | FileNode) -> dict[str, bytes]:
-        """Extended attributes (``user.immich.*``) of a node."""
-        if isinstance(node, Directory):
+    async def listxattr(self, node: Node) -> list[str]:
+        """Names of a node's extended attributes (an extension's, if one provides them)."""
+        if self._xattr_provider is not None:
+            return list(await self._xattr_provider.xattrs(node))
+        return list(self.xattrs(node))
+
+    async def getxattr(self, node: Node, name: str) -> bytes | None:
+        """One extended attribute of a node, None when it has none of that name."""
+        if self._xattr_provider is not None:
+            return await self._xattr_provider.getxattr(node, name)
+        return self.xattrs(node).get(name)
+
+    def xattrs(self, node: Node) -> dict[str, bytes]:
+        """The tree's own extended attributes (``user.immich.*``) of a node."""
+        if not isinstance(node, AssetFile | ThumbnailFile):
             return {}
         asset = node.asset
         values = {"user.immich.id": asset.id, "user.immich.type": asset.type}
@@ -623,11 +690,13 @@ class Tree:
 
     # -- bytes
 
-    async def open(self, node: FileNode) -> OpenFile:
+    async def open(self, node: FileNode | VirtualFile) -> OpenFile:
         """An open handle on a file's bytes."""
         if isinstance(node, AssetFile):
             size = await self.original_size(node.asset)
             return self.readers.open(node.asset.id, size)
+        if not isinstance(node, ThumbnailFile):
+            return await node.open()
         key = (node.size, node.asset.id)
         data = self.cache.thumbnails.peek(key)
         if data is None:

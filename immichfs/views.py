@@ -41,10 +41,13 @@ import json
 import logging
 import weakref
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, cast
+
+import trio
 
 from immichfs import metadata
 from immichfs.metadata import Membership
@@ -81,6 +84,10 @@ MANIFEST_NAME = ".manifest.jsonl"
 #: ``getfattr -n user.immichfs.refresh MOUNTPOINT``: refresh now (a read, not a write)
 REFRESH_XATTR = "user.immichfs.refresh"
 UNNAMED_PREFIX = "unnamed-"
+#: manifests whose (listing, size) is remembered for their next open
+MAX_MANIFEST_SNAPSHOTS = 256
+#: seconds a forced refresh's answer is reused for the next ask
+REFRESH_COALESCE = 2.0
 
 
 class ViewSource(AssetSource, Protocol):
@@ -187,7 +194,9 @@ class AlbumsDirectory(CachedDirectory):
         albums = await self.views.albums()
         names = self.views.album_names(albums)
         items: dict[str, Directory | FileNode] = {
-            names[_id(album)]: self.views.album_directory(_id(album)) for album in albums
+            names[_id(album)]: self.views.album_directory(_id(album))
+            for album in albums
+            if _id(album)
         }
         newest = max(
             (t for t in (parse_instant(a.get("updatedAt")) for a in albums) if t is not None),
@@ -440,12 +449,13 @@ class ManifestFile:
         )
 
     async def size(self) -> int:
+        """The exact length now; remembered with the listing it was made from."""
         listing, membership = await self._snapshot()
         cached = self.views.manifest_sizes.get(self.directory.key)
         if cached is not None and cached[0] is listing and cached[1] is membership:
             return cached[2]
         size = metadata.manifest_size(self._lines(listing, membership))
-        self.views.manifest_sizes[self.directory.key] = (listing, membership, size)
+        self.views.remember_manifest(self.directory.key, (listing, membership, size))
         return size
 
     async def attributes(self) -> Attributes:
@@ -455,7 +465,18 @@ class ManifestFile:
         return Attributes(False, size, when, when, 1)
 
     async def open(self) -> ManifestHandle:
-        listing, membership = await self._snapshot()
+        """The content whose length the kernel was last told (``st_size``).
+
+        The kernel reads a regular file up to the size of its last ``lookup`` or
+        ``getattr``, so the handle serves the listing that size was computed from,
+        even if the listing was reloaded since (that is at most the kernel's
+        attribute timeout old).
+        """
+        cached = self.views.manifest_sizes.get(self.directory.key)
+        if cached is None:
+            await self.size()
+            cached = self.views.manifest_sizes[self.directory.key]
+        listing, membership, _ = cached
         return ManifestHandle(metadata.ManifestStream(lambda: self._lines(listing, membership)))
 
 
@@ -481,10 +502,13 @@ class Views:
         self.source = cast(ViewSource, tree.source)
         #: tag id → parent key, kept from the last tag list (for ``..`` of a tag directory)
         self._tag_parents: dict[str, Key] = {}
-        #: directory key → (listing, membership, manifest size) last computed
-        self.manifest_sizes: dict[Key, tuple[Listing, Mapping[str, Membership], int]] = {}
+        #: directory key → (listing, membership, manifest size) last computed (bounded)
+        self.manifest_sizes: OrderedDict[Key, tuple[Listing, Mapping[str, Membership], int]] = (
+            OrderedDict()
+        )
         #: set by the mount: runs a refresh now (``getfattr -n user.immichfs.refresh``)
         self.refresh_hook: RefreshHook | None = None
+        self._last_refresh: tuple[float, bytes] | None = None
 
     # -- collection lists (small, unpaginated or few pages; cached for the listing TTL)
 
@@ -679,6 +703,14 @@ class Views:
 
     # -- metadata of nodes
 
+    def remember_manifest(
+        self, key: Key, snapshot: tuple[Listing, Mapping[str, Membership], int]
+    ) -> None:
+        self.manifest_sizes[key] = snapshot
+        self.manifest_sizes.move_to_end(key)
+        while len(self.manifest_sizes) > MAX_MANIFEST_SNAPSHOTS:
+            self.manifest_sizes.popitem(last=False)
+
     def known_size(self, asset: Asset) -> int | None:
         """The size known without a request (Immich's, or one learned before)."""
         if asset.size is not None:
@@ -694,7 +726,7 @@ class Views:
         return None
 
     def virtual_node(self, key: Key) -> ManifestFile | None:
-        """The virtual file behind ``key`` (an inode's key), if it is one."""
+        """The virtual file behind ``key`` (an inode's key), if it is one of ours."""
         if isinstance(key, tuple) and len(key) == 2 and key[0] == "manifest":
             directory = self.tree.directory(key[1])
             if directory is not None:
@@ -706,8 +738,6 @@ class Views:
         if isinstance(node, AssetFile):
             membership = (await self.membership()).get(node.asset.id, metadata.NO_MEMBERSHIP)
             return metadata.xattrs(node.asset, membership)
-        if isinstance(node, ManifestFile):
-            return {}
         return self.tree.xattrs(node)
 
     async def getxattr(self, node: Directory | FileNode | ManifestFile, name: str) -> bytes | None:
@@ -715,8 +745,14 @@ class Views:
         if name == REFRESH_XATTR and isinstance(node, Directory) and node.key == ROOT_KEY:
             if self.refresh_hook is None:
                 return None
+            last = self._last_refresh
+            if last is not None and trio.current_time() - last[0] < REFRESH_COALESCE:
+                # getfattr asks twice (size, then value): one refresh serves both
+                return last[1]
             summary = await self.refresh_hook()
-            return json.dumps(dict(summary), sort_keys=True).encode("utf-8")
+            value = json.dumps(dict(summary), sort_keys=True).encode("utf-8")
+            self._last_refresh = (trio.current_time(), value)
+            return value
         if isinstance(node, AssetFile) and name.removeprefix(metadata.PREFIX) not in (
             "people",
             "tags",

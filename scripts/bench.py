@@ -14,8 +14,12 @@ machine, against the same fake server:
    paging the same listing; warm ``ls -l``; peak RSS with the listing cached;
 6. 2,000 × 200 KiB files read by 8 parallel readers: files per second.
 
-Usage: ``scripts/bench [--quick] [--only big,listing,small] [--mount-arg=--x=y]``.
-It prints a table and, as its last line, one JSON object with the figures.
+Usage: ``scripts/bench [--quick] [--only big,listing,small] [--repeat N]
+[--mount-arg=--x=y]``. It prints a table and, as its last line, one JSON object
+with the figures. Timed measures run ``--repeat`` times (3; 2 with ``--quick``),
+the mount and its baseline taking turns so both see the same load; the best run
+of each counts. Between runs the kernel's page cache of the files read is
+dropped (``posix_fadvise(DONTNEED)``), so every run through the mount is cold.
 ``--quick`` shrinks every set (256 MiB file, 48 photos, 20,000 assets, 400 small
 files) to finish in under two minutes. Needs root or a user allowed to mount
 FUSE, ``curl``, ``dd``, ``cp``, ``xargs``; run ``scripts/install`` first.
@@ -281,6 +285,16 @@ def pread_latency(path: Path, offset: int, size: int = 4096) -> tuple[float, int
         os.close(fd)
 
 
+def drop_page_cache(paths: Sequence[Path]) -> None:
+    """Make the next reads of ``paths`` cold: the kernel forgets their cached pages."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def files_of_size(directory: Path, size: int) -> list[Path]:
     return sorted(
         entry for entry in directory.iterdir() if entry.is_file() and entry.stat().st_size == size
@@ -355,28 +369,20 @@ class Bench:
             video_url = fake.original_url(video["id"])
             mib = size / MiB
 
-            # baselines first, on a warm server (its cache file exists)
-            curl.get(video_url)
-            curl_seq = min(curl.get(video_url) for _ in range(2))
             far = min(900 * MiB, size - 64 * MiB) // 4096 * 4096
             offsets = [far + i * 8 * MiB for i in range(5)]
-            curl_lat = statistics.median(
-                curl.latency(video_url, f"{o}-{o + 4095}") for o in offsets
-            )
             urls = [fake.original_url(p["id"]) for p in photos]
-            out = self.scratch / "curl"
-            out.mkdir()
-            curl.many(urls, ["/dev/null"] * len(urls), parallel=16)  # warm the server
-            curl_cp = curl.many(urls, [str(out / f"{i}") for i in range(len(urls))])
-            shutil.rmtree(out)
-            curl_par = curl.many(urls, ["/dev/null"] * len(urls), parallel=16)
             photo_bytes = len(urls) * PHOTO
+            # warm the server (its cache file, its threads) before anything is timed
+            curl.get(video_url)
+            curl.many(urls, ["/dev/null"] * len(urls), parallel=16)
+            repeat = self.args.repeat
 
             with self.mount(fake, "big") as mount:
                 videos = self.mount_dir(mount, "videos")
                 path = next(p for p in videos.iterdir() if p.stat().st_size == size)
-                # 3. cold random reads
-                latencies = []
+                # 3. cold random reads (first: nothing of the file has been read yet)
+                latencies, curl_latencies = [], []
                 for i, offset in enumerate(offsets):
                     fake.ask("reset")
                     seconds, got = pread_latency(path, offset)
@@ -386,7 +392,9 @@ class Bench:
                         stats = fake.ask("stats")
                         self.results["rand_gets"] = stats["gets"]
                         self.results["rand_bytes"] = stats["bytes"]
+                    curl_latencies.append(curl.latency(video_url, f"{offset}-{offset + 4095}"))
                 lat = statistics.median(latencies)
+                curl_lat = statistics.median(curl_latencies)
                 self.results["rand_latency_ms"] = round(lat * 1000, 2)
                 self.results["rand_latency_ratio"] = round(lat / curl_lat, 2)
                 self.row(
@@ -397,22 +405,29 @@ class Bench:
                     f"{lat / curl_lat:.2f}×",
                     "1 GET, ≤128 KiB, ≤2×",
                 )
-                # 1 + 4. sequential read and memory
-                fake.ask("reset")
+                # 1 + 4. sequential read and memory; mount and curl take turns, best of each
                 peak_reset = mount.reset_peak()
                 before = mount.rss_mb()
-                dd = timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True)
+                dd_runs, curl_runs, gets = [], [], 0
+                for _ in range(repeat):
+                    curl_runs.append(curl.get(video_url))
+                    drop_page_cache([path])
+                    fake.ask("reset")
+                    dd_runs.append(
+                        timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True)
+                    )
+                    gets = fake.ask("stats")["gets"]
                 peak = mount.peak_mb() if peak_reset else float("nan")
-                stats = fake.ask("stats")
+                dd, curl_seq = min(dd_runs), min(curl_runs)
                 self.results["seq_mib_s"] = round(mib / dd)
                 self.results["seq_curl_mib_s"] = round(mib / curl_seq)
                 self.results["seq_ratio"] = round(curl_seq / dd, 3)
-                self.results["seq_gets"] = stats["gets"]
+                self.results["seq_gets"] = gets
                 self.results["rss_stream_mb"] = round(peak, 1)
                 self.results["rss_before_stream_mb"] = round(before, 1)
                 self.row(
                     f"dd bs=1M of {mib:.0f} MiB",
-                    f"{mib / dd:.0f} MiB/s ({stats['gets']} GETs)",
+                    f"{mib / dd:.0f} MiB/s ({gets} GETs)",
                     f"curl {mib / curl_seq:.0f} MiB/s",
                     f"{curl_seq / dd:.2f}×",
                     "≥0.5×",
@@ -424,12 +439,23 @@ class Bench:
                     "",
                     "≤100 MB",
                 )
-                # 2a. cp -r of the photos directory
+                # 2a. cp -r of the photos directory vs curl writing the same files
                 photos_dir = self.mount_dir(mount, "photos")
+                files = files_of_size(photos_dir, PHOTO)
+                assert len(files) == len(urls), (len(files), len(urls))
                 target = self.scratch / "cp"
-                cp = timed(["cp", "-r", str(photos_dir), str(target)])
-                copied = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-                shutil.rmtree(target)
+                cp_runs, curl_runs = [], []
+                copied = 0
+                for _ in range(repeat):
+                    target.mkdir()
+                    outputs = [str(target / f"{i}") for i in range(len(urls))]
+                    curl_runs.append(curl.many(urls, outputs))
+                    shutil.rmtree(target)
+                    drop_page_cache(files)
+                    cp_runs.append(timed(["cp", "-r", str(photos_dir), str(target)]))
+                    copied = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+                    shutil.rmtree(target)
+                cp, curl_cp = min(cp_runs), min(curl_runs)
                 ratio = (copied / cp) / (photo_bytes / curl_cp)
                 self.results["cp_mib_s"] = round(copied / MiB / cp)
                 self.results["cp_curl_mib_s"] = round(photo_bytes / MiB / curl_cp)
@@ -441,11 +467,13 @@ class Bench:
                     f"{ratio:.2f}×",
                     "≥0.5×",
                 )
-            # 2b. a fresh mount (cold page cache): 16 parallel readers
-            with self.mount(fake, "big2") as mount:
-                files = files_of_size(self.mount_dir(mount, "photos"), PHOTO)
-                assert len(files) == len(urls), (len(files), len(urls))
-                par = parallel_cat(files, 16)
+                # 2b. 16 parallel readers vs curl --parallel-max 16
+                par_runs, curl_runs = [], []
+                for _ in range(repeat):
+                    curl_runs.append(curl.many(urls, ["/dev/null"] * len(urls), parallel=16))
+                    drop_page_cache(files)
+                    par_runs.append(parallel_cat(files, 16))
+                par, curl_par = min(par_runs), min(curl_runs)
                 self.results["par16_mib_s"] = round(photo_bytes / MiB / par)
                 self.results["par16_curl_mib_s"] = round(photo_bytes / MiB / curl_par)
                 self.results["par16_ratio"] = round(curl_par / par, 3)
@@ -519,10 +547,15 @@ class Bench:
         with self.fake("small", generate, report_size=SMALL) as fake:
             curl = Curl(self.work, fake)
             urls = [fake.original_url(a["id"]) for a in fake.assets if a["type"] == "IMAGE"]
-            curl_s = curl.many(urls, ["/dev/null"] * len(urls), parallel=8)
+            curl.many(urls, ["/dev/null"] * len(urls), parallel=8)  # warm the server
             with self.mount(fake, "small") as mount:
                 files = files_of_size(self.mount_dir(mount, "photos"), SMALL)
-                seconds = parallel_cat(files, 8)
+                runs, curl_runs = [], []
+                for _ in range(self.args.repeat):
+                    curl_runs.append(curl.many(urls, ["/dev/null"] * len(urls), parallel=8))
+                    drop_page_cache(files)
+                    runs.append(parallel_cat(files, 8))
+            seconds, curl_s = min(runs), min(curl_runs)
             rate = len(files) / seconds
             self.results["small_files"] = len(files)
             self.results["small_files_per_s"] = round(rate)
@@ -606,6 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="command run instead of `python -m immichfs` for `... mount MOUNTPOINT` "
         "(e.g. an installed build: --mount-cmd immichfs)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs of each timed measure, mount and baseline taking turns; the best of each "
+        "counts (default 3, with --quick 2)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--page", nargs=2, help=argparse.SUPPRESS)
@@ -614,6 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(json.loads(args.serve))
     if args.page:
         return page(*args.page)
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 3
+    args.repeat = max(1, args.repeat)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(args.only) - {"big", "listing", "small"}
     if unknown:

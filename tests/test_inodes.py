@@ -51,18 +51,18 @@ def test_forget_more_than_held_does_not_raise() -> None:
 
 def test_snapshot_offsets_are_positions() -> None:
     snapshot = DirSnapshot(("dir", "/"), [("a", 1), ("b", 2), ("c", 3)])
-    assert snapshot.since(0) == [(1, "a", 1), (2, "b", 2), (3, "c", 3)]
-    assert snapshot.since(2) == [(3, "c", 3)]
-    assert snapshot.since(3) == []
-    assert snapshot.since(-1) == snapshot.since(0)
+    assert list(snapshot.since(0)) == [(1, "a", 1), (2, "b", 2), (3, "c", 3)]
+    assert list(snapshot.since(2)) == [(3, "c", 3)]
+    assert list(snapshot.since(3)) == []
+    assert list(snapshot.since(-1)) == list(snapshot.since(0))
 
 
 def test_snapshot_does_not_see_later_changes() -> None:
     entries = [("a", 1), ("b", 2)]
     snapshot = DirSnapshot(("dir", "/"), tuple(entries))
     entries.insert(0, ("0", 0))
-    first = snapshot.since(0)[:1]
-    rest = snapshot.since(first[-1][0])
+    first = list(snapshot.since(0))[:1]
+    rest = list(snapshot.since(first[-1][0]))
     assert [name for _, name, _ in first + rest] == ["a", "b"]
 
 

@@ -40,6 +40,8 @@ class Ctx:
 
 
 CTX: Any = Ctx()
+#: the organised views the composition root adds (immichfs.views)
+VIEWS = {b"albums", b"people", b"tags", b"by-date", b"favorites", b"archive"}
 
 
 @dataclass
@@ -113,10 +115,10 @@ async def list_dir(operations: Operations, replies: Replies, inode: int) -> dict
 async def test_root_and_photos(ops: tuple[Operations, Replies], fake_immich: Any) -> None:
     operations, replies = ops
     root = await list_dir(operations, replies, ROOT_INODE)
-    assert set(root) == {b"photos", b"videos", b"thumbs", b"search"}
+    assert set(root) == {b"photos", b"videos", b"thumbs", b"search", *VIEWS}
     attrs = await operations.getattr(ROOT_INODE, CTX)
     assert stat.S_ISDIR(attrs.st_mode) and attrs.st_mode & 0o777 == 0o555
-    assert attrs.st_nlink == 6
+    assert attrs.st_nlink == 2 + len(root)
     photos = await list_dir(operations, replies, root[b"photos"])
     library = fake_immich.library
     expected = [
@@ -226,7 +228,7 @@ async def test_writes_are_erofs(ops: tuple[Operations, Replies]) -> None:
 
 async def test_unknown_names_are_enoent(ops: tuple[Operations, Replies]) -> None:
     operations, _ = ops
-    for parent, name in [(ROOT_INODE, b"albums"), (ROOT_INODE, b"\xff\xfe")]:
+    for parent, name in [(ROOT_INODE, b"no-such-view"), (ROOT_INODE, b"\xff\xfe")]:
         with pytest.raises(pyfuse3.FUSEError) as caught:
             await operations.lookup(parent, name, CTX)
         assert caught.value.errno == errno.ENOENT
@@ -237,6 +239,9 @@ async def test_unknown_names_are_enoent(ops: tuple[Operations, Replies]) -> None
     with pytest.raises(pyfuse3.FUSEError) as caught:
         await operations.getattr(987654, CTX)
     assert caught.value.errno == errno.ENOENT
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await operations.lookup(ROOT_INODE, b"x" * 256, CTX)
+    assert caught.value.errno == errno.ENAMETOOLONG
     # dot lookups
     assert (await operations.lookup(photos, b".", CTX)).st_ino == photos
     assert (await operations.lookup(photos, b"..", CTX)).st_ino == ROOT_INODE
@@ -333,3 +338,22 @@ async def test_forget_never_raises(ops: tuple[Operations, Replies]) -> None:
     operations, _ = ops
     await operations.forget([(424242, 3)])
     assert operations.inodes.outstanding() == {}
+
+
+async def test_invalidate_only_what_the_kernel_holds(ops: tuple[Operations, Replies]) -> None:
+    operations, replies = ops
+    calls: list[int] = []
+
+    def invalidate_inode(inode: int, attr_only: bool) -> None:
+        calls.append(inode)
+
+    operations.invalidate_inode = invalidate_inode
+    photos = (await operations.lookup(ROOT_INODE, b"photos", CTX)).st_ino
+    names = await list_dir(operations, replies, photos)
+    listed = next(iter(names.values()))
+    keys = [operations.inodes.key(listed), operations.inodes.key(photos), ("asset", "unseen")]
+    assert await operations.invalidate(keys) == 2
+    assert sorted(calls) == sorted([listed, photos])
+    await forget_all(operations)
+    calls.clear()
+    assert await operations.invalidate(keys) == 0 and calls == []

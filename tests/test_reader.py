@@ -475,6 +475,32 @@ async def test_transient_errors_retried_then_surface(autojump_clock: trio.abc.Cl
     # and when it comes back, reads work again on the same handle
     failures["left"] = 0
     await check_read(reader, 700 * KiB, 4096)
+    # a 500 is Immich's own failure, which repeats: raised at once, not retried
+    retries = pool.statistics()["retries"]
+
+    def broken(number: int) -> None:
+        raise ServerError("500 from the server", status=500)
+
+    fetch.before = broken
+    started = trio.current_time()
+    with pytest.raises(ServerError):
+        await reader.read(900 * KiB, 4096)
+    assert pool.statistics()["retries"] == retries
+    assert trio.current_time() == started
+    await reader.aclose()
+
+
+async def test_retry_budget_zero_turns_retries_off() -> None:
+    size = 1 * MiB
+    fetch = FakeFetcher({"a": size})
+    fetch.truncate_after = 1000
+    fetch.truncate_times = 1
+    pool = ReaderPool(fetch, small_config(retry_budget=0))
+    reader = pool.open("a", size)
+    with pytest.raises(TruncatedBody):
+        await reader.read(0, 4096)
+    assert pool.statistics()["retries"] == 0
+    await check_read(reader, 0, 4096)  # the next read asks again
     await reader.aclose()
 
 

@@ -18,6 +18,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ import pytest
 
 from immichfs import errors
 from immichfs.config import Settings, load_settings, read_key_file
-from immichfs.connector import ImmichConnector
+from immichfs.connector import DEFAULT_RETRY_POLICY, ImmichConnector
 from immichfs.fake import FakeImmich, FakeLibrary
 from immichfs.retry import RetryPolicy
 
@@ -362,7 +363,7 @@ def tls_immich(fake_library: FakeLibrary, certificates: Certificates) -> Iterato
 async def test_tls_default_verification_fails_clearly(
     tls_immich: TLSProxy, raw_log: RawRecords
 ) -> None:
-    async with ImmichConnector(tls_immich.url, KEY) as immich:  # default retry policy
+    async with ImmichConnector(tls_immich.url, KEY, retry_policy=DEFAULT_RETRY_POLICY) as immich:
         with pytest.raises(errors.ImmichError) as info:
             await immich.get_asset_statistics()
     message = str(info.value)
@@ -489,3 +490,48 @@ def test_a_debug_mount_session_never_shows_the_key(
     assert KEY not in debug_log
     assert KEY not in process.log_path.read_text(errors="replace")  # stdout and stderr
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_a_tls_mount_checks_the_certificate(
+    tls_immich: TLSProxy, certificates: Certificates, fake_library: FakeLibrary, tmp_path: Path
+) -> None:
+    from mountutil import MountProcess, fuse_unavailable
+
+    reason = fuse_unavailable()
+    if reason is not None:
+        pytest.skip(f"cannot mount FUSE here: {reason}")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("IMMICH")},
+        "IMMICH_URL": tls_immich.url,
+        "IMMICH_API_KEY": KEY,
+    }
+    # an untrusted certificate: one clear line, nothing mounted
+    result = subprocess.run(
+        [sys.executable, "-m", "immichfs", "mount", "--foreground", str(mountpoint)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "not trusted" in lines[0] and "--ca-cert" in lines[0]
+    assert KEY not in result.stderr + result.stdout
+    assert not os.path.ismount(mountpoint)
+    # --ca-cert, and --insecure: mounted, and the byte path reads over TLS too
+    photo = fake_library.find("Kinkaku-ji.jpg")
+    for extra in (["--ca-cert", str(certificates.ca)], ["--insecure"]):
+        process = MountProcess(
+            mountpoint, {"IMMICH_URL": tls_immich.url, "IMMICH_API_KEY": KEY}, extra,
+            tmp_path / "mount.log",
+        )  # fmt: skip
+        try:
+            process.wait_mounted()
+            data = (mountpoint / "photos" / photo.original_file_name).read_bytes()
+            assert hashlib.sha1(data).hexdigest() == fake_library.sha1(photo.id)
+            assert process.unmount() == (0, 0)
+        finally:
+            process.cleanup()

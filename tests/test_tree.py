@@ -13,6 +13,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,6 +28,8 @@ from immichfs.names import is_valid
 from immichfs.reader import ReaderPool
 from immichfs.tree import (
     AssetFile,
+    Attributes,
+    BytesFile,
     Directory,
     SearchDirectory,
     ThumbnailFile,
@@ -362,3 +365,52 @@ async def test_hostile_names_and_queries_give_valid_unique_names(
         assert isinstance(node, Directory)
         found = [name for name, _ in (await node.listing()).entries]
         assert all(is_valid(name) for name in found)
+
+
+class Note:
+    """A virtual file, as a view would add one."""
+
+    key = ("note", "photos")
+
+    async def attributes(self) -> Attributes:
+        when = datetime(2024, 1, 1, tzinfo=UTC)
+        return Attributes(False, 5, when, when)
+
+    async def open(self) -> BytesFile:
+        return BytesFile(b"hello")
+
+
+NOTE = Note()
+
+
+class NoteExtension:
+    def node(self, key: object) -> Note | None:
+        return NOTE if key == NOTE.key else None
+
+    def lookup(self, directory: Directory, name: str) -> Note | None:
+        return NOTE if name == ".note" and directory.key == ("dir", "photos") else None
+
+    async def xattrs(self, node: object) -> dict[str, bytes]:
+        return {"user.test": b"1"}
+
+    async def getxattr(self, node: object, name: str) -> bytes | None:
+        return (await self.xattrs(node)).get(name)
+
+
+async def test_extensions_add_virtual_files_and_xattrs() -> None:
+    tree, _, _ = build(LIBRARY)
+    assert await tree.getxattr(tree.root, "user.test") is None
+    tree.add_extension(NoteExtension())
+    assert await tree.lookup(("dir", "photos"), ".note") is NOTE
+    assert ".note" not in await names_of(tree, "photos")
+    with pytest.raises(NotFound):
+        await tree.lookup(("dir", "videos"), ".note")
+    assert await tree.node(NOTE.key) is NOTE
+    assert (await tree.attributes(NOTE)).size == 5
+    handle = await tree.open(NOTE)
+    assert await handle.read(1, 3) == b"ell"
+    # the extension now answers every node's extended attributes
+    node = await tree.lookup(("dir", "photos"), "nosize.png")
+    assert await tree.listxattr(node) == ["user.test"]
+    assert await tree.getxattr(node, "user.test") == b"1"
+    assert await tree.getxattr(node, "user.immich.id") is None

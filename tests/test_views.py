@@ -373,3 +373,51 @@ async def test_directories_resolve_from_their_keys(
     assert tree.directory(("date", 2019, 2, 30)) is None
     listing = await tree.listdir(("album", album.id))
     assert len(listing) == len(album.asset_ids)
+
+
+# -- pure rules -------------------------------------------------------------------------
+
+
+def test_tag_index_nests_by_path() -> None:
+    from immichfs.views import TagIndex
+
+    tags = [
+        {"id": "t1", "name": "Travel", "value": "Travel"},
+        {"id": "t2", "name": "Japan", "value": "Travel/Japan", "parentId": "t1"},
+        {"id": "t3", "name": "Kyoto", "value": "Travel/Japan/Kyoto", "parentId": "t2"},
+        # an intermediate level Immich does not list: hung on the nearest ancestor
+        {"id": "t4", "name": "Lyon", "value": "Travel/France/Lyon"},
+        {"id": "t5", "name": "", "value": ""},  # nothing to name it by: left out
+    ]
+    index = TagIndex.build(tags)
+    assert index.child_names(None) == {"t1": "Travel"}
+    assert index.child_names("t1") == {"t2": "Japan", "t4": "France/Lyon".replace("/", "\u2215")}
+    assert index.child_names("t2") == {"t3": "Kyoto"}
+    assert index.parents == {"t1": None, "t2": "t1", "t3": "t2", "t4": "t1"}
+
+
+async def test_person_names(source: RecordingSource) -> None:
+    _, views = build(source)
+    people = [
+        {"id": "b" * 36, "name": "Sam"},
+        {"id": "a" * 36, "name": "Sam"},  # the lower id keeps the plain name
+        {"id": "c" * 36, "name": "A/B"},
+        {"id": "d" * 36, "name": ""},
+        {"id": "e" * 36, "name": "Shy", "isHidden": True},
+    ]
+    assert views.person_names(people) == {
+        "a" * 36: "Sam",
+        "b" * 36: "Sam~bbbbbbbb",
+        "c" * 36: "A\u2215B",
+        "d" * 36: "unnamed-dddddddd",
+    }
+
+
+def test_album_names_ignore_listing_order() -> None:
+    albums = [
+        {"id": "2", "albumName": "Trip", "createdAt": "2020-01-01T00:00:00.000Z"},
+        {"id": "1", "albumName": "Trip", "createdAt": "2021-01-01T00:00:00.000Z"},
+    ]
+    first = Views.album_names(albums)
+    assert first == Views.album_names(list(reversed(albums)))
+    assert first == {"2": "Trip", "1": "Trip~1"}  # the older album keeps the name

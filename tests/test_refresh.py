@@ -1,0 +1,268 @@
+"""The refresh task against the fake server: uploads, favourites, trash, deletion, albums.
+
+The listing TTL is long here (300 s), so a change can only show up because the
+refresh task found it and dropped the right listings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from immichfs.cache import CacheSettings, MetadataCache
+from immichfs.connector import ImmichConnector
+from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs.fake.library import FakeAsset
+from immichfs.reader import ReaderPool
+from immichfs.refresh import RefreshTask
+from immichfs.tree import AssetFile, Key, Tree, TreeSettings
+from immichfs.views import FAVORITES_KEY, PHOTOS_KEY, Views, install_views
+
+
+@pytest.fixture
+async def setup(
+    mutable_immich: FakeImmich,
+) -> AsyncIterator[tuple[Tree, Views, RefreshTask, list[set[Key]]]]:
+    async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
+        cache = MetadataCache(CacheSettings(listing_ttl=300, asset_ttl=300))
+        tree = Tree(
+            client,
+            cache,
+            ReaderPool(client.stream_full_resolution_file),
+            TreeSettings(show_trash=True),
+        )
+        views = install_views(tree)
+        seen: list[set[Key]] = []
+
+        async def on_change(keys: set[Key]) -> None:
+            seen.append(keys)
+
+        task = RefreshTask(tree, views, interval=0.2, on_change=on_change)
+        await task.refresh()  # the first cycle learns the albums
+        yield tree, views, task, seen
+
+
+async def ids(tree: Tree, key: Any) -> set[str]:
+    listing = await tree.listdir(key)
+    return {node.asset.id for _, node in listing.entries if isinstance(node, AssetFile)}
+
+
+def month_key(asset: FakeAsset) -> tuple[str, int, int]:
+    local = asset.local_date_time
+    return ("date", local.year, local.month)
+
+
+def a_timeline_photo(lib: FakeLibrary) -> FakeAsset:
+    return next(
+        a
+        for a in lib.sorted_assets()
+        if a.type == "IMAGE"
+        and a.visibility == "timeline"
+        and not a.is_trashed
+        and a.owner_id == lib.me.id
+        and not a.is_favorite
+    )
+
+
+async def test_upload_appears_after_one_cycle(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, seen = setup
+    before = await ids(tree, PHOTOS_KEY)
+    new = mutable_library.add_asset("fresh upload.jpg")
+    assert new.id not in await ids(tree, PHOTOS_KEY)  # cached: not yet
+    result = await task.refresh()
+    assert result.changed == 1
+    assert await ids(tree, PHOTOS_KEY) == before | {new.id}
+    assert new.id in await ids(tree, month_key(new))
+    year = str(new.local_date_time.year)
+    assert year in {name for name, _ in (await tree.listdir(("dir", "by-date"))).entries}
+    assert PHOTOS_KEY in seen[-1] and ("asset", new.id) in seen[-1]
+    # the overlap returns the same asset again: it is not reported twice
+    again = await task.refresh()
+    assert again.changed == 0 and again.keys == set()
+
+
+async def test_favorite_and_unfavorite(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, _ = setup
+    photo = a_timeline_photo(mutable_library)
+    assert photo.id not in await ids(tree, FAVORITES_KEY)
+    mutable_library.set_favorite(photo.id, True)
+    await task.refresh()
+    assert photo.id in await ids(tree, FAVORITES_KEY)
+    node = await tree.node(("asset", photo.id))
+    assert isinstance(node, AssetFile) and node.asset.is_favorite
+    mutable_library.set_favorite(photo.id, False)
+    await task.refresh()
+    assert photo.id not in await ids(tree, FAVORITES_KEY)
+
+
+async def test_trash_and_restore(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, _ = setup
+    album = mutable_library.album_named("Holidays 2019")
+    photo = mutable_library.assets[album.asset_ids[0]]
+    assert photo.id in await ids(tree, ("album", album.id))
+    assert photo.id in await ids(tree, month_key(photo))
+    mutable_library.trash(photo.id)
+    await task.refresh()
+    assert photo.id not in await ids(tree, ("album", album.id))
+    assert photo.id not in await ids(tree, month_key(photo))
+    assert photo.id in await ids(tree, ("dir", "trash"))
+    mutable_library.restore(photo.id)
+    await task.refresh()
+    assert photo.id in await ids(tree, month_key(photo))
+    assert photo.id not in await ids(tree, ("dir", "trash"))
+
+
+async def test_permanent_deletion_needs_the_full_pass(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, _ = setup
+    photo = a_timeline_photo(mutable_library)
+    assert photo.id in await ids(tree, PHOTOS_KEY)
+    mutable_library.delete(photo.id)
+    delta = await task.refresh()
+    assert delta.removed == 0
+    assert photo.id in await ids(tree, PHOTOS_KEY)  # invisible to updatedAfter
+    full = await task.refresh(full=True)
+    assert full.removed >= 1 and ("asset", photo.id) in full.keys
+    assert photo.id not in await ids(tree, PHOTOS_KEY)
+    assert photo.id not in await ids(tree, month_key(photo))
+
+
+async def test_album_membership_change(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, _ = setup
+    album = mutable_library.album_named("Empty album")
+    assert await ids(tree, ("album", album.id)) == set()
+    photo = a_timeline_photo(mutable_library)
+    mutable_library.add_to_album(album.id, [photo.id])  # the asset's updatedAt is unchanged
+    result = await task.refresh()
+    assert result.albums == 1 and ("album", album.id) in result.keys
+    assert await ids(tree, ("album", album.id)) == {photo.id}
+
+
+async def test_idle_cycles_are_cheap(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_immich: FakeImmich
+) -> None:
+    tree, _, task, _ = setup
+    await tree.listdir(PHOTOS_KEY)
+    mutable_immich.reset_log()
+    result = await task.refresh()
+    assert result.keys == set()
+    paths = [r.path for r in mutable_immich.requests.snapshot()]
+    # two delta searches (timeline, archive) and the album list (twice before v3)
+    assert paths.count("/api/search/metadata") == 2
+    assert set(paths) <= {"/api/search/metadata", "/api/albums", "/api/server/version"}
+    assert len(paths) <= 5
+
+
+async def test_run_loop_and_stop(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, seen = setup
+    await tree.listdir(PHOTOS_KEY)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(task.run)
+        new = mutable_library.add_asset("while running.jpg")
+        with trio.fail_after(10):
+            while new.id not in await ids(tree, PHOTOS_KEY):
+                await trio.sleep(0.05)
+        cycles = task.cycles
+        task.trigger()  # a cycle at once, not after the interval
+        with trio.fail_after(5):
+            while task.cycles == cycles:
+                await trio.sleep(0.01)
+        task.stop()
+    assert any(("asset", new.id) in keys for keys in seen)
+
+
+async def test_refresh_now_summary(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, views, task, _ = setup
+    views.refresh_hook = task.refresh_now
+    await tree.listdir(PHOTOS_KEY)
+    mutable_library.add_asset("forced.jpg")
+    root = tree.directory(("dir", "/"))
+    assert root is not None
+    value = await views.getxattr(root, "user.immichfs.refresh")
+    assert value is not None
+    import json
+
+    summary = json.loads(value)
+    assert summary["changed"] == 1 and summary["full"] is True
+    assert summary["invalidated"] >= 2
+
+
+async def test_manifest_content_matches_the_size_the_kernel_was_told(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, views, task, _ = setup
+    photos = tree.directory(PHOTOS_KEY)
+    assert photos is not None
+    manifest = views.manifest(photos, ".manifest.jsonl")
+    assert manifest is not None
+    told = (await manifest.attributes()).size
+    new = mutable_library.add_asset("after the stat.jpg")
+    result = await task.refresh()
+    assert ("manifest", PHOTOS_KEY) in result.keys  # the kernel forgets the old size
+    # an open before the next stat serves what that stat described
+    handle = await manifest.open()
+    old = await handle.read(0, told + 4096)
+    await handle.aclose()
+    assert len(old) == told and new.id.encode() not in old
+    # the next stat (the kernel's revalidation) moves both on
+    now = (await manifest.attributes()).size
+    handle = await manifest.open()
+    fresh = await handle.read(0, now + 4096)
+    await handle.aclose()
+    assert len(fresh) == now > told and new.id.encode() in fresh
+
+
+async def test_archive_and_album_rename(
+    setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
+) -> None:
+    tree, _, task, _ = setup
+    photo = a_timeline_photo(mutable_library)
+    assert photo.id in await ids(tree, PHOTOS_KEY)
+    assert photo.id not in await ids(tree, ("dir", "archive"))
+    mutable_library.set_visibility(photo.id, "archive")
+    await task.refresh()
+    assert photo.id not in await ids(tree, PHOTOS_KEY)
+    assert photo.id not in await ids(tree, month_key(photo))
+    assert photo.id in await ids(tree, ("dir", "archive"))
+
+    album = mutable_library.album_named("Holidays 2019")
+    names = {name for name, _ in (await tree.listdir(("dir", "albums"))).entries}
+    assert "Holidays 2019" in names
+    with mutable_library.lock:
+        album.name = "Holidays 2019 (renamed)"
+        album.updated_at = album.updated_at.replace(year=album.updated_at.year + 1)
+    result = await task.refresh()
+    assert ("dir", "albums") in result.keys
+    names = {name for name, _ in (await tree.listdir(("dir", "albums"))).entries}
+    assert "Holidays 2019 (renamed)" in names and "Holidays 2019" not in names
+
+
+def test_refresh_command_on_something_else(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "immichfs", "refresh", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"immichfs refresh: {tmp_path} is not an immichfs mount"
+    assert result.stdout == ""
