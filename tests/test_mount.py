@@ -46,7 +46,13 @@ def env_for(server: Any) -> dict[str, str]:
 def mounted(fake_immich: Any, tmp_path: Path) -> Iterator[tuple[Path, MountProcess]]:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    process = MountProcess(mountpoint, env_for(fake_immich), log_path=tmp_path / "mount.log")
+    # no background refresh during the checks: they count the server's requests
+    process = MountProcess(
+        mountpoint,
+        env_for(fake_immich),
+        args=["--refresh-interval", "3600"],
+        log_path=tmp_path / "mount.log",
+    )
     try:
         process.wait_mounted()
         yield mountpoint, process
