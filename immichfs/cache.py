@@ -46,6 +46,7 @@ class CacheStatistics:
     in_flight: int
     size: float  # entries, or the getsizeof total
     maxsize: float
+    entries: int = 0  # items held (``size`` counts bytes or listing entries for some)
 
 
 class _Flight(Generic[V]):
@@ -155,6 +156,7 @@ class SingleFlightCache(Generic[K, V]):
             in_flight=len(self._flights),
             size=self._cache.currsize,
             maxsize=self._cache.maxsize,
+            entries=len(self._cache),
         )
 
 

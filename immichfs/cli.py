@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "immichfs.warm",
         "pre-fetch the listings (and thumbnails) of a mounted subtree, with progress",
     ),
+    "status": ("immichfs.statuscmd", "show what a mounted immichfs is doing (cache, requests)"),
 }
 
 

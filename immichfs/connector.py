@@ -165,6 +165,10 @@ class ImmichConnector:
         self.timeout = float(timeout)
         self.server_version: Version | None = None
         self._features: dict[str, Any] | None = None
+        #: API requests sent, those answered with an error or not at all, body bytes
+        self._requests = 0
+        self._failed = 0
+        self._bytes_received = 0
         origin = httpx.URL(self.url)
         self._origin = (origin.scheme, origin.host, origin.port)
         self._client = httpx.AsyncClient(
@@ -221,6 +225,23 @@ class ImmichConnector:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    def _count_failure(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, Exception):
+            self._failed += 1
+
+    def _count_bytes(self, response: httpx.Response) -> None:
+        self._bytes_received += response.num_bytes_downloaded
+
+    def statistics(self) -> dict[str, int]:
+        """API requests sent, failed (an error status or no answer) and body bytes."""
+        return {
+            "requests": self._requests,
+            "failed": self._failed,
+            "bytes_received": self._bytes_received,
+        }
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -283,7 +304,9 @@ class ImmichConnector:
             await self.connect()
         what = what or f"{method} /api{path}"
         started = time.monotonic()
+        self._requests += 1
         async with AsyncExitStack() as stack:
+            stack.push(self._count_failure)  # runs last: sees every failure, body included
             with self._translate(what):
                 response = await stack.enter_async_context(
                     self._client.stream(
@@ -295,6 +318,7 @@ class ImmichConnector:
                         follow_redirects=follow_redirects,
                     )
                 )
+            stack.callback(self._count_bytes, response)
             log.debug(
                 "%s /api%s → %d (%.0f ms)",
                 method,

@@ -31,9 +31,11 @@ import functools
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -47,6 +49,7 @@ from immichfs.errors import (
 )
 from immichfs.inodes import DirSnapshot, HandleTable, InodeTable
 from immichfs.names import MAX_NAME_BYTES
+from immichfs.reader import AssetReader
 from immichfs.tree import (
     ROOT_KEY,
     AssetFile,
@@ -70,6 +73,10 @@ BLOCK_SIZE = 1024 * 1024
 #: O_CREAT of an existing file alone are no write)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _DOTS = frozenset((".", ".."))
+_DIR_MODE = stat.S_IFDIR | 0o555
+_FILE_MODE = stat.S_IFREG | 0o444
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_NO_ATTRIBUTES = Attributes(False, 0, _EPOCH, _EPOCH)
 ReaddirReply = Callable[[Any, bytes, pyfuse3.EntryAttributes, int], bool]
 
 
@@ -87,8 +94,12 @@ def _guarded(
         if log.isEnabledFor(logging.DEBUG):
             shown = ", ".join(repr(a)[:80] for a in args[1:] if isinstance(a, int | bytes))
             log.debug("%s(%s) started", name, shown)
-        with self._errno_guard(name):
-            return await method(*args, **kwargs)
+        try:
+            with self._errno_guard(name):
+                return await method(*args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            self._count_error(exc)
+            raise
 
     return handler
 
@@ -138,6 +149,19 @@ class Operations(pyfuse3.Operations):
         #: access errors already logged: (error class, permission)
         self._access_logged: set[tuple[str, str | None]] = set()
         self._checksums: dict[int, str] = {}
+        #: errors answered, by errno name; and what caused those other than ENOENT
+        self.errors: Counter[str] = Counter()
+        self.error_causes: Counter[str] = Counter()
+        #: inodes whose kernel caches were invalidated (after a refresh)
+        self.invalidations = 0
+
+    def _count_error(self, exc: pyfuse3.FUSEError) -> None:
+        code = exc.errno
+        self.errors[errno.errorcode.get(code, str(code))] += 1
+        # the guard raises "from None": the original is still the context
+        cause = exc.__context__
+        if cause is not None and code != errno.ENOENT:
+            self.error_causes[type(cause).__name__] += 1
 
     @contextmanager
     def _errno_guard(self, what: str) -> Iterator[None]:
@@ -172,27 +196,30 @@ class Operations(pyfuse3.Operations):
 
     def _entry(self, inode: int, attrs: Attributes) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = inode
         entry.generation = 0
         entry.entry_timeout = self.kernel_ttl
-        entry.attr_timeout = self.kernel_ttl if attrs.size_known else 0
-        if attrs.is_dir:
-            entry.st_mode = stat.S_IFDIR | 0o555
-        else:
-            entry.st_mode = stat.S_IFREG | 0o444
-        entry.st_nlink = attrs.nlink
         entry.st_uid = self.uid
         entry.st_gid = self.gid
         entry.st_rdev = 0
-        entry.st_size = attrs.size
         entry.st_blksize = BLOCK_SIZE
-        entry.st_blocks = (attrs.size + 511) // 512
+        self._fill(entry, inode, attrs)
+        return entry
+
+    def _fill(self, entry: pyfuse3.EntryAttributes, inode: int, attrs: Attributes) -> None:
+        """Set the fields of ``entry`` that differ between nodes (readdir reuses one)."""
+        entry.st_ino = inode
+        entry.attr_timeout = self.kernel_ttl if attrs.size_known else 0
+        entry.st_mode = _DIR_MODE if attrs.is_dir else _FILE_MODE
+        entry.st_nlink = attrs.nlink
+        size = attrs.size
+        entry.st_size = size
+        entry.st_blocks = (size + 511) // 512
         mtime = int(attrs.mtime.timestamp() * 1e9)
         entry.st_mtime_ns = mtime
         entry.st_atime_ns = mtime
-        entry.st_ctime_ns = int(attrs.ctime.timestamp() * 1e9)
-        entry.st_birthtime_ns = entry.st_ctime_ns
-        return entry
+        ctime = mtime if attrs.ctime == attrs.mtime else int(attrs.ctime.timestamp() * 1e9)
+        entry.st_ctime_ns = ctime
+        entry.st_birthtime_ns = ctime
 
     async def _node(self, inode: int) -> Node:
         key = self.inodes.key(inode)
@@ -281,15 +308,23 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         snapshot = self.dirs.get(fh)
+        # a 1 MiB readdirplus buffer holds some 6,000 entries and `ls -l` of a
+        # large directory waits for them: nothing per entry that can be done once
+        reply = self.readdir_reply
+        inode_of = self.inodes.inode
+        remember = self.inodes.remember
+        attributes = self.tree.cached_attributes
+        fill = self._fill
+        entry = self._entry(0, _NO_ATTRIBUTES)  # one for all: readdir_reply copies it
         for next_id, name, node in snapshot.since(start_id):
-            inode = self.inodes.inode(node.key)
-            entry = self._entry(inode, self.tree.cached_attributes(node))
-            if not self.readdir_reply(token, name.encode("utf-8"), entry, next_id):
+            inode = inode_of(node.key)
+            fill(entry, inode, attributes(node))
+            if not reply(token, name.encode("utf-8"), entry, next_id):
                 break
             # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
             # except . and .. (the kernel does not link them)
             if name not in _DOTS:
-                self.inodes.remember(inode)
+                remember(inode)
 
     @_guarded
     async def releasedir(self, fh: int) -> None:
@@ -314,11 +349,19 @@ class Operations(pyfuse3.Operations):
             # the page cache may be kept while the content is the one seen before
             keep_cache = self._checksums.get(inode) == node.asset.checksum
             self._checksums[inode] = node.asset.checksum
-        return pyfuse3.FileInfo(fh=self.files.add((inode, handle)), keep_cache=keep_cache)
+        # a generated file (status) changes length: read past st_size, never cached
+        direct_io = bool(getattr(handle, "direct_io", False))
+        return pyfuse3.FileInfo(
+            fh=self.files.add((inode, handle)), keep_cache=keep_cache, direct_io=direct_io
+        )
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         _, handle = self.files.get(fh)
+        if isinstance(handle, AssetReader):
+            # a view of the read-ahead window, no copy: pyfuse3 takes any buffer and
+            # copies it into the reply before anything else runs (see read_buffer)
+            return cast(bytes, await handle.read_buffer(off, size))
         return await handle.read(off, size)
 
     @_guarded
@@ -354,8 +397,12 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not name.startswith(b"user."):
-            # `ls -l` asks for security.* and system.posix_acl_* of every file: answer fast
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            # only user.* exists here. ENOTSUP, what the VFS answers for a namespace a
+            # filesystem has no handler for, also tells `ls -l` (getfilecon_cache,
+            # file_has_acl_cache) to stop asking for security.* and system.posix_acl_*
+            # on this device: ENODATA cost two FUSE requests per listed file. Never
+            # ENOSYS: the kernel would then refuse every getxattr, user.* included.
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         node = await self._node(inode)
         value = await self.tree.getxattr(node, name.decode("utf-8", "replace"))
         if value is None:
@@ -454,6 +501,7 @@ class Operations(pyfuse3.Operations):
                 log.debug("invalidate inode %d (%r): %s", inode, key, exc)
             else:
                 done += 1
+        self.invalidations += done
         return done
 
     # -- for tests and statistics
@@ -467,6 +515,9 @@ class Operations(pyfuse3.Operations):
             "kernel_references": sum(self.inodes.outstanding().values()),
             "open_files": len(self.files),
             "open_dirs": len(self.dirs),
+            "errors": dict(self.errors),
+            "error_causes": dict(self.error_causes),
+            "invalidations": self.invalidations,
             "cache": self.tree.cache.statistics(),
             "reader": self.tree.readers.statistics(),
         }

@@ -44,6 +44,7 @@ from immichfs.logs import register_secret, scrub, setup_logging
 from immichfs.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
 from immichfs.refresh import RefreshTask
 from immichfs.retry import RetryPolicy
+from immichfs.status import install_status, status_of
 from immichfs.tree import Directory, Key, Node, Tree, TreeSettings, VirtualFile
 from immichfs.views import ViewOptions, Views, install_views, views_of
 
@@ -146,7 +147,11 @@ def build_operations(
         ),
     )
     tree.add_extension(ViewsExtension(views))
-    return Operations(tree, kernel_ttl=settings.kernel_ttl, uid=settings.uid, gid=settings.gid)
+    operations = Operations(
+        tree, kernel_ttl=settings.kernel_ttl, uid=settings.uid, gid=settings.gid
+    )
+    install_status(operations, connector, settings, fetch)  # /.immichfs/status
+    return operations
 
 
 class ViewsExtension:
@@ -247,6 +252,9 @@ async def serve(plan: MountPlan, ready: Callable[[], None]) -> None:
                         sdnotify.ready(f"mounted {connector.url} at {plan.mountpoint}")
                         log.info("mounted %s at %s", connector.url, plan.mountpoint)
                         refresh = refresh_task(operations, settings)
+                        status = status_of(operations.tree)
+                        if status is not None:
+                            status.mountpoint, status.refresh = plan.mountpoint, refresh
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_watch_signals, signals)
                             nursery.start_soon(_tune_kernel, plan.mountpoint)

@@ -136,6 +136,8 @@ class RefreshTask:
         self._last_full = -math.inf
         self.cycles = 0
         self.last_result: RefreshResult | None = None
+        #: when the last successful cycle ended (for ``/.immichfs/status``)
+        self.last_refresh_at: datetime | None = None
 
     # -- lifecycle
 
@@ -200,6 +202,7 @@ class RefreshTask:
                 }
             self.cycles += 1
             self.last_result = result
+            self.last_refresh_at = self._now()
         if result.keys:
             log.info(
                 "refresh: %d changed, %d removed, %d albums; %d entries invalidated",

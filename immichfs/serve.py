@@ -28,6 +28,7 @@ from immichfs.logs import register_secret, scrub, setup_logging
 
 if TYPE_CHECKING:  # the parser imports this module: keep httpx out until `serve` runs
     from immichfs.connector import ImmichConnector
+    from immichfs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def build_gateway(settings: config.Settings) -> Gateway:
             timeout=settings.timeout,
             verify=settings.verify,
             max_connections=settings.max_connections,
+            # a gateway client waits at most one timeout plus this budget
+            retry_policy=RetryPolicy.from_settings(settings),
         )
     except ConfigError as exc:
         return _misconfigured(str(exc), KEY_VARIABLES, token)

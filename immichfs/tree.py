@@ -158,14 +158,16 @@ class TreeExtension(Protocol):
     """Hooks a set of views adds to the tree (:meth:`Tree.add_extension`).
 
     ``node`` and ``lookup`` return None for what is not theirs; the first
-    extension to answer wins. ``xattrs``/``getxattr`` replace the tree's own
+    extension to answer wins. ``lookup`` may also answer a hidden directory
+    (``/.immichfs``), which ``Tree.directory`` must then find by its key (a
+    resolver). ``xattrs``/``getxattr`` replace the tree's own
     extended attributes for every node (the last extension added that has them
     decides); ``getxattr`` answers None for an absent attribute.
     """
 
     def node(self, key: Key) -> VirtualFile | None: ...
 
-    def lookup(self, directory: Directory, name: str) -> VirtualFile | None: ...
+    def lookup(self, directory: Directory, name: str) -> Directory | VirtualFile | None: ...
 
 
 @runtime_checkable
@@ -629,6 +631,11 @@ class Tree:
 
     def cached_attributes(self, node: Directory | FileNode) -> Attributes:
         """Attributes from what is known, with no request (for readdir)."""
+        if type(node) is AssetFile:
+            # nearly every readdir entry: checked first (an ABC isinstance costs more)
+            known = node.asset
+            if known.size is not None:
+                return Attributes(False, known.size, known.file_modified_at, known.file_created_at)
         if isinstance(node, Directory):
             listing = node.cached_listing()
             newest = listing.newest if listing is not None and listing.newest else None

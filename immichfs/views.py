@@ -405,6 +405,10 @@ class DayDirectory(CachedDirectory):
 class ManifestHandle:
     """An open ``.manifest.jsonl``: lines generated as they are read."""
 
+    #: the adapter opens it with ``direct_io``: reads go to the end of what this
+    #: handle serves, whatever ``st_size`` the kernel last saw
+    direct_io = True
+
     def __init__(self, stream: metadata.ManifestStream) -> None:
         self._stream: metadata.ManifestStream | None = stream
 

@@ -225,6 +225,25 @@ def test_a_server_slower_than_the_timeout_gives_eio_in_bounded_time(mount: Mount
     assert hashlib.sha1(data).hexdigest() == mount.library.sha1(photo)
 
 
+def test_a_dripping_server_never_blocks_past_the_bound(mount: Mount) -> None:
+    """Bytes keep coming, too slowly: no single call may wait longer than the bound."""
+    photo = mount.unused(smallest=200_000)
+    path = mount.locate(photo)
+    content = mount.library.content(photo)
+    mount.server.faults.slow_body(10_000, path=mount.original(photo))  # 128 KiB: 13 s
+    started = time.monotonic()
+    try:
+        data = read_at(path, 0, 128 * 1024)
+    except OSError as exc:
+        assert exc.errno == errno.EIO
+    else:
+        assert data == content[: 128 * 1024]
+    assert time.monotonic() - started < BOUND
+    mount.server.faults.clear()
+    assert read_at(path, 0, 128 * 1024) == content[: 128 * 1024]
+    mount.assert_alive()
+
+
 def test_a_dead_server_fails_fast_and_recovers_without_remount(mount: Mount) -> None:
     photo = mount.unused()
     path = mount.locate(photo)

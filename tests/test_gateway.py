@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from immichfs import config
-from immichfs.connector import ImmichConnector
+from immichfs.connector import DEFAULT_RETRY_POLICY, ImmichConnector
 from immichfs.gateway import (
     Gateway,
     HTTPError,
@@ -37,6 +37,7 @@ from immichfs.gateway import (
     parse_range,
     parse_search,
 )
+from immichfs.retry import RetryPolicy
 from immichfs.serve import build_gateway, serve_gateway
 
 TOKEN = "gw-token-" + "Z" * 24
@@ -161,10 +162,15 @@ async def running(app: Gateway) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def gateway_for(
-    url: str, key: str, *, timeout: float = 10.0, token: str | None = None
+    url: str,
+    key: str,
+    *,
+    timeout: float = 10.0,
+    token: str | None = None,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     """A gateway in front of the Immich at ``url`` and an httpx client pointed at it."""
-    async with ImmichConnector(url, key, timeout=timeout) as connector:
+    async with ImmichConnector(url, key, timeout=timeout, retry_policy=retry_policy) as connector:
         app = Gateway(connector, token=token)
         async with running(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
             yield client, app
@@ -578,7 +584,10 @@ async def test_immich_server_error_is_502(client: httpx.AsyncClient, fake_immich
 
 
 async def test_slow_immich_is_504(fake_immich: Any) -> None:
-    async with gateway_for(fake_immich.url, fake_immich.api_key, timeout=0.5) as (client, _):
+    # without retries the answer comes after one timeout; with them, after the budget
+    async with gateway_for(
+        fake_immich.url, fake_immich.api_key, timeout=0.5, retry_policy=None
+    ) as (client, _):
         assert (await client.get("/api/immich/version")).status_code == 200
         fake_immich.faults.delay(2.0, path="/api/search/metadata")
         started = time.monotonic()

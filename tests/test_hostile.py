@@ -8,6 +8,7 @@ every name shown must be valid, unique and stable.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -264,10 +265,10 @@ queries = (
 )
 
 
-@pytest.fixture(scope="module")
-def search_server() -> Iterator[FakeImmich]:
+@pytest.fixture(scope="module", params=[False, True], ids=["metadata", "smart"])
+def search_server(request: pytest.FixtureRequest) -> Iterator[FakeImmich]:
     library = FakeLibrary.generate(seed=0, photos=40, videos=2)
-    with FakeImmich(library) as server:
+    with FakeImmich(library, smart_search=request.param) as server:
         yield server
     library.close()
 
@@ -297,7 +298,11 @@ def run_search(server: FakeImmich, query: str) -> list[str]:
 @example("🎄" * 63)
 @example("IMG")
 def test_hostile_search_queries_do_not_crash(search_server: FakeImmich, query: str) -> None:
+    search_server.reset_log()
     names = run_search(search_server, query)
+    kind = "/api/search/smart" if search_server.smart_search else "/api/search/metadata"
+    if not query.startswith("."):
+        assert search_server.requests.select("POST", kind), "the query was not searched"
     assert all(is_valid(n) for n in names)
     assert len(names) == len(set(names))
     if query.startswith("."):
@@ -505,8 +510,10 @@ def test_hostile_names_on_a_real_mount(
             for query in ["%", "*", "100%*?", "é" * 127, "x" * 255, "IMG"]:
                 listed = os.listdir(mountpoint / "search" / query)
                 assert len(listed) == len(set(listed))
-            with pytest.raises(OSError):
+            with pytest.raises(OSError) as info:
                 os.listdir(mountpoint / "search" / ("x" * 256))
+            assert info.value.errno == errno.ENAMETOOLONG
+            assert all(len(n.encode()) <= 255 for n in os.listdir(mountpoint / "search"))
             assert process.unmount() == (0, 0)
         finally:
             process.cleanup()

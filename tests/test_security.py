@@ -216,6 +216,25 @@ def test_a_private_key_file_gets_no_warning(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_the_cli_warns_about_a_readable_key_file(fake_library: FakeLibrary, tmp_path: Path) -> None:
+    key_file = tmp_path / "immich.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
+    with FakeImmich(fake_library, api_key=KEY) as server:
+        env.update(IMMICH_URL=server.url, IMMICH_API_KEY_FILE=str(key_file))
+        result = subprocess.run(
+            [sys.executable, "-m", "immichfs", "check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "readable by group or others" in result.stderr and "chmod 600" in result.stderr
+    assert KEY not in result.stdout + result.stderr
+
+
 def test_the_key_is_refused_as_a_command_line_flag() -> None:
     from immichfs.cli import main
 
@@ -458,6 +477,11 @@ def test_a_debug_mount_session_never_shows_the_key(
             pid = process.process.pid
             for name in ("cmdline", "environ"):
                 assert KEY not in _proc_text(pid, name)
+            # nor any other process's command line (fusermount3, helpers): what `ps` shows
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        assert KEY not in _proc_text(int(proc.name), "cmdline")
             options = next(
                 line.split()[3]
                 for line in Path("/proc/mounts").read_text().splitlines()
