@@ -56,6 +56,7 @@ queue; reads only wait for bytes after their windows are planned and pinned.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,6 +69,7 @@ import trio
 from immichfs.errors import (
     ImmichfsError,
     ProtocolError,
+    RequestTimeout,
     StaleAsset,
     TransientError,
     TruncatedBody,
@@ -133,6 +135,12 @@ class ReadaheadConfig:
       retried as ``immichfs.retry.RetryPolicy`` says (not a 500: Immich repeats it),
       resuming at the exact offset, within this many seconds and attempts; a
       budget of 0 turns retries off.
+    - ``read_timeout``: the longest one read waits for its bytes (the HTTP timeout
+      plus the retry budget): a server that drips bytes resets the HTTP timeout with
+      every packet, but no file-system call may block past this bound. A read that
+      times out fails (EIO), its fetch is dropped, and for as long again every read
+      of that handle fails at once: the kernel retries the same pages one by one,
+      and each retry waiting a bound of its own would make one read(2) wait many.
     """
 
     initial_window: int = MiB + 128 * KiB
@@ -146,6 +154,7 @@ class ReadaheadConfig:
     max_attempts: int = 8
     backoff_base: float = 0.25
     backoff_max: float = 8.0
+    read_timeout: float = 60.0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -166,6 +175,8 @@ class ReadaheadConfig:
             max_window=min(8 * MiB, ahead),
             global_budget=max(1, int(settings.readahead_budget_mb)) * MiB,
             retry_budget=float(getattr(settings, "retry_budget", 30.0)),
+            read_timeout=float(getattr(settings, "timeout", 30.0))
+            + float(getattr(settings, "retry_budget", 30.0)),
         )
 
 
@@ -460,6 +471,7 @@ class AssetReader:
         self._pos = 0  # furthest end of a sequential read
         self._last_end = -1  # end of the previous read, for sequential detection
         self._next_window = self._config.initial_window
+        self._failing_until = -math.inf  # after a read timed out (see read_timeout)
 
     def __repr__(self) -> str:
         return f"<AssetReader {self.asset_id} size={self.size} windows={len(self._queue)}>"
@@ -485,16 +497,31 @@ class AssetReader:
             return b""
         if offset < 0:
             raise ValueError("negative offset")
+        if trio.current_time() < self._failing_until:
+            raise RequestTimeout(f"asset {self.asset_id}: a read of this file timed out")
         end = min(offset + size, self.size)
         windows = self._plan(offset, end)
         data: bytes | memoryview
         try:
             parts = []
-            for window in windows:
-                stop = min(end, window.end)
-                await window.wait_until(stop)
-                view = memoryview(window.buf)
-                parts.append(view[max(offset, window.start) - window.start : stop - window.start])
+            with trio.move_on_after(self._config.read_timeout) as waited:
+                for window in windows:
+                    stop = min(end, window.end)
+                    await window.wait_until(stop)
+                    view = memoryview(window.buf)
+                    parts.append(
+                        view[max(offset, window.start) - window.start : stop - window.start]
+                    )
+            if waited.cancelled_caught:
+                error = RequestTimeout(
+                    f"asset {self.asset_id}: the bytes at {offset} did not arrive within "
+                    f"{self._config.read_timeout:g} s"
+                )
+                self._failing_until = trio.current_time() + self._config.read_timeout
+                for window in windows:
+                    window.cancel_scope.cancel()
+                    window.fail(error)  # other reads waiting for it fail now too
+                raise error
             # pinned windows are never recycled, so the bytes are still those checked
             data = parts[0] if len(parts) == 1 else b"".join(parts)
         finally:

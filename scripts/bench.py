@@ -11,7 +11,8 @@ machine, against the same fake server:
    log), and latency vs one ranged ``curl``;
 4. peak RSS of the mount process while streaming the 1 GiB file;
 5. ``ls -l`` of a directory of 100,000 assets, cold, vs the connector alone
-   paging the same listing; warm ``ls -l``; peak RSS with the listing cached;
+   paging the same listing; warm ``ls -l`` (and, as the floor on this machine,
+   ``ls -l`` of as many empty files on tmpfs); peak RSS with the listing cached;
 6. 2,000 × 200 KiB files read by 8 parallel readers: files per second.
 
 Usage: ``scripts/bench [--quick] [--only big,listing,small] [--repeat N]
@@ -341,11 +342,12 @@ class Bench:
             fake.close()
 
     @contextmanager
-    def mount(self, fake: Fake, name: str) -> Iterator[Mount]:
+    def mount(self, fake: Fake, name: str, extra: Sequence[str] = ()) -> Iterator[Mount]:
         program = (
             shlex.split(self.args.mount_cmd) if self.args.mount_cmd else (PY, "-m", "immichfs")
         )
-        mount = Mount(fake, self.work / f"mnt-{name}", self.mount_log, self.args.mount_arg, program)
+        args = [*extra, *self.args.mount_arg]
+        mount = Mount(fake, self.work / f"mnt-{name}", self.mount_log, args, program)
         try:
             yield mount
         finally:
@@ -507,21 +509,38 @@ class Bench:
             subprocess.run(page, check=True, capture_output=True)  # warm the server
             result = subprocess.run(page, check=True, capture_output=True, text=True)
             paged = json.loads(result.stdout)
-            with self.mount(fake, "listing") as mount:
+            # the set-up above restored and unarchived a few thousand assets moments ago
+            # (their updatedAt is now): the first background refresh would rightly drop
+            # the listing being measured, and the "warm" run would reload it
+            with self.mount(fake, "listing", ["--refresh-interval=3600"]) as mount:
                 directory = self.mount_dir(mount, "photos")
                 started = time.perf_counter()
                 listed = subprocess.run(
                     ["ls", "-l", str(directory)], check=True, capture_output=True
                 ).stdout.count(b"\n")
                 cold = time.perf_counter() - started
-                warm = timed(["ls", "-l", str(directory)], stdout=subprocess.DEVNULL)
+                warm = min(
+                    timed(["ls", "-l", str(directory)], stdout=subprocess.DEVNULL)
+                    for _ in range(self.args.repeat)
+                )
                 rss = mount.peak_mb()
+            # the floor: `ls -l` of as many empty files in memory (tmpfs) on this machine
+            floor = self.scratch / "ls"
+            floor.mkdir()
+            for i in range(listed - 1):
+                os.close(os.open(floor / f"IMG_{i:06d}.JPG", os.O_CREAT | os.O_WRONLY, 0o644))
+            tmpfs = min(
+                timed(["ls", "-l", str(floor)], stdout=subprocess.DEVNULL)
+                for _ in range(self.args.repeat)
+            )
+            shutil.rmtree(floor)
             ratio = cold / paged["seconds"]
             self.results["ls100k_entries"] = listed - 1
             self.results["ls100k_cold_s"] = round(cold, 3)
             self.results["ls100k_connector_s"] = round(paged["seconds"], 3)
             self.results["ls100k_ratio"] = round(ratio, 3)
             self.results["ls100k_warm_s"] = round(warm, 3)
+            self.results["ls100k_tmpfs_s"] = round(tmpfs, 3)
             self.results["rss_100k_mb"] = round(rss, 1)
             self.row(
                 f"ls -l of {listed - 1} assets, cold",
@@ -530,7 +549,7 @@ class Bench:
                 f"{ratio:.2f}×",
                 "≤1.3×",
             )
-            self.row("ls -l, warm", f"{warm:.3f} s", "", "", "≤0.5 s")
+            self.row("ls -l, warm", f"{warm:.3f} s", f"tmpfs (floor) {tmpfs:.3f} s", "", "≤0.5 s")
             self.row("peak RSS with the listing cached", f"{rss:.0f} MB", "", "", "≤400 MB")
 
     # -- 6: many small files -------------------------------------------------------------------

@@ -17,7 +17,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from immichfs.errors import NotFound, ProtocolError, ServerError, TruncatedBody
+from immichfs.errors import NotFound, ProtocolError, RequestTimeout, ServerError, TruncatedBody
 from immichfs.reader import ReadaheadConfig, ReaderClosed, ReaderPool
 
 KiB = 1024
@@ -433,6 +433,30 @@ async def test_permanent_error_reaches_the_read_then_recovers() -> None:
     fetch.before = None
     await check_read(reader, 0, 4096)
     await check_read(reader, 4096, 128 * KiB)
+    await reader.aclose()
+
+
+async def test_a_read_waits_at_most_read_timeout(autojump_clock: trio.abc.Clock) -> None:
+    """A server that stalls (or drips) must not block a read past the bound; the
+    handle then fails at once for a while, and works again afterwards."""
+    size = 1 * MiB
+    fetch = FakeFetcher({"a": size})
+    fetch.gate = trio.Event()  # no byte arrives until it is set
+    pool = ReaderPool(fetch, small_config(read_timeout=5.0))
+    reader = pool.open("a", size)
+    started = trio.current_time()
+    with pytest.raises(RequestTimeout):
+        await reader.read(0, 4 * KiB)
+    assert trio.current_time() - started == pytest.approx(5.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.cancelled == 1 and fetch.active == 0  # the stalled fetch is dropped
+    again = trio.current_time()
+    with pytest.raises(RequestTimeout):
+        await reader.read(0, 4 * KiB)  # the kernel retrying the page: no second wait
+    assert trio.current_time() == again
+    await trio.sleep(5.0)
+    fetch.gate.set()
+    await check_read(reader, 0, 64 * KiB)
     await reader.aclose()
 
 
