@@ -138,9 +138,10 @@ class ReadaheadConfig:
     - ``read_timeout``: the longest one read waits for its bytes (the HTTP timeout
       plus the retry budget): a server that drips bytes resets the HTTP timeout with
       every packet, but no file-system call may block past this bound. A read that
-      times out fails (EIO), its fetch is dropped, and for as long again every read
-      of that handle fails at once: the kernel retries the same pages one by one,
-      and each retry waiting a bound of its own would make one read(2) wait many.
+      times out fails (EIO) and its fetch is dropped.
+    - ``fail_fast``: for this long after that, every read of the handle fails at
+      once: the kernel retries the failed pages one by one, and each retry waiting a
+      bound of its own would make one read(2) wait many. Then reads start afresh.
     """
 
     initial_window: int = MiB + 128 * KiB
@@ -155,6 +156,7 @@ class ReadaheadConfig:
     backoff_base: float = 0.25
     backoff_max: float = 8.0
     read_timeout: float = 60.0
+    fail_fast: float = 5.0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -517,7 +519,7 @@ class AssetReader:
                     f"asset {self.asset_id}: the bytes at {offset} did not arrive within "
                     f"{self._config.read_timeout:g} s"
                 )
-                self._failing_until = trio.current_time() + self._config.read_timeout
+                self._failing_until = trio.current_time() + self._config.fail_fast
                 for window in windows:
                     window.cancel_scope.cancel()
                     window.fail(error)  # other reads waiting for it fail now too

@@ -28,7 +28,6 @@ from immichfs.logs import register_secret, scrub, setup_logging
 
 if TYPE_CHECKING:  # the parser imports this module: keep httpx out until `serve` runs
     from immichfs.connector import ImmichConnector
-    from immichfs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +85,7 @@ def build_gateway(settings: config.Settings) -> Gateway:
         log.warning("%s; serving 503 on /api/immich until then", message)
         return Gateway(None, token=token, not_configured=message, missing=missing)
     from immichfs.connector import ImmichConnector
+    from immichfs.retry import RetryPolicy
 
     try:
         url = normalise_url(settings.url, _url_source(settings))

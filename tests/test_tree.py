@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from immichfs.cache import CacheSettings, MetadataCache
-from immichfs.errors import NotFound
+from immichfs.errors import NotFound, ServerError
 from immichfs.names import is_valid
 from immichfs.reader import ReaderPool
 from immichfs.tree import (
@@ -414,3 +414,24 @@ async def test_extensions_add_virtual_files_and_xattrs() -> None:
     assert await tree.listxattr(node) == ["user.test"]
     assert await tree.getxattr(node, "user.test") == b"1"
     assert await tree.getxattr(node, "user.immich.id") is None
+
+
+async def test_a_listing_of_many_pages_is_whole_and_errors_surface_as_themselves() -> None:
+    # pages are parsed while the next is fetched: nothing lost, nothing out of order
+    many = [make_asset(n, f"IMG_{n:05d}.JPG") for n in range(1, 2502)]
+    tree, _, _ = build(many)
+    names = await names_of(tree, "photos")
+    assert names == [f"IMG_{n:05d}.JPG" for n in range(1, 2502)]
+
+    class Failing(MemorySource):
+        async def iter_search_metadata(
+            self, filters: Mapping[str, Any], *, page_size: int = 1000
+        ) -> AsyncIterator[dict[str, Any]]:
+            for asset in self.assets[:1500]:
+                yield asset
+            raise ServerError("502 from the proxy", status=502)
+
+    tree, _, _ = build(many)
+    tree.source = Failing(many)
+    with pytest.raises(ServerError):  # not an ExceptionGroup: the errno mapping needs it
+        await tree.listdir(("dir", "photos"))
