@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,26 +27,73 @@ SYSFS_BDI = Path("/sys/class/bdi")
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 
+#: the filesystem type of an immichfs mount in /proc/self/mountinfo
+FSTYPE = "fuse.immichfs"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of mountinfo: where, what type, which device (``major:minor``)."""
+
+    mountpoint: str
+    fstype: str
+    device: str
+
+
 def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
     return _OCTAL.sub(lambda m: chr(int(m[1], 8)), field)
 
 
-def mount_device(mountpoint: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> str | None:
-    """``major:minor`` of the filesystem mounted at ``mountpoint`` (the last one), or None."""
-    # resolve symlinks in the parent only: resolving the mount point itself would stat it
-    path = os.path.abspath(mountpoint)
-    target = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-    found = None
+def mount_entries(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
+    """Every mount, in mount order (later mounts on one point hide earlier ones)."""
     try:
         text = mountinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return None
+        return []
+    entries = []
     for line in text.splitlines():
         fields = line.split(" ")
-        if len(fields) > 4 and _unescape(fields[4]) == target:
-            found = fields[2]  # later mounts on the same point hide earlier ones
+        try:
+            fstype = fields[fields.index("-") + 1]
+            entries.append(MountEntry(_unescape(fields[4]), fstype, fields[2]))
+        except (IndexError, ValueError):
+            continue
+    return entries
+
+
+def _target(path: str | os.PathLike[str]) -> str:
+    # resolve symlinks in the parent only: resolving the mount point itself would stat it
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def mount_at(mountpoint: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> MountEntry | None:
+    """The mount whose mount point is exactly ``mountpoint`` (the top one), or None."""
+    target = _target(mountpoint)
+    found = None
+    for entry in mount_entries(mountinfo):
+        if entry.mountpoint == target:
+            found = entry
     return found
+
+
+def mount_of(path: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> MountEntry | None:
+    """The mount holding ``path`` (the deepest mount point above it), or None."""
+    target = os.path.abspath(path)
+    best: MountEntry | None = None
+    for entry in mount_entries(mountinfo):
+        point = entry.mountpoint
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.mountpoint)):
+            best = entry
+    return best
+
+
+def mount_device(mountpoint: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> str | None:
+    """``major:minor`` of the filesystem mounted at ``mountpoint`` (the last one), or None."""
+    entry = mount_at(mountpoint, mountinfo)
+    return entry.device if entry else None
 
 
 def read_ahead_path(

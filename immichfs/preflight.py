@@ -11,9 +11,11 @@ import errno
 import logging
 import os
 import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from immichfs import kernel
 from immichfs.cli import UserError
 
 log = logging.getLogger(__name__)
@@ -71,21 +73,51 @@ def check_device(device: str = FUSE_DEVICE, *, container: bool | None = None) ->
     os.close(fd)
 
 
-def check_mountpoint(mountpoint: str | os.PathLike[str]) -> None:
-    """The mount point is an existing directory and not a dead FUSE mount."""
+def _clear_dead_immichfs_mount(path: str, mountinfo: Path) -> bool:
+    """Detach a dead mount at ``path`` if an earlier immichfs left it; True if cleared.
+
+    Only our own filesystem type is touched: someone else's dead mount may be
+    something its owner wants to look at.
+    """
+    entry = kernel.mount_at(path, mountinfo)
+    if entry is None or entry.fstype != kernel.FSTYPE:
+        return False
+    done = subprocess.run(
+        ["fusermount3", "-u", "-z", path], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        log.warning("cannot clear the dead mount at %s: %s", path, done.stderr.strip())
+        return False
+    log.warning("cleared a dead immichfs mount at %s (its process had died)", path)
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def check_mountpoint(
+    mountpoint: str | os.PathLike[str], mountinfo: Path = kernel.MOUNTINFO
+) -> None:
+    """The mount point is an existing directory and not a dead FUSE mount.
+
+    A dead mount that an earlier immichfs left behind is cleared, so a mount
+    after a crash needs no `umount -l` by hand.
+    """
     path = os.fspath(mountpoint)
     try:
         os.stat(path)
     except FileNotFoundError:
         raise UserError(f"mount point {path} does not exist: mkdir -p {path}") from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            # a filesystem process died without unmounting
+        if exc.errno != errno.ENOTCONN:
+            raise UserError(f"mount point {path}: {exc.strerror}") from None
+        # a filesystem process died without unmounting (killed, out of memory)
+        if not _clear_dead_immichfs_mount(path, mountinfo):
             raise UserError(
                 f"{path} is a dead FUSE mount (transport endpoint is not connected): "
                 f"run fusermount3 -u {path}"
             ) from None
-        raise UserError(f"mount point {path}: {exc.strerror}") from None
     if not os.path.isdir(path):
         raise UserError(f"mount point {path} is not a directory")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from immichfs.cli import UserError
-from immichfs.warm import FSTYPE, mount_of
+from immichfs.kernel import FSTYPE, mount_of
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_status(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[str, Any]:
     """The report of the immichfs mount holding ``path``; UserError if there is none."""
     target = os.path.realpath(path)
-    found = mount_of(Path(target), mountinfo)
-    if found is None or found[1] != FSTYPE:
-        what = f"{found[1]} mounted at {found[0]}" if found else "in no mount"
+    found = mount_of(target, mountinfo)
+    if found is None or found.fstype != FSTYPE:
+        what = f"{found.fstype} mounted at {found.mountpoint}" if found else "in no mount"
         raise UserError(f"{path} is not an immichfs mount (it is {what})")
-    status_file = Path(found[0], *STATUS_PATH)
+    status_file = Path(found.mountpoint, *STATUS_PATH)
     try:
         data = status_file.read_bytes()
     except OSError as exc:

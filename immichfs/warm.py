@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,10 +22,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from immichfs.cli import UserError
+from immichfs.kernel import FSTYPE, mount_of
 
 log = logging.getLogger(__name__)
 
-FSTYPE = "fuse.immichfs"
 READ_CHUNK = 1 << 20
 
 
@@ -36,28 +35,6 @@ class WarmResult:
     files: int = 0
     thumbnail_bytes: int = 0
     errors: int = 0
-
-
-def mount_of(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> tuple[str, str] | None:
-    """(mount point, filesystem type) of the mount holding ``path``, from mountinfo."""
-    target = os.path.abspath(path)
-    best: tuple[str, str] | None = None
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        try:
-            # spaces and the like are written as octal escapes (\040)
-            mountpoint = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
-            fstype = fields[fields.index("-") + 1]
-        except (IndexError, ValueError):
-            continue
-        inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-        if inside and (best is None or len(mountpoint) >= len(best[0])):
-            best = (mountpoint, fstype)
-    return best
 
 
 def _list(directory: str) -> tuple[list[str], list[str], list[tuple[str, OSError]]]:
@@ -102,7 +79,7 @@ def warm(
     result = WarmResult()
     start = os.path.abspath(root)
     mount = mount_of(root)
-    base = mount[0] if mount else "/"
+    base = mount.mountpoint if mount else "/"
     bar = tqdm(
         desc=f"warming {root}",
         unit=" entries",
@@ -173,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     mount = mount_of(root)
-    if mount is not None and mount[1] != FSTYPE:
-        log.warning("%s is on a %s filesystem, not an immichfs mount", root, mount[1])
+    if mount is not None and mount.fstype != FSTYPE:
+        log.warning("%s is on a %s filesystem, not an immichfs mount", root, mount.fstype)
     began = time.monotonic()
     result = warm(root, thumbnails=args.thumbnails, jobs=args.jobs, progress=not args.no_progress)
     elapsed = time.monotonic() - began

@@ -19,7 +19,7 @@ MS_NOSUID, MS_NODEV, MNT_DETACH = 0x2, 0x4, 2
 
 
 @contextmanager
-def dead_fuse_mount(target: Path) -> Iterator[Path]:
+def dead_fuse_mount(target: Path, fstype: str = "fuse.immichfs-test") -> Iterator[Path]:
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         pytest.skip("needs root and /dev/fuse to make a FUSE mount")
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -27,7 +27,7 @@ def dead_fuse_mount(target: Path) -> Iterator[Path]:
     fd = os.open("/dev/fuse", os.O_RDWR)
     data = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
     flags = MS_NOSUID | MS_NODEV
-    if libc.mount(b"immichfs-test", bytes(target), b"fuse.immichfs-test", flags, data) != 0:
+    if libc.mount(b"immichfs-test", bytes(target), fstype.encode(), flags, data) != 0:
         os.close(fd)
         pytest.skip(f"mount(2) of a FUSE filesystem refused: {os.strerror(ctypes.get_errno())}")
     os.close(fd)  # the "filesystem process" dies

@@ -18,7 +18,7 @@ from pathlib import Path
 import deadmount
 import pytest
 
-from immichfs import config, mounthelper, preflight, sdnotify
+from immichfs import config, kernel, mounthelper, preflight, sdnotify
 from immichfs.cli import UserError
 from immichfs.mounthelper import HelperError, Invocation
 
@@ -204,6 +204,22 @@ def test_dead_mount_is_named_with_the_fix(dead_fuse_mount: Path) -> None:
     with pytest.raises(UserError) as info:
         preflight.check_mountpoint(dead_fuse_mount)
     assert f"run fusermount3 -u {dead_fuse_mount}" in str(info.value)
+    assert os.path.ismount(dead_fuse_mount) or _is_listed(dead_fuse_mount)  # left alone
+
+
+def _is_listed(path: Path) -> bool:
+    return kernel.mount_at(path) is not None
+
+
+def test_a_dead_immichfs_mount_is_cleared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # what a killed immichfs leaves behind: the next mount must not need `umount -l`
+    with deadmount.dead_fuse_mount(tmp_path / "dead", fstype="fuse.immichfs") as target:
+        with pytest.raises(OSError):
+            os.stat(target)
+        preflight.check_mountpoint(target)
+        assert kernel.mount_at(target) is None
+        assert os.path.isdir(target)
+    assert "cleared a dead immichfs mount" in caplog.text
 
 
 # -- mount(8) helper

@@ -8,7 +8,7 @@ from pathlib import Path
 import deadmount
 import pytest
 
-from immichfs import warm
+from immichfs import kernel, warm
 
 
 def make_tree(root: Path) -> None:
@@ -76,8 +76,8 @@ def test_mount_of_reads_mountinfo(tmp_path: Path) -> None:
         "90 22 0:50 / /mnt/my\\040photos rw,nosuid,nodev shared:40 - fuse.immichfs "
         "immichfs ro,user_id=0,group_id=0\n"
     )
-    assert warm.mount_of(Path("/mnt/my photos/photos/a.jpg"), mountinfo) == (
-        "/mnt/my photos",
-        "fuse.immichfs",
-    )
-    assert warm.mount_of(Path("/mnt/my"), mountinfo) == ("/", "ext4")
+    found = kernel.mount_of(Path("/mnt/my photos/photos/a.jpg"), mountinfo)
+    assert found == kernel.MountEntry("/mnt/my photos", "fuse.immichfs", "0:50")
+    assert kernel.mount_of(Path("/mnt/my"), mountinfo) == kernel.MountEntry("/", "ext4", "0:21")
+    assert kernel.mount_at("/mnt/my photos", mountinfo) == found
+    assert kernel.mount_at("/mnt", mountinfo) is None
