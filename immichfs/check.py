@@ -16,7 +16,6 @@ from typing import Any
 import trio
 
 from immichfs import config
-from immichfs._http import normalise_url, validate_key
 from immichfs.cli import UserError
 from immichfs.connector import ImmichConnector
 from immichfs.errors import (
@@ -53,8 +52,6 @@ NEEDED_PERMISSIONS = (
     "tag.read",
 )
 
-_SOURCE_NAMES = {"env": "IMMICH_URL", "flag": "--url", "file": "url in the config file"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser, groups=["server", "logging"])
@@ -79,24 +76,9 @@ def run(args: argparse.Namespace) -> int:
             "or start the demo server with `immichfs fake-server`, which prints both",
             2,
         )
-    url_source = _SOURCE_NAMES.get(settings.sources.get("url", ""), "IMMICH_URL")
-    if settings.sources.get("api_key") == "file":
-        key_source = "api_key in the config file"
-    elif settings.api_key_file and settings.sources.get("api_key") == "default":
-        key_source = f"the key in {settings.api_key_file}"
-    else:
-        key_source = "IMMICH_API_KEY"
     try:
-        url = normalise_url(settings.url, url_source)
-        key = validate_key(settings.api_key, key_source)
-        connector = ImmichConnector(
-            url,
-            key,
-            timeout=settings.timeout,
-            verify=settings.verify,
-            max_connections=settings.max_connections,
-            retry_policy=None,  # a diagnosis shows the first failure, at once
-        )
+        # a diagnosis shows the first failure, at once
+        connector = ImmichConnector.from_settings(settings, retry=False)
     except ConfigError as exc:
         raise UserError(str(exc), 2) from None
     return trio.run(_check, connector, _printer())

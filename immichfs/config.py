@@ -517,6 +517,27 @@ def load_settings(
     return Settings(**values, sources=sources)
 
 
+def source_name(settings: Settings, name: str) -> str:
+    """Where the value of ``url`` or ``api_key`` came from, as a person would find it.
+
+    Error messages name it ("IMMICH_URL is not a URL", "--url ..."), so the fix
+    is made in the right place.
+    """
+    origin = settings.sources.get(name, "")
+    if name == "api_key":
+        if origin == "file":
+            return "api_key in the config file"
+        if origin == "default" and settings.api_key_file:
+            return f"the key in {settings.api_key_file}"
+        return "IMMICH_API_KEY"
+    option = _BY_NAME[name]
+    if origin == "flag":
+        return option.flag_name
+    if origin == "file":
+        return f"{name} in the config file"
+    return option.env or name
+
+
 def options_markdown() -> str:
     """The options table for the README: one source, no hand-kept copies."""
     lines = [

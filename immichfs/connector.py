@@ -61,7 +61,7 @@ from immichfs._http import (
     status_error,
     validate_key,
 )
-from immichfs.config import read_key_file
+from immichfs.config import Settings, read_key_file, source_name
 from immichfs.errors import (
     ConfigError,
     ConnectError,
@@ -188,6 +188,23 @@ class ImmichConnector:
             event_hooks={"request": [self._authorise]},
             follow_redirects=False,
             trust_env=False,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, retry: bool = True) -> ImmichConnector:
+        """A connector from resolved settings; ConfigError names where a bad value came from.
+
+        ``retry=False`` reports the first failure at once (a diagnosis or a
+        pre-mount check: a person waits for it); otherwise transient failures
+        are retried within ``settings.retry_budget``.
+        """
+        return cls(
+            normalise_url(settings.url, source_name(settings, "url")),
+            validate_key(settings.api_key, source_name(settings, "api_key")),
+            timeout=settings.timeout,
+            verify=settings.verify,
+            max_connections=settings.max_connections,
+            retry_policy=RetryPolicy.from_settings(settings) if retry else None,
         )
 
     @classmethod

@@ -40,10 +40,9 @@ from immichfs import config, kernel, preflight, sdnotify
 from immichfs.cache import CacheSettings, MetadataCache
 from immichfs.cli import UserError
 from immichfs.connector import ImmichConnector
-from immichfs.logs import register_secret, scrub, setup_logging
+from immichfs.logs import scrub, setup_logging
 from immichfs.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
 from immichfs.refresh import RefreshTask
-from immichfs.retry import RetryPolicy
 from immichfs.status import install_status, status_of
 from immichfs.tree import Directory, Key, Node, Tree, TreeSettings, VirtualFile
 from immichfs.views import ViewOptions, Views, install_views, views_of
@@ -93,23 +92,6 @@ class MountPlan:
         if self.debug_fuse:
             options.add("debug")
         return options
-
-
-def connector_for(settings: config.Settings, *, retry: bool = True) -> ImmichConnector:
-    """A connector from resolved settings (ConfigError if URL or key are missing).
-
-    ``retry=False`` reports the first failure at once (the pre-mount check: a
-    person waits for it, and one clear line beats a minute of retries).
-    """
-    register_secret(settings.api_key)
-    return ImmichConnector(
-        settings.url,
-        settings.api_key,
-        timeout=settings.timeout,
-        verify=settings.verify,
-        max_connections=settings.max_connections,
-        retry_policy=RetryPolicy.from_settings(settings) if retry else None,
-    )
 
 
 def build_operations(
@@ -197,7 +179,7 @@ async def check_server(connector: ImmichConnector) -> None:
 
 
 async def _check_only(settings: config.Settings) -> None:
-    async with connector_for(settings, retry=False) as connector:
+    async with ImmichConnector.from_settings(settings, retry=False) as connector:
         await check_server(connector)
 
 
@@ -221,7 +203,7 @@ async def serve(plan: MountPlan, ready: Callable[[], None]) -> None:
     from immichfs.rangeget import RangeGetClient
 
     settings = plan.settings
-    async with connector_for(settings) as connector:
+    async with ImmichConnector.from_settings(settings) as connector:
         await check_server(connector)
         assert settings.api_key is not None  # the connector refused to start otherwise
         # the byte path: a lean ranged-GET client, the connector for what it cannot do

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 
 from immichfs import config
-from immichfs._http import normalise_url, validate_key
+from immichfs._http import normalise_url
 from immichfs.cli import UserError
 from immichfs.errors import ConfigError, ImmichError
 from immichfs.gateway import Gateway
@@ -85,32 +85,18 @@ def build_gateway(settings: config.Settings) -> Gateway:
         log.warning("%s; serving 503 on /api/immich until then", message)
         return Gateway(None, token=token, not_configured=message, missing=missing)
     from immichfs.connector import ImmichConnector
-    from immichfs.retry import RetryPolicy
 
     try:
-        url = normalise_url(settings.url, _url_source(settings))
+        # checked apart from the key, so the 503 names the right variables
+        normalise_url(settings.url, config.source_name(settings, "url"))
     except ConfigError as exc:
         return _misconfigured(str(exc), URL_VARIABLES, token)
     try:
-        key = validate_key(settings.api_key, "IMMICH_API_KEY")
-        connector = ImmichConnector(
-            url,
-            key,
-            timeout=settings.timeout,
-            verify=settings.verify,
-            max_connections=settings.max_connections,
-            # a gateway client waits at most one timeout plus this budget
-            retry_policy=RetryPolicy.from_settings(settings),
-        )
+        # a gateway client waits at most one timeout plus the retry budget
+        connector = ImmichConnector.from_settings(settings)
     except ConfigError as exc:
         return _misconfigured(str(exc), KEY_VARIABLES, token)
     return Gateway(connector, token=token)
-
-
-def _url_source(settings: config.Settings) -> str:
-    return {"flag": "--url", "file": "url in the config file"}.get(
-        settings.sources.get("url", ""), "IMMICH_URL"
-    )
 
 
 def _misconfigured(problem: str, variables: list[str], token: str | None) -> Gateway:

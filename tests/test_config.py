@@ -279,3 +279,23 @@ def test_gen_options_doc_check_mode(tmp_path: Path) -> None:
     assert config.options_markdown() in text
     again = subprocess.run([sys.executable, str(script), "--check", str(readme)])
     assert again.returncode == 0
+
+
+def test_source_name_says_where_a_value_came_from(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("fake-key-0123456789")
+    key_file.chmod(0o600)
+    from_flag = config.load_settings({"url": "http://h"}, env={"IMMICH_API_KEY": "k" * 20})
+    assert config.source_name(from_flag, "url") == "--url"
+    assert config.source_name(from_flag, "api_key") == "IMMICH_API_KEY"
+    from_env = config.load_settings(
+        {}, env={"IMMICH_URL": "http://h", "IMMICH_API_KEY_FILE": str(key_file)}
+    )
+    assert config.source_name(from_env, "url") == "IMMICH_URL"
+    assert config.source_name(from_env, "api_key") == f"the key in {key_file}"
+    toml = tmp_path / "c.toml"
+    toml.write_text('url = "http://h"\napi_key = "abc"\n')
+    toml.chmod(0o600)
+    from_file = config.load_settings({}, env={}, config_path=toml)
+    assert config.source_name(from_file, "url") == "url in the config file"
+    assert config.source_name(from_file, "api_key") == "api_key in the config file"
