@@ -331,6 +331,9 @@ class TLSProxy:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping = True
+        # close() alone does not wake a thread blocked in accept() on Linux
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self._thread.join(5)
 
