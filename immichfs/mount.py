@@ -192,7 +192,7 @@ async def _watch_signals(signals: AsyncIterator[int]) -> None:
 
 
 async def _tune_kernel(mountpoint: str) -> None:
-    # in a thread: finding the mount stats the mount point, which this loop serves
+    # in a thread: file I/O on mountinfo and sysfs stays off the loop that serves the mount
     await trio.to_thread.run_sync(kernel.raise_read_ahead, mountpoint)
 
 

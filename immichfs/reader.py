@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -727,32 +726,15 @@ class AssetReader:
 
     async def _fill(self, window: _Window) -> None:
         """Fetch the window, retrying transient failures from the exact offset reached."""
-        policy = self._config.retry_policy
-        deadline = trio.current_time() + policy.budget
-        attempt = 0
+        # the project's retry state: attempts, full-jitter backoff, Retry-After, budget
+        retrying = self._config.retry_policy.start()
         while window.filled < window.size:
             try:
                 await self._fetch_once(window)
             except TransientError as exc:
-                attempt += 1
-                if not policy.retryable(exc):
-                    raise
-                # full jitter: many readers hit by one outage must not come back in step
-                delay = policy.backoff(attempt, random.random())
-                if exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
-                if attempt >= policy.attempts or trio.current_time() + delay > deadline:
-                    raise
+                offset = window.start + window.filled
+                await retrying.failed(exc, f"asset {self.asset_id} at offset {offset}")
                 self._pool._counters["retries"] += 1
-                log.log(
-                    (logging.DEBUG, logging.INFO)[attempt - 1] if attempt < 3 else logging.WARNING,
-                    "%s; retrying at offset %d in %.2f s (attempt %d)",
-                    exc,
-                    window.start + window.filled,
-                    delay,
-                    attempt,
-                )
-                await trio.sleep(delay)
 
     async def _fetch_once(self, window: _Window) -> None:
         pool = self._pool
