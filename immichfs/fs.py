@@ -34,11 +34,13 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 import trio
+from cachetools import LRUCache
 
 from immichfs.errors import (
     AuthenticationError,
@@ -57,6 +59,7 @@ from immichfs.tree import (
     Directory,
     FileNode,
     Key,
+    Listing,
     Node,
     OpenFile,
     Tree,
@@ -108,6 +111,20 @@ def _read_only() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
 
+@dataclass(eq=False)
+class _ReadyEntries:
+    """readdir's replies for one listing's asset files, each built on first use.
+
+    Building an entry (attributes, then a dozen fields set) is about two thirds
+    of readdir's Python per entry; a listing and its nodes never change, so a
+    warm ``ls -l`` of a large directory reuses them. They go when the listing is
+    replaced (a reload) or the LRU drops them.
+    """
+
+    listing: Listing
+    entries: list[pyfuse3.EntryAttributes | None]
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 handlers for an immichfs tree.
 
@@ -134,6 +151,7 @@ class Operations(pyfuse3.Operations):
         uid: int | None = None,
         gid: int | None = None,
         readdir_reply: ReaddirReply | None = None,
+        ready_entries: int = 200_000,
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -154,6 +172,10 @@ class Operations(pyfuse3.Operations):
         self.error_causes: Counter[str] = Counter()
         #: inodes whose kernel caches were invalidated (after a refresh)
         self.invalidations = 0
+        #: readdir's finished entries per listed directory, bounded in entries
+        self._ready: LRUCache[Key, _ReadyEntries] = LRUCache(
+            maxsize=ready_entries, getsizeof=lambda ready: max(1, len(ready.entries))
+        )
 
     def _count_error(self, exc: pyfuse3.FUSEError) -> None:
         code = exc.errno
@@ -303,7 +325,7 @@ class Operations(pyfuse3.Operations):
         listing = await directory.listing()
         parent = self.tree.directory(directory.parent) or directory
         entries = [(".", directory), ("..", parent), *listing.entries]
-        return self.dirs.add(DirSnapshot(directory.key, entries))
+        return self.dirs.add(DirSnapshot(directory.key, entries, listing))
 
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -316,15 +338,39 @@ class Operations(pyfuse3.Operations):
         attributes = self.tree.cached_attributes
         fill = self._fill
         entry = self._entry(0, _NO_ATTRIBUTES)  # one for all: readdir_reply copies it
+        ready = self._ready_entries(snapshot)
         for next_id, name, node in snapshot.since(start_id):
-            inode = inode_of(node.key)
-            fill(entry, inode, attributes(node))
-            if not reply(token, name.encode("utf-8"), entry, next_id):
+            # next_id - 3: the index in the listing (after "." and "..")
+            prepared = ready.entries[next_id - 3] if ready is not None and next_id > 2 else None
+            if prepared is not None:
+                inode = prepared.st_ino
+                answer = prepared
+            else:
+                inode = inode_of(node.key)
+                answer = entry
+                if ready is not None and next_id > 2 and type(node) is AssetFile:
+                    attrs = attributes(node)
+                    if attrs.size_known:
+                        answer = ready.entries[next_id - 3] = self._entry(inode, attrs)
+                if answer is entry:
+                    fill(entry, inode, attributes(node))
+            if not reply(token, name.encode("utf-8"), answer, next_id):
                 break
             # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
             # except . and .. (the kernel does not link them)
             if name not in _DOTS:
                 remember(inode)
+
+    def _ready_entries(self, snapshot: DirSnapshot[Directory | FileNode]) -> _ReadyEntries | None:
+        """The finished replies of the snapshot's listing, kept while that listing is."""
+        listing = snapshot.source
+        if not isinstance(listing, Listing) or len(listing.entries) > self._ready.maxsize:
+            return None
+        ready = self._ready.get(snapshot.key)
+        if ready is None or ready.listing is not listing:
+            ready = _ReadyEntries(listing, [None] * len(listing.entries))
+            self._ready[snapshot.key] = ready
+        return ready
 
     @_guarded
     async def releasedir(self, fh: int) -> None:

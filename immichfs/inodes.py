@@ -90,6 +90,8 @@ class DirSnapshot(Generic[T]):
 
     key: Key
     entries: Sequence[tuple[str, T]]
+    #: what the entries were taken from (the adapter keys per-listing caches on it)
+    source: object = None
 
     def since(self, start_id: int) -> Iterator[tuple[int, str, T]]:
         """Entries after offset ``start_id`` as (next_id, name, node), lazily.

@@ -130,7 +130,11 @@ def build_operations(
     )
     tree.add_extension(ViewsExtension(views))
     operations = Operations(
-        tree, kernel_ttl=settings.kernel_ttl, uid=settings.uid, gid=settings.gid
+        tree,
+        kernel_ttl=settings.kernel_ttl,
+        uid=settings.uid,
+        gid=settings.gid,
+        ready_entries=settings.cache_entries,
     )
     install_status(operations, connector, settings, fetch)  # /.immichfs/status
     return operations

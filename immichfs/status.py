@@ -137,6 +137,7 @@ class MountStatus:
             "fetch_errors": reader.get("fetch_errors", 0),
             "sequential_reads": reader.get("sequential_reads", 0),
             "random_reads": reader.get("random_reads", 0),
+            "whole_file_reads": reader.get("whole_file_windows", 0),
         }
         if self.byte_path is not None:
             originals["http"] = dict(self.byte_path())

@@ -20,6 +20,7 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+from cachetools import LRUCache
 
 from immichfs.config import Settings
 from immichfs.connector import ImmichConnector
@@ -160,6 +161,56 @@ async def test_readdir_with_a_full_buffer_counts_only_accepted_entries(
     counted = sum(operations.inodes.outstanding().values())
     # photos (1 lookup) + every entry twice (two full listings) - none for . and ..
     assert counted == 1 + 2 * len(all_names)
+    await forget_all(operations)
+
+
+async def test_readdir_reuses_entries_until_the_listing_is_replaced(
+    ops: tuple[Operations, Replies], fake_immich: Any
+) -> None:
+    operations, replies = ops
+    seen: list[pyfuse3.EntryAttributes] = []
+
+    def reply(token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        seen.append(attr)
+        return replies(token, name, attr, next_id)
+
+    operations.readdir_reply = reply
+    photos_inode = (await operations.lookup(ROOT_INODE, b"photos", CTX)).st_ino
+    first = await list_dir(operations, replies, photos_inode)
+    sizes = {attr.st_ino: attr.st_size for attr in seen}
+    built = list(seen)  # kept alive: their ids stay theirs
+    seen.clear()
+    # the same listing again: the same answers, from entries built the first time
+    assert await list_dir(operations, replies, photos_inode) == first
+    assert {attr.st_ino: attr.st_size for attr in seen} == sizes
+    ids = {id(attr) for attr in built}
+    assert sum(id(attr) in ids for attr in seen) == len(first)
+    # the file changes on the server and the listing is loaded again: the new size,
+    # same inode
+    inode = sorted(first.items())[0][1]
+    key = operations.inodes.key(inode)
+    assert isinstance(key, tuple) and key[0] == "asset"
+    changed = fake_immich.library.change_content(key[1], size=sizes[inode] + 1000)
+    photos_node = await operations.tree.node(operations.inodes.key(photos_inode))
+    operations.tree.cache.listings.pop(photos_node.key)
+    seen.clear()
+    assert await list_dir(operations, replies, photos_inode) == first
+    now = {attr.st_ino: attr.st_size for attr in seen}
+    assert now[inode] == changed.size == sizes[inode] + 1000
+    assert all(now[i] == sizes[i] for i in first.values() if i != inode)
+    await forget_all(operations)
+
+
+async def test_readdir_of_a_listing_larger_than_the_entry_cache(
+    ops: tuple[Operations, Replies],
+) -> None:
+    operations, replies = ops
+    photos_inode = (await operations.lookup(ROOT_INODE, b"photos", CTX)).st_ino
+    expected = await list_dir(operations, replies, photos_inode)
+    # a bound below the listing's size: nothing kept (and no error), same answers
+    operations._ready = LRUCache(maxsize=10, getsizeof=len)
+    assert await list_dir(operations, replies, photos_inode) == expected
+    assert len(operations._ready) == 0
     await forget_all(operations)
 
 

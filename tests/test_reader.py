@@ -204,6 +204,73 @@ async def test_four_mib_photo_in_two_requests() -> None:
     await reader.aclose()
 
 
+async def read_whole(reader, step: int = 128 * KiB) -> None:  # type: ignore[no-untyped-def]
+    for offset in range(0, reader.size, step):
+        await check_read(reader, offset, step)
+
+
+async def test_files_read_whole_make_the_next_one_a_single_request() -> None:
+    size = 4 * MiB
+    photos = {f"p{i}": size for i in range(8)}
+    fetch = FakeFetcher({**photos, "big": 20 * MiB})
+    pool = ReaderPool(fetch)  # whole_file_after=4, max_window=8 MiB
+    for i in range(4):  # a cp: each file read to its end, two requests each
+        reader = pool.open(f"p{i}", size)
+        await read_whole(reader)
+        await reader.aclose()
+    assert len(fetch.requests) == 8
+    fetch.requests.clear()
+    reader = pool.open("p4", size)
+    await read_whole(reader)
+    await reader.aclose()
+    assert fetch.requests == [("p4", 0, size - 1)]
+    assert pool.statistics()["whole_file_windows"] == 1
+    # a file larger than max_window still starts small: one request is never unbounded
+    fetch.requests.clear()
+    reader = pool.open("big", 20 * MiB)
+    await check_read(reader, 0, 4096)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.requests == [("big", 0, ReadaheadConfig().initial_window - 1)]
+    await reader.aclose()
+
+
+async def test_one_file_closed_early_turns_whole_file_reads_off() -> None:
+    size = 4 * MiB
+    fetch = FakeFetcher({f"p{i}": size for i in range(8)})
+    pool = ReaderPool(fetch)
+    for i in range(4):
+        reader = pool.open(f"p{i}", size)
+        await read_whole(reader)
+        await reader.aclose()
+    # a header reader (exiftool, file) reads the start and closes: the whole file
+    # was fetched this once, but the next header costs one small window again
+    for i in (4, 5):
+        fetch.requests.clear()
+        fetch.bytes_sent = 0
+        reader = pool.open(f"p{i}", size)
+        await check_read(reader, 0, 4096)
+        await trio.testing.wait_all_tasks_blocked()
+        await reader.aclose()
+        expected = size if i == 4 else ReadaheadConfig().initial_window
+        assert fetch.requests == [(f"p{i}", 0, expected - 1)], i
+    # opened and never read, or read only in the middle: no evidence either way
+    reader = pool.open("p6", size)
+    await reader.aclose()
+    assert pool._whole_streak == 0
+
+
+async def test_whole_file_reads_can_be_turned_off() -> None:
+    size = 4 * MiB
+    fetch = FakeFetcher({f"p{i}": size for i in range(6)})
+    pool = ReaderPool(fetch, ReadaheadConfig(whole_file_after=0))
+    for i in range(6):
+        reader = pool.open(f"p{i}", size)
+        await read_whole(reader)
+        await reader.aclose()
+    assert len(fetch.requests) == 12
+    assert pool.statistics()["whole_file_windows"] == 0
+
+
 # -- random, backward, out of order ------------------------------------------------------
 
 
