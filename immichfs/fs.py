@@ -75,7 +75,6 @@ BLOCK_SIZE = 1024 * 1024
 #: open flags that would change the file (as on any read-only mount, O_APPEND and
 #: O_CREAT of an existing file alone are no write)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
-_DOTS = frozenset((".", ".."))
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -334,32 +333,35 @@ class Operations(pyfuse3.Operations):
         # large directory waits for them: nothing per entry that can be done once
         reply = self.readdir_reply
         inode_of = self.inodes.inode
-        remember = self.inodes.remember
         attributes = self.tree.cached_attributes
         fill = self._fill
         entry = self._entry(0, _NO_ATTRIBUTES)  # one for all: readdir_reply copies it
         ready = self._ready_entries(snapshot)
-        for next_id, name, node in snapshot.since(start_id):
-            # next_id - 3: the index in the listing (after "." and "..")
-            prepared = ready.entries[next_id - 3] if ready is not None and next_id > 2 else None
-            if prepared is not None:
-                inode = prepared.st_ino
-                answer = prepared
-            else:
-                inode = inode_of(node.key)
-                answer = entry
-                if ready is not None and next_id > 2 and type(node) is AssetFile:
-                    attrs = attributes(node)
-                    if attrs.size_known:
-                        answer = ready.entries[next_id - 3] = self._entry(inode, attrs)
-                if answer is entry:
-                    fill(entry, inode, attributes(node))
-            if not reply(token, name.encode("utf-8"), answer, next_id):
-                break
-            # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
-            # except . and .. (the kernel does not link them)
-            if name not in _DOTS:
-                remember(inode)
+        built = ready.entries if ready is not None else None
+        entries = snapshot.entries
+        accepted: list[int] = []
+        try:
+            # entries[0] and [1] are "." and ".."; next_id is index + 1
+            for index in range(max(start_id, 0), len(entries)):
+                name, node = entries[index]
+                answer = built[index - 2] if built is not None and index >= 2 else None
+                if answer is None:
+                    inode = inode_of(node.key)
+                    answer = entry
+                    if built is not None and index >= 2 and type(node) is AssetFile:
+                        attrs = attributes(node)
+                        if attrs.size_known:
+                            answer = built[index - 2] = self._entry(inode, attrs)
+                    if answer is entry:
+                        fill(entry, inode, attributes(node))
+                if not reply(token, name.encode("utf-8"), answer, index + 1):
+                    break
+                # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
+                # except . and .. (the kernel does not link them)
+                if index >= 2:
+                    accepted.append(answer.st_ino)
+        finally:
+            self.inodes.remember_each(accepted)
 
     def _ready_entries(self, snapshot: DirSnapshot[Directory | FileNode]) -> _ReadyEntries | None:
         """The finished replies of the snapshot's listing, kept while that listing is."""
@@ -410,9 +412,9 @@ class Operations(pyfuse3.Operations):
             return cast(bytes, await handle.read_buffer(off, size))
         return await handle.read(off, size)
 
-    @_guarded
-    async def flush(self, fh: int) -> None:
-        return None
+    # no flush: pyfuse3's default answers ENOSYS, and the kernel then stops sending
+    # FLUSH on every close(2) (nothing to flush on a read-only mount; one request
+    # per file read less)
 
     @_guarded
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -19,7 +19,7 @@ two readdir calls neither skips nor repeats entries.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -61,6 +61,12 @@ class InodeTable:
     def remember(self, inode: int, count: int = 1) -> None:
         """The kernel now holds ``count`` more references to ``inode``."""
         self._lookups[inode] = self._lookups.get(inode, 0) + count
+
+    def remember_each(self, inodes: Iterable[int]) -> None:
+        """One more reference to each of ``inodes`` (a readdir's accepted entries)."""
+        lookups = self._lookups
+        for inode in inodes:
+            lookups[inode] = lookups.get(inode, 0) + 1
 
     def forget(self, inode: int, count: int) -> None:
         """The kernel dropped ``count`` references. Never raises (``forget`` must not)."""

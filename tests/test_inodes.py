@@ -42,6 +42,14 @@ def test_lookup_counts_return_to_zero() -> None:
     assert table.outstanding() == {}
 
 
+def test_remember_each_counts_every_occurrence() -> None:
+    table = InodeTable(("dir", "/"))
+    a, b = table.inode(("asset", "a")), table.inode(("asset", "b"))
+    table.remember(a)
+    table.remember_each([a, b, a])
+    assert table.outstanding() == {a: 3, b: 1}
+
+
 def test_forget_more_than_held_does_not_raise() -> None:
     table = InodeTable(("dir", "/"))
     inode = table.inode(("asset", "x"))

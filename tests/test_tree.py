@@ -8,6 +8,7 @@ against the fake server is exercised in test_ops.py and test_mount.py.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import unicodedata
 from collections import Counter
@@ -35,6 +36,7 @@ from immichfs.tree import (
     ThumbnailFile,
     Tree,
     TreeSettings,
+    _cyclic_gc_paused,
     extension_for,
 )
 
@@ -435,3 +437,33 @@ async def test_a_listing_of_many_pages_is_whole_and_errors_surface_as_themselves
     tree.source = Failing(many)
     with pytest.raises(ServerError):  # not an ExceptionGroup: the errno mapping needs it
         await tree.listdir(("dir", "photos"))
+
+
+class _Tracked:
+    """An object the cyclic collector tracks (as an Asset or a node is)."""
+
+
+def test_a_listing_load_pauses_the_collector_and_leaves_its_objects_old() -> None:
+    assert gc.isenabled()
+    with _cyclic_gc_paused():
+        with _cyclic_gc_paused():  # a second, concurrent load
+            assert not gc.isenabled()
+            made = [_Tracked() for _ in range(2000)]
+        assert not gc.isenabled()  # resumes only when the last load ends
+    assert gc.isenabled()
+    ids = {id(o) for o in made}
+    # straight to the oldest generation: no young collection walks them again
+    young = {id(o) for gen in (0, 1) for o in gc.get_objects(generation=gen)}
+    assert not ids & young
+    assert ids <= {id(o) for o in gc.get_objects(generation=2)}
+    assert gc.get_freeze_count() == 0  # nothing is left frozen (cycles still collectable)
+
+
+def test_a_collector_disabled_by_someone_else_stays_disabled() -> None:
+    gc.disable()
+    try:
+        with _cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
