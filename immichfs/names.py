@@ -30,8 +30,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +124,12 @@ def is_valid(name: str) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NameRequest:
-    """One entry to name: ``ident`` is unique in the directory (an asset id)."""
+class NameRequest(NamedTuple):
+    """One entry to name: ``ident`` is unique in the directory (an asset id).
+
+    A named tuple: a listing makes one per asset, and a frozen dataclass took
+    longer to build than the naming itself.
+    """
 
     ident: str
     name: str  # as the server sent it (cleaned here)

@@ -251,6 +251,68 @@ def test_head_of_a_large_video_downloads_little(large_library: Any, tmp_path: Pa
         process.cleanup()
 
 
+@pytest.fixture
+def photo_library(tmp_path: Path) -> Iterator[Any]:
+    """Photos of 3 MiB: more than one first request, less than the largest one."""
+    from immichfs.fake import FakeImmich, FakeLibrary
+
+    library = FakeLibrary.generate(
+        seed=3,
+        photos=8,
+        videos=0,
+        large_video_bytes=None,
+        extra=False,
+        photo_bytes=(3 * MIB, 3 * MIB),
+    )
+    with FakeImmich(library) as server:
+        yield server
+    library.close()
+
+
+def test_files_read_whole_cost_one_get_each(photo_library: Any, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    process = MountProcess(
+        mountpoint,
+        env_for(photo_library),
+        args=["--refresh-interval", "3600"],
+        log_path=tmp_path / "mount.log",
+    )
+    try:
+        process.wait_mounted()
+        photos = sorted((mountpoint / "photos").iterdir())
+        assert len(photos) == 8
+        library = photo_library.library
+
+        def gets(path: Path) -> int:
+            asset_id = os.getxattr(path, "user.immich.id").decode()
+            return photo_library.count("GET", f"/api/assets/{asset_id}/original")
+
+        photo_library.reset_log()
+        for path in photos[:6]:  # as cat, cp or a training loop reads them
+            asset_id = os.getxattr(path, "user.immich.id").decode()
+            assert run("cat", path).stdout == library.content(asset_id)
+        # the first files start with a small request and read ahead in a second;
+        # once four in a row were read whole, each file is one request
+        assert all(gets(path) >= 2 for path in photos[:4])
+        assert [gets(path) for path in photos[4:6]] == [1, 1]
+        # a header reader: this one file comes whole, then headers are cheap again
+        photo_library.reset_log()
+        for path in photos[6:]:
+            assert len(run("head", "-c", "1024", path).stdout) == 1024
+        first, second = (
+            photo_library.bytes_sent(
+                f"/api/assets/{os.getxattr(p, 'user.immich.id').decode()}/original"
+            )
+            for p in photos[6:]
+        )
+        assert first == 3 * MIB
+        assert 0 < second < 2 * MIB
+        assert process.unmount() == (0, 0)
+    finally:
+        process.cleanup()
+
+
 def test_sigterm_unmounts_cleanly(fake_immich: Any, tmp_path: Path) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
