@@ -97,6 +97,14 @@ class SingleFlightCache(Generic[K, V]):
             # larger than the whole cache: serve it uncached
             log.debug("%s: value for %r is larger than the cache", self.name, key)
 
+    def renew(self, key: K) -> bool:
+        """Start ``key``'s time to live again (False if it is not cached)."""
+        value = self._cache.get(key)
+        if value is None:
+            return False
+        self._cache[key] = value  # a TTLCache times an entry from when it was set
+        return True
+
     def pop(self, key: K) -> None:
         self._cache.pop(key, None)
 

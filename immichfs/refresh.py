@@ -20,14 +20,27 @@ Every ``interval`` seconds (``refresh_interval``, 15 s by default) one cycle run
    gone are dropped with every listing that holds them; the people and tag
    lists are reloaded too.
 
+4. **Renewal**: ``GET /assets/statistics`` (one small request). After a cycle
+   that found no change and whose counts equal the previous cycle's, the cached
+   listings these checks keep current (``/photos``, ``/videos``, ``/thumbs``,
+   ``/favorites``, ``/archive``, ``/by-date``, ``/albums`` and each album) start
+   their ``listing_ttl`` again instead of expiring: a directory of 100,000
+   assets is not listed again every 20 s while nothing changes. A permanent
+   deletion (which no delta shows) lowers the counts: after any cycle that saw a
+   change, the listings cached at that moment are never renewed again and expire
+   as if there were no refresh task, so the bound below holds for them too.
+   People, tags, searches and ``/trash`` always simply expire.
+
 The keys of everything dropped are handed to ``on_change`` so the FUSE adapter
 can tell the kernel (``pyfuse3.invalidate_inode``, from a thread). A listing
 that nobody asked for again costs nothing: dropping is lazy, the next ``ls``
 reloads it.
 
-Bound: a change appears at most ``interval`` + the time of one cycle + the
-kernel's ``kernel_ttl`` after Immich made it (about 16 s with the defaults), and
-never later than ``listing_ttl`` for a listing read after it expired anyway.
+Bound: a change a delta or the album check sees appears at most ``interval`` +
+the time of one cycle + the kernel's ``kernel_ttl`` after Immich made it (about
+16 s with the defaults). Other changes (permanent deletions, people, tags) show
+in a listing read after it expired: at most ``listing_ttl`` after they were made
+(plus the time of one cycle for a listing renewed while the change was made).
 Clock skew: the first watermark is this machine's time minus ``overlap``; later
 ones are the server's own ``updatedAt`` values, so only the first cycle depends
 on the two clocks agreeing within ``overlap``.
@@ -48,15 +61,21 @@ from typing import Any, cast
 import trio
 
 from immichfs.cache import SingleFlightCache
+from immichfs.errors import ImmichError
 from immichfs.metadata import iso_instant
 from immichfs.model import Asset
 from immichfs.tree import AssetFile, Key, Listing, Tree
 from immichfs.views import (
     ALBUMS_KEY,
+    ARCHIVE_KEY,
     BY_DATE_KEY,
+    FAVORITES_KEY,
     PEOPLE_KEY,
+    PHOTOS_KEY,
     REFRESH_XATTR,
     TAGS_KEY,
+    THUMBNAIL_KEYS,
+    VIDEOS_KEY,
     Views,
     ViewSource,
 )
@@ -66,6 +85,16 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[set[Key]], Awaitable[None]]
 #: what the delta and full passes look at (hidden motion parts and locked assets are never shown)
 VISIBILITIES = ("timeline", "archive")
+#: listings whose every change a delta or the album check finds (see Renewal)
+_RENEWABLE = frozenset(
+    {PHOTOS_KEY, VIDEOS_KEY, FAVORITES_KEY, ARCHIVE_KEY, BY_DATE_KEY, ALBUMS_KEY, *THUMBNAIL_KEYS}
+)
+_RENEWABLE_KINDS = (("date",), ("month-assets",), ("album",))
+
+
+def renewable(key: Key) -> bool:
+    """Whether the refresh task keeps the listing of ``key`` current (see Renewal)."""
+    return key in _RENEWABLE or (isinstance(key, tuple) and key[:1] in _RENEWABLE_KINDS)
 
 
 @dataclass
@@ -134,6 +163,11 @@ class RefreshTask:
         self._stopped = False
         self._failing = False
         self._last_full = -math.inf
+        #: the asset counts of the previous cycle (None: unknown)
+        self._statistics: Any = None
+        #: listings cached when a cycle saw a change: key → id of that listing object
+        self._tainted: dict[Key, int] = {}
+        self.renewed = 0
         self.cycles = 0
         self.last_result: RefreshResult | None = None
         #: when the last successful cycle ended (for ``/.immichfs/status``)
@@ -192,6 +226,7 @@ class RefreshTask:
             if full:
                 await self._full_pass(result)
                 self._last_full = trio.current_time()
+            await self._renew(result)
             if result.keys:
                 self.tree.cache.misc.pop(("membership",))
                 # a changed directory's manifest changes too (its size, for the kernel)
@@ -217,6 +252,34 @@ class RefreshTask:
                 except Exception:
                     log.exception("invalidating kernel caches failed")
         return result
+
+    async def _renew(self, result: RefreshResult) -> None:
+        """Renew the listings this cycle vouches for, or taint them (see Renewal)."""
+        statistics = getattr(self.source, "get_asset_statistics", None)
+        counts = None
+        if statistics is not None:
+            try:
+                counts = await statistics()
+            except ImmichError as exc:  # e.g. a key without asset.statistics
+                log.debug("asset statistics unavailable, listings simply expire: %s", exc)
+        quiet = (
+            counts is not None
+            and counts == self._statistics
+            and not (result.changed or result.removed or result.albums)
+        )
+        self._statistics = counts
+        listings = self.tree.cache.listings
+        tainted: dict[Key, int] = {}
+        for key in cached_keys(listings):
+            value = listings.peek(key)
+            if value is None or not renewable(key):
+                continue
+            if not quiet or self._tainted.get(key) == id(value):
+                # cached while something changed: it expires, then is loaded afresh
+                tainted[key] = id(value)
+            elif listings.renew(key):
+                self.renewed += 1
+        self._tainted = tainted
 
     async def _search(self, filters: Mapping[str, Any]) -> list[Asset]:
         assets = []

@@ -202,6 +202,7 @@ class MountStatus:
         return {
             "interval": task.interval,
             "cycles": task.cycles,
+            "renewed_listings": getattr(task, "renewed", 0),
             "last_refresh_at": _iso(getattr(task, "last_refresh_at", None)),
             "last_result": last.summary() if last is not None else None,
         }

@@ -19,7 +19,7 @@ from immichfs.fake.library import FakeAsset
 from immichfs.reader import ReaderPool
 from immichfs.refresh import RefreshTask
 from immichfs.tree import AssetFile, Key, Tree, TreeSettings
-from immichfs.views import FAVORITES_KEY, PHOTOS_KEY, Views, install_views
+from immichfs.views import FAVORITES_KEY, PEOPLE_KEY, PHOTOS_KEY, Views, install_views
 
 
 @pytest.fixture
@@ -159,10 +159,17 @@ async def test_idle_cycles_are_cheap(
     result = await task.refresh()
     assert result.keys == set()
     paths = [r.path for r in mutable_immich.requests.snapshot()]
-    # two delta searches (timeline, archive) and the album list (twice before v3)
+    # two delta searches (timeline, archive), the album list (twice before v3) and
+    # the asset counts
     assert paths.count("/api/search/metadata") == 2
-    assert set(paths) <= {"/api/search/metadata", "/api/albums", "/api/server/version"}
-    assert len(paths) <= 5
+    assert paths.count("/api/assets/statistics") == 1
+    assert set(paths) <= {
+        "/api/search/metadata",
+        "/api/albums",
+        "/api/server/version",
+        "/api/assets/statistics",
+    }
+    assert len(paths) <= 6
 
 
 async def test_run_loop_and_stop(
@@ -266,3 +273,83 @@ def test_refresh_command_on_something_else(tmp_path: Any) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == f"immichfs refresh: {tmp_path} is not an immichfs mount"
     assert result.stdout == ""
+
+
+class Clock:
+    """The caches' clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def renewing(
+    mutable_immich: FakeImmich,
+) -> AsyncIterator[tuple[Tree, RefreshTask, Clock]]:
+    clock = Clock()
+    async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
+        cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=300), timer=clock)
+        tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
+        task = RefreshTask(tree, install_views(tree), interval=15)
+        await task.refresh()  # the first cycle learns the albums and the counts
+        yield tree, task, clock
+
+
+async def test_quiet_cycles_keep_a_big_listing_and_a_deletion_still_shows(
+    renewing: tuple[Tree, RefreshTask, Clock],
+    mutable_immich: FakeImmich,
+    mutable_library: FakeLibrary,
+) -> None:
+    tree, task, clock = renewing
+    photos = await tree.listdir(PHOTOS_KEY)
+    people = await tree.listdir(PEOPLE_KEY)
+    for _ in range(4):  # a minute of quiet 15 s cycles: the listing stays, unasked
+        clock.now += 15
+        await task.refresh()
+    mutable_immich.reset_log()
+    assert await tree.listdir(PHOTOS_KEY) is photos
+    assert mutable_immich.count("POST", "/api/search/metadata") == 0
+    assert task.renewed >= 4
+    # people are not kept current by the deltas: that listing expired as before
+    assert await tree.listdir(PEOPLE_KEY) is not people
+    # a permanent deletion (no delta shows it) lowers the counts: the listing is no
+    # longer renewed and is loaded afresh within listing_ttl of its last renewal
+    listed = await ids(tree, PHOTOS_KEY)
+    victim = next(  # in no album: only the counts can tell it went
+        a
+        for a in mutable_library.sorted_assets()
+        if a.id in listed and not mutable_library.album_ids_of(a.id)
+    )
+    mutable_library.delete(victim.id)
+    clock.now += 15
+    await task.refresh()
+    assert await tree.listdir(PHOTOS_KEY) is photos  # still within its 20 s
+    clock.now += 3  # a quiet cycle (a triggered one) before it expires: not renewed
+    await task.refresh()
+    clock.now += 3  # 21 s after its last renewal
+    assert victim.id not in await ids(tree, PHOTOS_KEY)
+    assert await tree.listdir(PHOTOS_KEY) is not photos
+    # and the new listing is renewed by the next quiet cycles
+    fresh = await tree.listdir(PHOTOS_KEY)
+    for _ in range(3):
+        clock.now += 15
+        await task.refresh()
+    assert await tree.listdir(PHOTOS_KEY) is fresh
+
+
+async def test_without_asset_statistics_listings_simply_expire(
+    renewing: tuple[Tree, RefreshTask, Clock], mutable_immich: FakeImmich
+) -> None:
+    tree, task, clock = renewing
+    mutable_immich.faults.fail(403, times=None, path="/api/assets/statistics")
+    await task.refresh()
+    photos = await tree.listdir(PHOTOS_KEY)
+    for _ in range(2):
+        clock.now += 15
+        await task.refresh()
+    assert mutable_immich.count("GET", "/api/assets/statistics", status=403) == 3
+    assert task.renewed == 0
+    assert await tree.listdir(PHOTOS_KEY) is not photos
