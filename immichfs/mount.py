@@ -245,7 +245,9 @@ async def serve(plan: MountPlan, ready: Callable[[], None]) -> None:
                             nursery.start_soon(_watch_signals, signals)
                             nursery.start_soon(_tune_kernel, plan.mountpoint)
                             if refresh is not None:
-                                nursery.start_soon(refresh.run)
+                                # it first takes the asset counts its renewal compares
+                                # with, before any listing is loaded (FUSE requests wait)
+                                await nursery.start(refresh.run)
                             await pyfuse3.main()
                             nursery.cancel_scope.cancel()
                         log.info("unmounted %s", plan.mountpoint)

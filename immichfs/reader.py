@@ -16,7 +16,9 @@ windows that grows from ``initial_window`` (1 MiB + 128 KiB: Linux adds 128 KiB
 of readahead to a 1 MiB read) doubling up to ``max_window`` per request, and
 keeps up to ``max_ahead`` bytes in flight or ready ahead of the reader. The
 first read of a stream fetches one window only, so a program that reads just a
-file's header costs one request; read-ahead starts with the second. When the
+file's header costs one request; read-ahead starts with the first read past that
+window (the kernel splits even one small read into a read and its own
+read-ahead: those stay one request too). When the
 last ``whole_file_after`` files of at most ``max_window`` bytes were each read
 from start to end (``cp``, a training loop), a new read of such a file from its
 start fetches all of it in that first request instead: one GET per photo, not
@@ -500,6 +502,7 @@ class AssetReader:
         self._last_end = -1  # end of the previous read, for sequential detection
         self._next_window = self._config.initial_window
         self._from_start = False  # a stream began at offset 0 (for _closed_reader)
+        self._first_end = 0  # end of the current stream's first window
         self._failing_until = -math.inf  # after a read timed out (see read_timeout)
 
     def __repr__(self) -> str:
@@ -602,8 +605,10 @@ class AssetReader:
             self._append_window(offset, end)
             windows = list(self._queue)
             pool._counters["sequential_reads"] += 1
-            # read-ahead starts with the second sequential read: a program that reads
-            # only a file's header costs one window, not several
+            # read-ahead starts with a read past this first window: a program that
+            # reads only a file's header costs one window, not several, and neither
+            # does one small read that the kernel's own read-ahead split in two
+            self._first_end = self._queue[-1].end
             self._pos = end
             self._last_end = end
         else:
@@ -651,6 +656,8 @@ class AssetReader:
         keep_from = self._pos - cfg.backward_keep
         while len(self._queue) > 1 and self._queue[0].end <= keep_from:
             self._discard(self._queue.pop(0))
+        if self._pos <= self._first_end:
+            return  # still inside the stream's first window (see _plan)
         while self._queue:
             q_end = self._queue[-1].end
             ahead = q_end - self._pos

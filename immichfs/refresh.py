@@ -182,6 +182,13 @@ class RefreshTask:
             self._cancel = scope
             if self._stopped:
                 scope.cancel()
+            # the counts before anything is listed, so a quiet first cycle renews too
+            # (bounded: the mount waits for this; without them nothing is renewed)
+            with trio.move_on_after(5):
+                try:
+                    self._statistics = await self._count_assets()
+                except Exception as exc:
+                    log.debug("no asset counts at start: %s", exc)
             task_status.started()
             while True:
                 with trio.move_on_after(self.interval):
@@ -253,8 +260,8 @@ class RefreshTask:
                     log.exception("invalidating kernel caches failed")
         return result
 
-    async def _renew(self, result: RefreshResult) -> None:
-        """Renew the listings this cycle vouches for, or taint them (see Renewal)."""
+    async def _count_assets(self) -> Any:
+        """``GET /assets/statistics``, or None (then nothing is renewed)."""
         statistics = getattr(self.source, "get_asset_statistics", None)
         counts = None
         if statistics is not None:
@@ -262,6 +269,11 @@ class RefreshTask:
                 counts = await statistics()
             except ImmichError as exc:  # e.g. a key without asset.statistics
                 log.debug("asset statistics unavailable, listings simply expire: %s", exc)
+        return counts
+
+    async def _renew(self, result: RefreshResult) -> None:
+        """Renew the listings this cycle vouches for, or taint them (see Renewal)."""
+        counts = await self._count_assets()
         quiet = (
             counts is not None
             and counts == self._statistics

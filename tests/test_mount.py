@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import errno
 import io
+import json
 import os
 import signal
 import subprocess
@@ -418,6 +419,46 @@ def test_changes_appear_after_the_listing_ttl(mutable_immich: Any, tmp_path: Pat
         # the existing file kept its name and identity
         assert os.getxattr(photos / "IMG_0002.JPG", "user.immich.id") != added.id.encode()
         assert (photos / new_name).read_bytes() == library.content(added.id)
+        assert process.unmount() == (0, 0)
+    finally:
+        process.cleanup()
+
+
+def test_a_quiet_library_is_not_listed_again(mutable_immich: Any, tmp_path: Path) -> None:
+    """Refresh cycles renew /photos; the permanent deletion still shows."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    library = mutable_immich.library
+    process = MountProcess(
+        mountpoint,
+        env_for(mutable_immich),
+        args=["--listing-ttl", "2", "--refresh-interval", "0.5", "--kernel-ttl", "0.2"],
+        log_path=tmp_path / "mount.log",
+    )
+
+    def listing_loads() -> int:
+        status = json.loads((mountpoint / ".immichfs" / "status").read_bytes())
+        return int(status["cache"]["listings"]["loads"])
+
+    try:
+        process.wait_mounted()
+        photos = mountpoint / "photos"
+        names = set(os.listdir(photos))
+        loads = listing_loads()
+        for _ in range(8):  # 4 s: twice the listing's time to live
+            time.sleep(0.5)
+            assert set(os.listdir(photos)) == names
+        assert listing_loads() == loads
+        victim = next(
+            name
+            for name in sorted(names)
+            if not library.album_ids_of(os.getxattr(photos / name, "user.immich.id").decode())
+        )
+        library.delete(os.getxattr(photos / victim, "user.immich.id").decode())
+        deadline = time.monotonic() + 2 + 0.5 + 2  # ttl + one cycle + slack
+        while victim in os.listdir(photos):
+            assert time.monotonic() < deadline, "the deleted photo is still listed"
+            time.sleep(0.2)
         assert process.unmount() == (0, 0)
     finally:
         process.cleanup()

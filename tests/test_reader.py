@@ -286,6 +286,26 @@ async def test_cold_far_read_is_one_small_request() -> None:
     await reader.aclose()
 
 
+async def test_a_far_read_and_the_kernels_read_ahead_stay_small() -> None:
+    # Python's read(100) after a seek: the kernel asks for the page, then reads
+    # ahead in pieces; that is one small read, not a stream to read ahead of
+    size = 12 * MiB
+    fetch = FakeFetcher({"v": size})
+    pool = ReaderPool(fetch)
+    reader = pool.open("v", size)
+    middle = 6 * MiB
+    for start, length in ((0, 128 * KiB), (128 * KiB, 384 * KiB), (512 * KiB, 512 * KiB)):
+        await check_read(reader, middle + start, length)
+        await trio.testing.wait_all_tasks_blocked()
+    assert fetch.bytes_sent <= 128 * KiB + ReadaheadConfig().initial_window
+    assert len(fetch.requests) == 2
+    # reading on past that window is a stream: now it reads ahead
+    await check_read(reader, middle + MiB, MiB)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fetch.bytes_sent == size - middle
+    await reader.aclose()
+
+
 async def test_read_past_eof_is_clamped() -> None:
     size = 1000
     fetch = FakeFetcher({"t": size})

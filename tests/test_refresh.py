@@ -353,3 +353,22 @@ async def test_without_asset_statistics_listings_simply_expire(
     assert mutable_immich.count("GET", "/api/assets/statistics", status=403) == 3
     assert task.renewed == 0
     assert await tree.listdir(PHOTOS_KEY) is not photos
+
+
+async def test_the_run_loop_counts_assets_before_anything_is_listed(
+    mutable_immich: FakeImmich,
+) -> None:
+    clock = Clock()
+    async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
+        cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=300), timer=clock)
+        tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
+        task = RefreshTask(tree, install_views(tree), interval=3600)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(task.run)
+            assert mutable_immich.count("GET", "/api/assets/statistics") == 1
+            photos = await tree.listdir(PHOTOS_KEY)
+            clock.now += 15
+            await task.refresh()  # the first cycle: quiet, compared with the start
+            clock.now += 15
+            assert await tree.listdir(PHOTOS_KEY) is photos
+            task.stop()
