@@ -338,27 +338,25 @@ class Operations(pyfuse3.Operations):
         entry = self._entry(0, _NO_ATTRIBUTES)  # one for all: readdir_reply copies it
         ready = self._ready_entries(snapshot)
         built = ready.entries if ready is not None else None
-        entries = snapshot.entries
         accepted: list[int] = []
         try:
-            # entries[0] and [1] are "." and ".."; next_id is index + 1
-            for index in range(max(start_id, 0), len(entries)):
-                name, node = entries[index]
-                answer = built[index - 2] if built is not None and index >= 2 else None
+            for next_id, name, node in snapshot.since(start_id):
+                index = next_id - 3  # in the listing: the snapshot starts with . and ..
+                answer = built[index] if built is not None and index >= 0 else None
                 if answer is None:
                     inode = inode_of(node.key)
                     answer = entry
-                    if built is not None and index >= 2 and type(node) is AssetFile:
+                    if built is not None and index >= 0 and type(node) is AssetFile:
                         attrs = attributes(node)
                         if attrs.size_known:
-                            answer = built[index - 2] = self._entry(inode, attrs)
+                            answer = built[index] = self._entry(inode, attrs)
                     if answer is entry:
                         fill(entry, inode, attributes(node))
-                if not reply(token, name.encode("utf-8"), answer, index + 1):
+                if not reply(token, name.encode("utf-8"), answer, next_id):
                     break
                 # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
                 # except . and .. (the kernel does not link them)
-                if index >= 2:
+                if index >= 0:
                     accepted.append(answer.st_ino)
         finally:
             self.inodes.remember_each(accepted)
