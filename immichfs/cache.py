@@ -105,6 +105,10 @@ class SingleFlightCache(Generic[K, V]):
         self._cache[key] = value  # a TTLCache times an entry from when it was set
         return True
 
+    def now(self) -> float:
+        """The time on this cache's clock (the one its TTLs are counted in)."""
+        return float(self._cache.timer())
+
     def pop(self, key: K) -> None:
         self._cache.pop(key, None)
 

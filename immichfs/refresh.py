@@ -25,10 +25,12 @@ Every ``interval`` seconds (``refresh_interval``, 15 s by default) one cycle run
    listings these checks keep current (``/photos``, ``/videos``, ``/thumbs``,
    ``/favorites``, ``/archive``, ``/by-date``, ``/albums`` and each album) start
    their ``listing_ttl`` again instead of expiring: a directory of 100,000
-   assets is not listed again every 20 s while nothing changes. A permanent
-   deletion (which no delta shows) lowers the counts: after any cycle that saw a
-   change, the listings cached at that moment are never renewed again and expire
-   as if there were no refresh task, so the bound below holds for them too.
+   assets is not listed again every 20 s while nothing changes. Their assets
+   are put back in the asset cache every half ``asset_ttl``, so opening those
+   files by inode costs no request either. A permanent deletion (which no
+   delta shows) lowers the counts: after any cycle that saw a change, the
+   listings cached at that moment are never renewed again and expire as if
+   there were no refresh task, so the bound below holds for them too.
    People, tags, searches and ``/trash`` always simply expire.
 
 The keys of everything dropped are handed to ``on_change`` so the FUSE adapter
@@ -64,7 +66,7 @@ from immichfs.cache import SingleFlightCache
 from immichfs.errors import ImmichError
 from immichfs.metadata import iso_instant
 from immichfs.model import Asset
-from immichfs.tree import AssetFile, Key, Listing, Tree
+from immichfs.tree import AssetFile, Key, Listing, ThumbnailFile, Tree
 from immichfs.views import (
     ALBUMS_KEY,
     ARCHIVE_KEY,
@@ -167,6 +169,8 @@ class RefreshTask:
         self._statistics: Any = None
         #: listings cached when a cycle saw a change: key → id of that listing object
         self._tainted: dict[Key, int] = {}
+        #: renewed listing → when its assets were last put back in the asset cache
+        self._assets_kept: dict[Key, float] = {}
         self.renewed = 0
         self.cycles = 0
         self.last_result: RefreshResult | None = None
@@ -282,6 +286,8 @@ class RefreshTask:
         self._statistics = counts
         listings = self.tree.cache.listings
         tainted: dict[Key, int] = {}
+        kept: dict[Key, float] = {}
+        seen: set[str] = set()  # assets already kept this cycle (views overlap)
         for key in cached_keys(listings):
             value = listings.peek(key)
             if value is None or not renewable(key):
@@ -291,7 +297,33 @@ class RefreshTask:
                 tainted[key] = id(value)
             elif listings.renew(key):
                 self.renewed += 1
+                self._keep_assets(key, value, kept, seen)
         self._tainted = tainted
+        self._assets_kept = kept
+
+    def _keep_assets(self, key: Key, listing: Any, kept: dict[Key, float], seen: set[str]) -> None:
+        """Keep a renewed listing's assets cached too, at most every half ``asset_ttl``.
+
+        Opening or ``stat``-ing a file by inode looks its asset up in the asset cache;
+        left to expire, every file of a long-lived listing would cost a request.
+        """
+        assets = self.tree.cache.assets
+        now = assets.now()
+        last = self._assets_kept.get(key)
+        if last is not None and now - last < assets.ttl / 2:
+            kept[key] = last
+            return
+        kept[key] = now
+        if isinstance(listing, Listing):
+            held = (n.asset for _, n in listing.entries if isinstance(n, AssetFile | ThumbnailFile))
+        else:
+            held = (a for a in listing if isinstance(a, Asset))
+        for asset in held:
+            if asset.id in seen:
+                continue
+            seen.add(asset.id)
+            if not assets.renew(asset.id):  # a newer copy from a delta stays
+                assets.put(asset.id, asset)
 
     async def _search(self, filters: Mapping[str, Any]) -> list[Asset]:
         assets = []

@@ -372,3 +372,24 @@ async def test_the_run_loop_counts_assets_before_anything_is_listed(
             clock.now += 15
             assert await tree.listdir(PHOTOS_KEY) is photos
             task.stop()
+
+
+async def test_a_renewed_listing_keeps_its_assets_cached(
+    mutable_immich: FakeImmich,
+) -> None:
+    clock = Clock()
+    async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
+        cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=40), timer=clock)
+        tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
+        task = RefreshTask(tree, install_views(tree), interval=15)
+        await task.refresh()
+        listing = await tree.listdir(PHOTOS_KEY)
+        asset_ids = [n.asset.id for _, n in listing.entries if isinstance(n, AssetFile)]
+        for _ in range(8):  # two minutes: three times the assets' time to live
+            clock.now += 15
+            await task.refresh()
+        mutable_immich.reset_log()
+        # what opening a file by its inode does: no request per file
+        for asset_id in asset_ids:
+            await tree.node(("asset", asset_id))
+        assert mutable_immich.count("GET", "/api/assets/") == 0
