@@ -55,7 +55,7 @@ import errno
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -121,6 +121,19 @@ class RefreshResult:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def held_assets(value: Any) -> Iterator[Asset]:
+    """The assets a cached listing holds: a Listing's files and thumbnails, or a
+    tuple of assets (a month's)."""
+    if isinstance(value, Listing):
+        for _, node in value.entries:
+            if isinstance(node, AssetFile | ThumbnailFile):
+                yield node.asset
+    elif isinstance(value, tuple):
+        for item in value:
+            if isinstance(item, Asset):
+                yield item
 
 
 def cached_keys(cache: SingleFlightCache[Any, Any]) -> list[Hashable]:
@@ -314,11 +327,7 @@ class RefreshTask:
             kept[key] = last
             return
         kept[key] = now
-        if isinstance(listing, Listing):
-            held = (n.asset for _, n in listing.entries if isinstance(n, AssetFile | ThumbnailFile))
-        else:
-            held = (a for a in listing if isinstance(a, Asset))
-        for asset in held:
+        for asset in held_assets(listing):
             if asset.id in seen:
                 continue
             seen.add(asset.id)
@@ -380,14 +389,7 @@ class RefreshTask:
             return found
         listings = self.tree.cache.listings
         for key in cached_keys(listings):
-            value = listings.peek(key)
-            if isinstance(value, Listing):
-                ids = (n.asset.id for _, n in value.entries if isinstance(n, AssetFile))
-            elif isinstance(value, tuple):
-                ids = (a.id for a in value if isinstance(a, Asset))
-            else:
-                continue
-            if any(i in asset_ids for i in ids):
+            if any(a.id in asset_ids for a in held_assets(listings.peek(key))):
                 found.add(key)
                 if isinstance(key, tuple) and key[:1] == ("month-assets",):
                     found.add(("date", *key[1:]))
@@ -437,11 +439,7 @@ class RefreshTask:
         for key in cached_keys(listings):
             if isinstance(key, tuple) and key[:1] == ("album",):
                 continue  # others' assets in shared albums: the album check covers them
-            value = listings.peek(key)
-            if isinstance(value, Listing):
-                held.update(n.asset.id for _, n in value.entries if isinstance(n, AssetFile))
-            elif isinstance(value, tuple):
-                held.update(a.id for a in value if isinstance(a, Asset))
+            held.update(a.id for a in held_assets(listings.peek(key)))
         gone = held - present
         if gone:
             keys = self._listings_with(gone)
