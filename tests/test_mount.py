@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +44,26 @@ def env_for(server: Any) -> dict[str, str]:
     return {"IMMICH_URL": server.url, "IMMICH_API_KEY": server.api_key}
 
 
-@pytest.fixture
-def mounted(fake_immich: Any, tmp_path: Path) -> Iterator[tuple[Path, MountProcess]]:
+@contextmanager
+def mount_of(server: Any, tmp_path: Path, *args: str) -> Iterator[tuple[Path, MountProcess]]:
+    """``immichfs mount`` of ``server`` at tmp_path/mnt with ``args``, mounted until exit."""
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    # no background refresh during the checks: they count the server's requests
     process = MountProcess(
-        mountpoint,
-        env_for(fake_immich),
-        args=["--refresh-interval", "3600"],
-        log_path=tmp_path / "mount.log",
+        mountpoint, env_for(server), args=list(args), log_path=tmp_path / "mount.log"
     )
     try:
         process.wait_mounted()
         yield mountpoint, process
     finally:
         process.cleanup()
+
+
+@pytest.fixture
+def mounted(fake_immich: Any, tmp_path: Path) -> Iterator[tuple[Path, MountProcess]]:
+    # no background refresh during the checks: they count the server's requests
+    with mount_of(fake_immich, tmp_path, "--refresh-interval", "3600") as mount:
+        yield mount
 
 
 def timeline(library: Any, kind: str) -> list[Any]:
@@ -271,23 +276,14 @@ def photo_library(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_files_read_whole_cost_one_get_each(photo_library: Any, tmp_path: Path) -> None:
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    process = MountProcess(
-        mountpoint,
-        env_for(photo_library),
-        args=["--refresh-interval", "3600"],
-        log_path=tmp_path / "mount.log",
-    )
-    try:
-        process.wait_mounted()
+    with mount_of(photo_library, tmp_path, "--refresh-interval", "3600") as (mountpoint, process):
         photos = sorted((mountpoint / "photos").iterdir())
         assert len(photos) == 8
         library = photo_library.library
 
-        def gets(path: Path) -> int:
+        def original(path: Path) -> str:
             asset_id = os.getxattr(path, "user.immich.id").decode()
-            return photo_library.count("GET", f"/api/assets/{asset_id}/original")
+            return f"/api/assets/{asset_id}/original"
 
         photo_library.reset_log()
         for path in photos[:6]:  # as cat, cp or a training loop reads them
@@ -295,23 +291,17 @@ def test_files_read_whole_cost_one_get_each(photo_library: Any, tmp_path: Path) 
             assert run("cat", path).stdout == library.content(asset_id)
         # the first files start with a small request and read ahead in a second;
         # once four in a row were read whole, each file is one request
-        assert all(gets(path) >= 2 for path in photos[:4])
-        assert [gets(path) for path in photos[4:6]] == [1, 1]
+        gets = [photo_library.count("GET", original(path)) for path in photos[:6]]
+        assert all(n >= 2 for n in gets[:4])
+        assert gets[4:] == [1, 1]
         # a header reader: this one file comes whole, then headers are cheap again
         photo_library.reset_log()
         for path in photos[6:]:
             assert len(run("head", "-c", "1024", path).stdout) == 1024
-        first, second = (
-            photo_library.bytes_sent(
-                f"/api/assets/{os.getxattr(p, 'user.immich.id').decode()}/original"
-            )
-            for p in photos[6:]
-        )
+        first, second = (photo_library.bytes_sent(original(path)) for path in photos[6:])
         assert first == 3 * MIB
         assert 0 < second < 2 * MIB
         assert process.unmount() == (0, 0)
-    finally:
-        process.cleanup()
 
 
 def test_sigterm_unmounts_cleanly(fake_immich: Any, tmp_path: Path) -> None:
@@ -426,22 +416,14 @@ def test_changes_appear_after_the_listing_ttl(mutable_immich: Any, tmp_path: Pat
 
 def test_a_quiet_library_is_not_listed_again(mutable_immich: Any, tmp_path: Path) -> None:
     """Refresh cycles renew /photos; the permanent deletion still shows."""
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
     library = mutable_immich.library
-    process = MountProcess(
-        mountpoint,
-        env_for(mutable_immich),
-        args=["--listing-ttl", "2", "--refresh-interval", "0.5", "--kernel-ttl", "0.2"],
-        log_path=tmp_path / "mount.log",
-    )
+    args = ("--listing-ttl", "2", "--refresh-interval", "0.5", "--kernel-ttl", "0.2")
+    with mount_of(mutable_immich, tmp_path, *args) as (mountpoint, process):
 
-    def listing_loads() -> int:
-        status = json.loads((mountpoint / ".immichfs" / "status").read_bytes())
-        return int(status["cache"]["listings"]["loads"])
+        def listing_loads() -> int:
+            status = json.loads((mountpoint / ".immichfs" / "status").read_bytes())
+            return int(status["cache"]["listings"]["loads"])
 
-    try:
-        process.wait_mounted()
         photos = mountpoint / "photos"
         names = set(os.listdir(photos))
         loads = listing_loads()
@@ -460,8 +442,6 @@ def test_a_quiet_library_is_not_listed_again(mutable_immich: Any, tmp_path: Path
             assert time.monotonic() < deadline, "the deleted photo is still listed"
             time.sleep(0.2)
         assert process.unmount() == (0, 0)
-    finally:
-        process.cleanup()
 
 
 def test_demo_mounts_the_sample_library(tmp_path: Path) -> None:

@@ -291,11 +291,18 @@ async def renewing(
 ) -> AsyncIterator[tuple[Tree, RefreshTask, Clock]]:
     clock = Clock()
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
-        cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=300), timer=clock)
-        tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
-        task = RefreshTask(tree, install_views(tree), interval=15)
+        tree, task = timed_tree(client, clock)
         await task.refresh()  # the first cycle learns the albums and the counts
         yield tree, task, clock
+
+
+def timed_tree(
+    client: ImmichConnector, clock: Clock, *, asset_ttl: float = 300, interval: float = 15
+) -> tuple[Tree, RefreshTask]:
+    """A tree whose caches run on ``clock`` (listings live 20 s), and its refresh task."""
+    cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=asset_ttl), timer=clock)
+    tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
+    return tree, RefreshTask(tree, install_views(tree), interval=interval)
 
 
 async def test_quiet_cycles_keep_a_big_listing_and_a_deletion_still_shows(
@@ -360,9 +367,7 @@ async def test_the_run_loop_counts_assets_before_anything_is_listed(
 ) -> None:
     clock = Clock()
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
-        cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=300), timer=clock)
-        tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
-        task = RefreshTask(tree, install_views(tree), interval=3600)
+        tree, task = timed_tree(client, clock, interval=3600)
         async with trio.open_nursery() as nursery:
             await nursery.start(task.run)
             assert mutable_immich.count("GET", "/api/assets/statistics") == 1
@@ -379,9 +384,7 @@ async def test_a_renewed_listing_keeps_its_assets_cached(
 ) -> None:
     clock = Clock()
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
-        cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=40), timer=clock)
-        tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
-        task = RefreshTask(tree, install_views(tree), interval=15)
+        tree, task = timed_tree(client, clock, asset_ttl=40)
         await task.refresh()
         listing = await tree.listdir(PHOTOS_KEY)
         asset_ids = [n.asset.id for _, n in listing.entries if isinstance(n, AssetFile)]
