@@ -345,13 +345,17 @@ class Operations(pyfuse3.Operations):
                 answer = built[index] if built is not None and index >= 0 else None
                 if answer is None:
                     inode = inode_of(node.key)
-                    answer = entry
-                    if built is not None and index >= 0 and type(node) is AssetFile:
-                        attrs = attributes(node)
-                        if attrs.size_known:
-                            answer = built[index] = self._entry(inode, attrs)
-                    if answer is entry:
-                        fill(entry, inode, attributes(node))
+                    attrs = attributes(node)
+                    if (
+                        built is not None
+                        and index >= 0
+                        and type(node) is AssetFile
+                        and attrs.size_known
+                    ):
+                        answer = built[index] = self._entry(inode, attrs)
+                    else:
+                        fill(entry, inode, attrs)
+                        answer = entry
                 if not reply(token, name.encode("utf-8"), answer, next_id):
                     break
                 # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
