@@ -244,6 +244,11 @@ def timed_shell(script: str) -> float:
     return timed(["bash", "-o", "pipefail", "-c", script])
 
 
+def timed_into_dd(command: Sequence[str]) -> float:
+    """``command | dd``: its output handed to a reading process, as a mount hands bytes."""
+    return timed_shell(f"{shlex.join(command)} | dd of=/dev/null bs=1M status=none")
+
+
 class Curl:
     def __init__(self, work: Path, fake: Fake) -> None:
         # the key goes in a file: command lines are visible in `ps`
@@ -280,14 +285,14 @@ class Curl:
         command = [*self.base, *extra, "-K", str(config)]
         try:
             if outputs is None:
-                return timed_shell(f"{shlex.join(command)} | dd of=/dev/null bs=1M status=none")
+                return timed_into_dd(command)
             return timed(command)
         finally:
             config.unlink()
 
     def piped(self, url: str) -> float:
-        """``curl | dd``: the same bytes handed to a reading process, as a mount does."""
-        return timed_shell(f"{shlex.join([*self.base, url])} | dd of=/dev/null bs=1M status=none")
+        """``curl | dd``: the copy floor of one stream."""
+        return timed_into_dd([*self.base, url])
 
 
 def pread_latency(path: Path, offset: int, size: int = 4096) -> tuple[float, int]:
