@@ -426,6 +426,32 @@ def test_large_original_is_sent_whole(
     assert fake_immich.bytes_sent(f"/api/assets/{big.id}/") == big.size
 
 
+def test_a_download_cut_short_by_the_client_logs_what_was_sent(
+    fake_immich: FakeImmich, fake_library: FakeLibrary
+) -> None:
+    # A reader that stops early (head, a cancelled read-ahead) hangs up mid-body; the
+    # log must still count the bytes that went out, not report nothing.
+    big = fake_library.find("large-video.mp4")
+    host, port = fake_immich.url.removeprefix("http://").split(":")
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((host, int(port)))
+        client.sendall(
+            f"GET /api/assets/{big.id}/original HTTP/1.1\r\nHost: x\r\n"
+            f"x-api-key: {fake_immich.api_key}\r\n\r\n".encode()
+        )
+        assert client.recv(1024).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # let the server fill the socket buffers and block
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        record = fake_immich.requests[-1]
+        if record.bytes_sent < big.size:
+            break
+        time.sleep(0.05)
+    assert 0 < record.bytes_sent < big.size, record
+
+
 @ALL
 def test_ranges(fake_immich: FakeImmich, api: httpx.Client, fake_library: FakeLibrary) -> None:
     for asset in (fake_library.find("Kinkaku-ji.jpg"), fake_library.find("large-video.mp4")):

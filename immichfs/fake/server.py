@@ -20,8 +20,10 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -1583,8 +1585,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_WR)
 
     def _sendfile(self, f: Any, offset: int, count: int) -> None:
+        # os.sendfile, not socket.sendfile: the latter loops internally and, when the
+        # client hangs up midway, raises without saying how much was already sent.
+        out = self.connection.fileno()
         while self._progress < count:
-            n = self.connection.sendfile(f, offset + self._progress, count - self._progress)
+            try:
+                n = os.sendfile(out, f.fileno(), offset + self._progress, count - self._progress)
+            except BlockingIOError:
+                # the handler's timeout makes the socket non-blocking underneath
+                if not select.select([], [out], [], self.timeout)[1]:
+                    raise TimeoutError("client stopped reading") from None
+                continue
             if n == 0:
                 break
             self._progress += n
