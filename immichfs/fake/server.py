@@ -1564,9 +1564,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with body.path.open("rb") as f:
                     self._sendfile(f, body.offset, limit)
             elif body.data is not None:
-                view = memoryview(body.data)[body.offset : body.offset + limit]
-                self.connection.sendall(view)
-                self._progress = len(view)
+                self._send_all(memoryview(body.data)[body.offset : body.offset + limit])
         except OSError:
             self.close_connection = True
             record.bytes_sent = self._progress
@@ -1583,6 +1581,16 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_WR)
+
+    def _send_all(self, data: bytes | memoryview) -> None:
+        """Send all of ``data``, counting each piece as it goes out (sendall would
+        not say how much left before the client hung up)."""
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            n = self.connection.send(view[sent:])
+            sent += n
+            self._progress += n
 
     def _sendfile(self, f: Any, offset: int, count: int) -> None:
         # os.sendfile, not socket.sendfile: the latter loops internally and, when the
@@ -1630,8 +1638,7 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     assert body.data is not None
                     piece = body.data[start : start + n]
-                self.connection.sendall(piece)
-                self._progress += len(piece)
+                self._send_all(piece)
                 if rate:
                     time.sleep(len(piece) / rate)
         finally:
