@@ -7,6 +7,7 @@ FUSE adapter. Messages are written for the person running immichfs: they say
 what went wrong and what to do. No message ever contains the API key.
 
     ImmichfsError
+    ├── UserError                a command's failure, shown as one line with an exit code
     ├── ConfigError              bad or missing configuration (URL, key, options)
     └── ImmichError              something about talking to the server
         ├── TransientError       worth retrying: the same request may succeed later
@@ -113,3 +114,11 @@ class ProtocolError(ImmichError):
 
 class StaleAsset(ImmichError):
     """The asset's content changed on the server while a file handle was open."""
+
+
+class UserError(ImmichfsError):
+    """An error to show as one line, exiting with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -20,7 +20,7 @@ from typing import Any
 from immichfs.errors import ProtocolError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: the ``exifInfo`` fields kept in ``Asset.exif`` (what ``immichfs.metadata`` shows); the
+#: the ``exifInfo`` fields kept in ``Asset.exif`` (what ``immichfs.vfs.metadata`` shows); the
 #: other twenty-odd are dropped: kept, they were about 1 KiB per asset, 100 MB for a
 #: listing of 100,000 assets
 EXIF_FIELDS = ("make", "model", "orientation", "latitude", "longitude")

@@ -68,8 +68,8 @@ def log(message: str) -> None:
 
 def serve(spec: dict[str, Any]) -> int:
     """Child: run a FakeImmich over a generated library; answer commands on stdin."""
-    from immichfs.fake import FakeImmich, FakeLibrary
-    from immichfs.fake.library import FILE_THRESHOLD
+    from immichfs_fake import FakeImmich, FakeLibrary
+    from immichfs_fake.library import FILE_THRESHOLD
 
     lib = FakeLibrary.generate(seed=spec.get("seed", 7), **spec["generate"])
     want = spec.get("report_size")
@@ -665,7 +665,7 @@ def page(url: str, keyfile: str) -> int:
     """Child: page the /photos listing with the connector alone; print time and count."""
     import trio
 
-    from immichfs.connector import ImmichConnector
+    from immichfs.client.connector import ImmichConnector
 
     async def main() -> None:
         key = Path(keyfile).read_text().strip()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs_fake import FakeImmich, FakeLibrary
 
 #: The Immich versions the fake emulates in the test suite.
 FAKE_VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
@@ -78,7 +78,7 @@ def mutable_immich(
 @pytest.fixture
 async def connector(fake_immich: FakeImmich) -> Any:
     """An ``ImmichConnector`` talking to ``fake_immich`` (inside the test's trio run)."""
-    from immichfs.connector import ImmichConnector
+    from immichfs.client.connector import ImmichConnector
 
     async with ImmichConnector(fake_immich.url, fake_immich.api_key) as client:
         yield client

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from immichfs.cache import CacheSettings, MetadataCache, SingleFlightCache
+from immichfs.catalog.cache import CacheSettings, MetadataCache, SingleFlightCache
 
 
 class Clock:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs_fake import FakeImmich, FakeLibrary
 
 REPO = Path(__file__).resolve().parent.parent
 IMMICHFS = Path(sys.executable).parent / "immichfs"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from immichfs import config
-from immichfs.config import OPTIONS, ConfigError, load_settings
+from immichfs import options as config
+from immichfs.options import OPTIONS, ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "k3y-" + "x" * 36
@@ -195,7 +195,7 @@ def test_readable_key_file_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
 ) -> None:
     key_file = write(tmp_path / "key", KEY, mode)
-    with caplog.at_level(logging.WARNING, logger="immichfs.config"):
+    with caplog.at_level(logging.WARNING, logger="immichfs.options"):
         settings = load_settings(parse("--api-key-file", str(key_file)), env={})
     assert settings.api_key == KEY  # a warning, not a refusal (container secrets are 0644)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -206,7 +206,7 @@ def test_readable_key_file_warns(
 
 def test_private_key_file_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     key_file = write(tmp_path / "key", KEY, 0o600)
-    with caplog.at_level(logging.DEBUG, logger="immichfs.config"):
+    with caplog.at_level(logging.DEBUG, logger="immichfs.options"):
         load_settings(parse("--api-key-file", str(key_file)), env={})
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -215,7 +215,7 @@ def test_key_in_readable_config_file_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     file = write(tmp_path / "c.toml", f'api_key = "{KEY}"\n', 0o644)
-    with caplog.at_level(logging.WARNING, logger="immichfs.config"):
+    with caplog.at_level(logging.WARNING, logger="immichfs.options"):
         settings = load_settings(parse("--config", str(file)), env={})
     assert settings.api_key == KEY
     assert "readable by group or others" in caplog.text

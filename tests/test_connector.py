@@ -2,7 +2,7 @@
 
 Configuration, URL handling and the parsing of error bodies are tested as pure
 logic first; everything the server owns (paging, statuses, ranges, faults) is
-tested against ``immichfs.fake.FakeImmich`` on loopback. httpx.MockTransport
+tested against ``immichfs_fake.FakeImmich`` on loopback. httpx.MockTransport
 is used only where the fake must not be bent: a server answering garbage JSON,
 ignoring a Range header, or redirecting to another origin.
 """
@@ -28,16 +28,16 @@ import pytest
 import trio
 
 from immichfs import errors
-from immichfs._http import (
+from immichfs.client.connector import ImmichConnector, retry
+from immichfs.client.http import (
     error_message,
     normalise_url,
     parse_content_range,
     parse_retry_after,
     status_error,
 )
-from immichfs.connector import ImmichConnector, retry
-from immichfs.fake import FakeImmich, FakeLibrary
 from immichfs.model import Asset
+from immichfs_fake import FakeImmich, FakeLibrary
 
 KEY = "fake-test-" + "Q" * 30
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from openapi_schema_validator import OAS30ReadValidator, oas30_format_checker
 
-from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs_fake import FakeImmich, FakeLibrary
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_DIRS = [REPO.parent / "shared" / "immich-openapi", REPO / "shared" / "immich-openapi"]

@@ -25,9 +25,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from immichfs.fake import FakeImmich, FakeLibrary
-from immichfs.fake import media as fake_media
-from immichfs.fake.library import FILE_THRESHOLD, FakeAsset
+from immichfs_fake import FakeImmich, FakeLibrary
+from immichfs_fake import media as fake_media
+from immichfs_fake.library import FILE_THRESHOLD, FakeAsset
 
 VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 ALL = pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)

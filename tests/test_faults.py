@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from mountutil import MountProcess, fuse_unavailable
 
-from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs_fake import FakeImmich, FakeLibrary
 
 pytestmark = pytest.mark.fuse
 

@@ -27,9 +27,10 @@ import psutil
 import pytest
 import trio
 
-from immichfs import config
-from immichfs.connector import DEFAULT_RETRY_POLICY, ImmichConnector
-from immichfs.gateway import (
+from immichfs import options as config
+from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
+from immichfs.client.retry import RetryPolicy
+from immichfs.gateway.app import (
     Gateway,
     HTTPError,
     RangeNotSatisfiable,
@@ -37,8 +38,7 @@ from immichfs.gateway import (
     parse_range,
     parse_search,
 )
-from immichfs.retry import RetryPolicy
-from immichfs.serve import build_gateway, serve_gateway
+from immichfs.gateway.serve import build_gateway, serve_gateway
 
 TOKEN = "gw-token-" + "Z" * 24
 #: the Immich versions the fake emulates; behaviour that differs between them is run on each
@@ -640,7 +640,7 @@ BIG = 200 << 20
 @pytest.fixture(scope="module")
 def big_library() -> Iterator[Any]:
     """A small library whose large video is 200 MiB (far beyond any buffer on the way)."""
-    from immichfs.fake import FakeLibrary
+    from immichfs_fake import FakeLibrary
 
     library = FakeLibrary.generate(seed=3, photos=2, videos=1, large_video_bytes=BIG)
     yield library
@@ -649,7 +649,7 @@ def big_library() -> Iterator[Any]:
 
 @pytest.fixture
 def big_immich(big_library: Any) -> Iterator[Any]:
-    from immichfs.fake import FakeImmich
+    from immichfs_fake import FakeImmich
 
     with FakeImmich(big_library) as server:
         yield server
@@ -814,7 +814,7 @@ def test_serve_refuses_the_token_as_a_flag(capsys: pytest.CaptureFixture[str]) -
 def test_serve_help_explains_the_loopback_default() -> None:
     import argparse
 
-    from immichfs import serve
+    from immichfs.gateway.app import serve
 
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)

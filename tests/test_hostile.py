@@ -29,21 +29,21 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from immichfs import connector as connector_module
 from immichfs import errors
-from immichfs.cache import CacheSettings, MetadataCache
-from immichfs.connector import ImmichConnector
-from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.reader import ReaderPool
+from immichfs.client import connector as connector_module
+from immichfs.client.connector import ImmichConnector
 from immichfs.model import Asset
-from immichfs.names import (
+from immichfs.vfs.names import (
     MAX_NAME_BYTES,
     clean,
     collision_key,
     is_valid,
     split_extension,
 )
-from immichfs.reader import ReaderPool
-from immichfs.tree import AssetDirectory, Tree, TreeSettings, name_assets
+from immichfs.vfs.tree import AssetDirectory, Tree, TreeSettings, name_assets
+from immichfs_fake import FakeImmich, FakeLibrary
 
 # -- strategies ---------------------------------------------------------------------
 

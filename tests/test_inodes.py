@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from immichfs.inodes import ROOT_INODE, DirSnapshot, HandleTable, InodeTable
+from immichfs.vfs.inodes import ROOT_INODE, DirSnapshot, HandleTable, InodeTable
 
 
 def test_root_and_stable_numbers() -> None:

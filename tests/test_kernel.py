@@ -1,10 +1,10 @@
-"""immichfs.kernel: finding a mount's read_ahead_kb and raising it (fake /proc and /sys)."""
+"""immichfs.fuse.kernel: finding a mount's read_ahead_kb and raising it (fake /proc and /sys)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from immichfs.kernel import mount_device, raise_read_ahead, read_ahead_path
+from immichfs.fuse.kernel import mount_device, raise_read_ahead, read_ahead_path
 
 
 def setup(tmp_path: Path, mountpoint: Path, current: int = 128) -> tuple[Path, Path]:

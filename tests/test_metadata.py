@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from immichfs import metadata
-from immichfs.cache import CacheSettings, MetadataCache
-from immichfs.connector import ImmichConnector
-from immichfs.fake import FakeImmich, FakeLibrary
-from immichfs.metadata import ManifestStream, Membership
+from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.reader import ReaderPool
+from immichfs.client.connector import ImmichConnector
 from immichfs.model import Asset
-from immichfs.reader import ReaderPool
-from immichfs.tree import AssetFile, Directory, Tree, TreeSettings
-from immichfs.views import MANIFEST_NAME, ManifestFile, Views, install_views
+from immichfs.vfs import metadata
+from immichfs.vfs.metadata import ManifestStream, Membership
+from immichfs.vfs.tree import AssetFile, Directory, Tree, TreeSettings
+from immichfs.vfs.views import MANIFEST_NAME, ManifestFile, Views, install_views
+from immichfs_fake import FakeImmich, FakeLibrary
 
 PHOTO: dict[str, Any] = {
     "id": "0b5c1f4e-0000-4000-8000-000000000001",

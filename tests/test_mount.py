@@ -29,7 +29,7 @@ pytestmark = pytest.mark.fuse
 
 VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 MIB = 1 << 20
-#: the organised views (immichfs.views), beside this file's subject
+#: the organised views (immichfs.vfs.views), beside this file's subject
 VIEWS = {"albums", "people", "tags", "by-date", "favorites", "archive"}
 
 
@@ -231,7 +231,7 @@ def test_tools_on_a_real_mount(
 
 @pytest.fixture
 def large_library(tmp_path: Path) -> Iterator[Any]:
-    from immichfs.fake import FakeImmich, FakeLibrary
+    from immichfs_fake import FakeImmich, FakeLibrary
 
     library = FakeLibrary.generate(seed=1, photos=3, videos=1, large_video_bytes=50 * MIB)
     with FakeImmich(library) as server:
@@ -260,7 +260,7 @@ def test_head_of_a_large_video_downloads_little(large_library: Any, tmp_path: Pa
 @pytest.fixture
 def photo_library(tmp_path: Path) -> Iterator[Any]:
     """Photos of 3 MiB: more than one first request, less than the largest one."""
-    from immichfs.fake import FakeImmich, FakeLibrary
+    from immichfs_fake import FakeImmich, FakeLibrary
 
     library = FakeLibrary.generate(
         seed=3,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from immichfs.names import (
+from immichfs.vfs.names import (
     MAX_NAME_BYTES,
     NameRequest,
     assign_names,

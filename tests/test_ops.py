@@ -22,12 +22,12 @@ import pytest
 import trio
 from cachetools import LRUCache
 
-from immichfs.config import Settings
-from immichfs.connector import ImmichConnector
+from immichfs.client.connector import ImmichConnector
 from immichfs.errors import AuthenticationError, NotFound, ServerError, StaleAsset
-from immichfs.fs import Operations
-from immichfs.inodes import ROOT_INODE
-from immichfs.mount import build_operations
+from immichfs.fuse.mount import build_operations
+from immichfs.fuse.operations import Operations
+from immichfs.options import Settings
+from immichfs.vfs.inodes import ROOT_INODE
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Ctx:
 
 
 CTX: Any = Ctx()
-#: the organised views the composition root adds (immichfs.views)
+#: the organised views the composition root adds (immichfs.vfs.views)
 VIEWS = {b"albums", b"people", b"tags", b"by-date", b"favorites", b"archive"}
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import deadmount
 import pytest
 
-from immichfs import config, kernel, mounthelper, preflight, sdnotify
-from immichfs.cli import UserError
-from immichfs.mounthelper import HelperError, Invocation
+from immichfs import options as config
+from immichfs.cli import mounthelper, preflight, sdnotify
+from immichfs.cli.mounthelper import HelperError, Invocation
+from immichfs.errors import UserError
+from immichfs.fuse import kernel
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -80,7 +82,7 @@ def test_without_systemd_nothing_is_sent() -> None:
 def test_unreachable_socket_warns_and_does_not_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="immichfs.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="immichfs.cli.sdnotify"):
         sent = sdnotify.ready(env={"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert sent is False
     assert "cannot notify systemd" in caplog.text
@@ -288,7 +290,7 @@ def test_bad_options_fail_with_one_line(options: list[str], message: str) -> Non
 
 
 def test_sloppy_drops_unknown_options(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="immichfs.mounthelper"):
+    with caplog.at_level(logging.WARNING, logger="immichfs.cli.mounthelper"):
         assert mounthelper.option_flags(["bogus", "allow_other"], sloppy=True) == ["--allow-other"]
     assert "ignoring unknown mount option bogus" in caplog.text
 
@@ -317,7 +319,7 @@ def test_bad_source() -> None:
 
 def test_mapped_flags_are_what_immichfs_mount_accepts() -> None:
     # the command the helper builds, parsed by the real `immichfs mount` parser
-    from immichfs import mount
+    from immichfs.fuse import mount
 
     parser = argparse.ArgumentParser()
     mount.add_arguments(parser)
@@ -394,7 +396,7 @@ def test_install_helper_command(tmp_path: Path) -> None:
 def test_install_helper_is_a_command() -> None:
     from immichfs.cli import COMMANDS
 
-    assert COMMANDS["install-helper"][0] == "immichfs.mounthelper"
+    assert COMMANDS["install-helper"][0] == "immichfs.cli.mounthelper"
 
 
 # -- container entrypoint

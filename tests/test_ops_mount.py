@@ -21,7 +21,7 @@ import psutil
 import pytest
 from mountutil import MountProcess, fuse_unavailable, unmount
 
-from immichfs import mounthelper
+from immichfs.cli import mounthelper
 
 pytestmark = pytest.mark.fuse
 

@@ -1,4 +1,4 @@
-"""The ranged-GET client (immichfs.rangeget) over real HTTP on loopback.
+"""The ranged-GET client (immichfs.client.originals) over real HTTP on loopback.
 
 Most tests run against the bundled fake Immich (its request log and fault
 switches); a few use a tiny h11 server in the test's own trio loop for what
@@ -24,6 +24,8 @@ import h11
 import pytest
 import trio
 
+from immichfs.catalog.reader import ReaderPool
+from immichfs.client.originals import RangeGetClient
 from immichfs.errors import (
     AuthenticationError,
     ConnectError,
@@ -34,8 +36,6 @@ from immichfs.errors import (
     StaleAsset,
     TruncatedBody,
 )
-from immichfs.rangeget import RangeGetClient
-from immichfs.reader import ReaderPool
 
 KiB = 1024
 MiB = 1024 * KiB

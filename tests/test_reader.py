@@ -1,4 +1,4 @@
-"""Read-ahead (immichfs.reader) against deterministic in-memory fetchers.
+"""Read-ahead (immichfs.catalog.reader) against deterministic in-memory fetchers.
 
 Content depends on position (byte p belongs to the 8-byte big-endian number
 ``p - p % 8``), so any offset can be checked and a byte served from the wrong
@@ -17,8 +17,8 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from immichfs.catalog.reader import ReadaheadConfig, ReaderClosed, ReaderPool
 from immichfs.errors import NotFound, ProtocolError, RequestTimeout, ServerError, TruncatedBody
-from immichfs.reader import ReadaheadConfig, ReaderClosed, ReaderPool
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import trio
 
-from immichfs.cache import CacheSettings, MetadataCache
-from immichfs.connector import ImmichConnector
-from immichfs.fake import FakeImmich, FakeLibrary
-from immichfs.fake.library import FakeAsset
-from immichfs.reader import ReaderPool
-from immichfs.refresh import RefreshTask
-from immichfs.tree import AssetFile, Key, Tree, TreeSettings
-from immichfs.views import FAVORITES_KEY, PEOPLE_KEY, PHOTOS_KEY, Views, install_views
+from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.reader import ReaderPool
+from immichfs.client.connector import ImmichConnector
+from immichfs.vfs.refresh import RefreshTask
+from immichfs.vfs.tree import AssetFile, Key, Tree, TreeSettings
+from immichfs.vfs.views import FAVORITES_KEY, PEOPLE_KEY, PHOTOS_KEY, Views, install_views
+from immichfs_fake import FakeImmich, FakeLibrary
+from immichfs_fake.library import FakeAsset
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import trio
 import trio.testing
 
 from immichfs import errors
-from immichfs.connector import ImmichConnector
-from immichfs.fake import FakeImmich, FakeLibrary
+from immichfs.client.connector import ImmichConnector
+from immichfs.client.retry import RetryPolicy, resuming
 from immichfs.logs import register_secret
-from immichfs.retry import RetryPolicy, resuming
+from immichfs_fake import FakeImmich, FakeLibrary
 
 FAST = RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05, budget=5.0)
 
@@ -74,7 +74,7 @@ def test_policy_is_a_value_and_checks_its_fields() -> None:
 
 
 def test_policy_from_settings() -> None:
-    from immichfs.config import Settings
+    from immichfs.options import Settings
 
     assert RetryPolicy.from_settings(Settings(retry_budget=7.5)).budget == 7.5
     assert not RetryPolicy.from_settings(Settings(retry_budget=0)).enabled
@@ -246,9 +246,9 @@ async def test_log_level_rises_and_the_key_never_shows(
         errors.RateLimited("slow", retry_after=1),
         errors.RequestTimeout("late"),
     )
-    caplog.set_level(logging.DEBUG, logger="immichfs.retry")
+    caplog.set_level(logging.DEBUG, logger="immichfs.client.retry")
     await RetryPolicy(attempts=10, base_delay=0.01).call(fn, what="statistics")
-    retries = [r for r in caplog.records if r.name == "immichfs.retry"]
+    retries = [r for r in caplog.records if r.name == "immichfs.client.retry"]
     assert [r.levelno for r in retries] == [
         logging.DEBUG,
         logging.INFO,

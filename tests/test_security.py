@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 
 from immichfs import errors
-from immichfs.config import Settings, load_settings, read_key_file
-from immichfs.connector import DEFAULT_RETRY_POLICY, ImmichConnector
-from immichfs.fake import FakeImmich, FakeLibrary
-from immichfs.retry import RetryPolicy
+from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
+from immichfs.client.retry import RetryPolicy
+from immichfs.options import Settings, load_settings, read_key_file
+from immichfs_fake import FakeImmich, FakeLibrary
 
 #: a key that is easy to find anywhere it leaks
 KEY = "fake-immich-key-LEAKCHECK-7f3a9c2e51d84b06a2c4e8f1"
@@ -152,7 +152,7 @@ async def test_a_debug_session_never_shows_the_key(
     # the session really was logged at debug level, HTTP traces included
     assert "GET /api/assets/statistics" in log_text
     assert any(line.startswith("DEBUG httpcore") for line in raw_log.lines)
-    assert any(line.startswith("WARNING immichfs.retry") for line in raw_log.lines)
+    assert any(line.startswith("WARNING immichfs.client.retry") for line in raw_log.lines)
     assert KEY not in log_text
     assert KEY[::-1] not in log_text
     assert len(seen) == 9
@@ -420,7 +420,7 @@ async def test_tls_insecure_works_only_when_asked(tls_immich: TLSProxy) -> None:
 
 async def test_tls_on_the_byte_path(tls_immich: TLSProxy, certificates: Certificates) -> None:
     """The mount's ranged-GET client honours the same three choices."""
-    from immichfs.rangeget import RangeGetClient
+    from immichfs.client.originals import RangeGetClient
 
     async with ImmichConnector(tls_immich.url, KEY, verify=str(certificates.ca)) as immich:
         photo = (await immich.get_assets(size=1))[0]

@@ -22,20 +22,20 @@ import pyfuse3
 import pytest
 from mountutil import MountProcess, fuse_unavailable
 
-from immichfs.cli import UserError
-from immichfs.config import Settings
-from immichfs.connector import ImmichConnector
-from immichfs.fs import Operations
-from immichfs.inodes import ROOT_INODE
-from immichfs.mount import build_operations
-from immichfs.status import hit_rate, status_of
-from immichfs.statuscmd import (
+from immichfs.cli.status import (
     format_errors,
     format_summary,
     human_bytes,
     human_duration,
     read_status,
 )
+from immichfs.client.connector import ImmichConnector
+from immichfs.errors import UserError
+from immichfs.fuse.mount import build_operations
+from immichfs.fuse.operations import Operations
+from immichfs.options import Settings
+from immichfs.vfs.inodes import ROOT_INODE
+from immichfs.vfs.status import hit_rate, status_of
 
 TOP_FIELDS = {
     "format",
@@ -382,9 +382,9 @@ def test_log_file_has_levels_and_module_names(fake_immich: Any, tmp_path: Path) 
     finally:
         process.cleanup()
     text = log_file.read_text()
-    assert " INFO immichfs.mount.serve: mounted " in text
-    assert " DEBUG immichfs.connector." in text  # every API request, at debug level
-    assert " INFO immichfs.mount.serve: unmounted " in text
+    assert " INFO immichfs.fuse.mount.serve: mounted " in text
+    assert " DEBUG immichfs.client.connector." in text  # every API request, at debug level
+    assert " INFO immichfs.fuse.mount.serve: unmounted " in text
     assert fake_immich.api_key not in text
     # the log went to the file, not to stderr
-    assert "immichfs.mount.serve" not in (tmp_path / "stderr.log").read_text()
+    assert "immichfs.fuse.mount.serve" not in (tmp_path / "stderr.log").read_text()

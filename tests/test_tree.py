@@ -23,11 +23,11 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from immichfs.cache import CacheSettings, MetadataCache
+from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.reader import ReaderPool
 from immichfs.errors import NotFound, ServerError
-from immichfs.names import is_valid
-from immichfs.reader import ReaderPool
-from immichfs.tree import (
+from immichfs.vfs.names import is_valid
+from immichfs.vfs.tree import (
     AssetFile,
     Attributes,
     BytesFile,

@@ -1,6 +1,6 @@
 """The views (albums, people, tags, by-date, favorites, archive) over the real connector.
 
-A real :class:`~immichfs.tree.Tree` with the views installed talks HTTP to the
+A real :class:`~immichfs.vfs.tree.Tree` with the views installed talks HTTP to the
 fake server; what each directory lists is compared with the fake library itself
 (an independent oracle) and with what the API reports (album ``assetCount``,
 timeline bucket counts). No FUSE here: see test_views_mount.py for that.
@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 
-from immichfs.cache import CacheSettings, MetadataCache
-from immichfs.connector import ImmichConnector
-from immichfs.fake import FakeImmich, FakeLibrary
-from immichfs.fake.library import FakeAsset
-from immichfs.names import is_valid
-from immichfs.reader import ReaderPool
-from immichfs.tree import ROOT_KEY, AssetFile, Directory, Tree, TreeSettings
-from immichfs.views import (
+from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.reader import ReaderPool
+from immichfs.client.connector import ImmichConnector
+from immichfs.vfs.names import is_valid
+from immichfs.vfs.tree import ROOT_KEY, AssetFile, Directory, Tree, TreeSettings
+from immichfs.vfs.views import (
     ALBUMS_KEY,
     ARCHIVE_KEY,
     BY_DATE_KEY,
@@ -35,6 +33,8 @@ from immichfs.views import (
     month_window,
     views_of,
 )
+from immichfs_fake import FakeImmich, FakeLibrary
+from immichfs_fake.library import FakeAsset
 
 VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 
@@ -379,7 +379,7 @@ async def test_directories_resolve_from_their_keys(
 
 
 def test_tag_index_nests_by_path() -> None:
-    from immichfs.views import TagIndex
+    from immichfs.vfs.views import TagIndex
 
     tags = [
         {"id": "t1", "name": "Travel", "value": "Travel"},

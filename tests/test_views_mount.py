@@ -344,7 +344,7 @@ def test_changes_appear_while_mounted(
 
 
 def test_manifest_of_ten_thousand_assets_through_the_mount(tmp_path: Path) -> None:
-    from immichfs.fake import FakeImmich, FakeLibrary
+    from immichfs_fake import FakeImmich, FakeLibrary
 
     library = FakeLibrary.generate(
         seed=2, photos=11_000, videos=0, large_video_bytes=None, photo_bytes=(2000, 4000)

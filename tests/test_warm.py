@@ -8,7 +8,8 @@ from pathlib import Path
 import deadmount
 import pytest
 
-from immichfs import kernel, warm
+from immichfs.cli import warm
+from immichfs.fuse import kernel
 
 
 def make_tree(root: Path) -> None:

@@ -1,0 +1,250 @@
+"""Bounded TTL caches with single-flight loading, for metadata.
+
+cachetools provides the containers (``TTLCache`` with an injected ``timer``, so
+tests control time); cachetools' ``@cached`` is not used because on an
+``async def`` it caches the coroutine object, not its result.
+
+Single-flight: when several tasks miss the same key at once, the first one
+loads it and the others wait on a ``trio.Event`` for its result, so 50
+concurrent ``stat`` calls cause one request. If the loader fails, the waiters
+get the same error (they asked at the same moment; asking again at once would
+only repeat the failure). If the loader is cancelled, a waiter takes over.
+
+Concurrency invariant: between reading ``_flights`` and registering a new flight
+there is no checkpoint, so two tasks can never both become the loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import trio
+from cachetools import TTLCache
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+Timer = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    """Counters of one cache, for tests and ``statistics()``."""
+
+    name: str
+    hits: int
+    misses: int
+    loads: int
+    load_failures: int
+    joined: int  # misses that waited for another task's load instead of loading
+    in_flight: int
+    size: float  # entries, or the getsizeof total
+    maxsize: float
+    entries: int = 0  # items held (``size`` counts bytes or listing entries for some)
+
+
+class _Flight(Generic[V]):
+    """One load in progress."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: V | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+
+class SingleFlightCache(Generic[K, V]):
+    """A bounded ``TTLCache`` whose misses are loaded once per key at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        maxsize: int,
+        ttl: float,
+        timer: Timer = time.monotonic,
+        getsizeof: Callable[[V], float] | None = None,
+    ) -> None:
+        self.name = name
+        self.ttl = ttl
+        self._cache: TTLCache[K, V] = TTLCache(
+            maxsize=max(maxsize, 1), ttl=ttl, timer=timer, getsizeof=getsizeof
+        )
+        self._flights: dict[K, _Flight[V]] = {}
+        self._hits = 0
+        self._misses = 0
+        self._loads = 0
+        self._failures = 0
+        self._joined = 0
+
+    def peek(self, key: K) -> V | None:
+        """The cached value or None; counts nothing, loads nothing."""
+        return self._cache.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._cache
+
+    def put(self, key: K, value: V) -> None:
+        try:
+            self._cache[key] = value
+        except ValueError:
+            # larger than the whole cache: serve it uncached
+            log.debug("%s: value for %r is larger than the cache", self.name, key)
+
+    def renew(self, key: K) -> bool:
+        """Start ``key``'s time to live again (False if it is not cached)."""
+        value = self._cache.get(key)
+        if value is None:
+            return False
+        self._cache[key] = value  # a TTLCache times an entry from when it was set
+        return True
+
+    def now(self) -> float:
+        """The time on this cache's clock (the one its TTLs are counted in)."""
+        return float(self._cache.timer())
+
+    def pop(self, key: K) -> None:
+        self._cache.pop(key, None)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The value of ``key``, from the cache or from ``load()`` (once per key at a time)."""
+        while True:
+            # no checkpoint from here until the flight is registered
+            try:
+                value = self._cache[key]
+            except KeyError:
+                pass
+            else:
+                self._hits += 1
+                return value
+            self._misses += 1
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._load(key, load)
+            self._joined += 1
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.finished:
+                return flight.value  # type: ignore[return-value]
+            # the loader was cancelled: loop, and one of the waiters loads
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        flight: _Flight[V] = _Flight()
+        self._flights[key] = flight
+        self._loads += 1
+        try:
+            value = await load()
+        except Exception as exc:
+            self._failures += 1
+            flight.error = exc
+            raise
+        else:
+            flight.value = value
+            flight.finished = True
+            self.put(key, value)
+            return value
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    def statistics(self) -> CacheStatistics:
+        return CacheStatistics(
+            name=self.name,
+            hits=self._hits,
+            misses=self._misses,
+            loads=self._loads,
+            load_failures=self._failures,
+            joined=self._joined,
+            in_flight=len(self._flights),
+            size=self._cache.currsize,
+            maxsize=self._cache.maxsize,
+            entries=len(self._cache),
+        )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """TTLs and bounds of the metadata caches (from :class:`immichfs.options.Settings`)."""
+
+    listing_ttl: float = 20.0
+    asset_ttl: float = 60.0
+    max_assets: int = 200_000
+    max_listings: int = 4096
+    thumbnail_bytes: int = 32 * 1024 * 1024
+    #: thumbnail sizes/types and HEAD-learned sizes depend on the file, not the
+    #: listing; they are re-learned after this long
+    file_info_ttl: float = 600.0
+
+
+class MetadataCache:
+    """All metadata caches of one mount.
+
+    - ``listings``: directory key → listing, for ``listing_ttl``; bounded by the
+      total number of entries across listings (``max_assets``).
+    - ``assets``: asset id → Asset, for ``asset_ttl``; filled by every listing,
+      so ``stat`` of a listed file needs no request.
+    - ``sizes``: (asset id, checksum) → size learned with HEAD when Immich did not
+      say (external libraries not yet scanned).
+    - ``thumbnail_info``: (size name, asset id) → (length, content type).
+    - ``thumbnails``: (size name, asset id) → bytes, bounded by bytes.
+    - ``misc``: small things such as server features and thumbnail formats.
+    """
+
+    def __init__(
+        self, settings: CacheSettings | None = None, timer: Timer = time.monotonic
+    ) -> None:
+        self.settings = settings = settings or CacheSettings()
+        self.listings: SingleFlightCache[Hashable, Any] = SingleFlightCache(
+            "listings",
+            maxsize=settings.max_assets + settings.max_listings,
+            ttl=settings.listing_ttl,
+            timer=timer,
+            getsizeof=lambda listing: 1 + len(listing),
+        )
+        self.assets: SingleFlightCache[str, Any] = SingleFlightCache(
+            "assets", maxsize=settings.max_assets, ttl=settings.asset_ttl, timer=timer
+        )
+        self.sizes: SingleFlightCache[tuple[str, str], int] = SingleFlightCache(
+            "sizes", maxsize=settings.max_assets, ttl=settings.file_info_ttl, timer=timer
+        )
+        self.thumbnail_info: SingleFlightCache[tuple[str, str], tuple[int, str]] = (
+            SingleFlightCache(
+                "thumbnail_info",
+                maxsize=settings.max_assets,
+                ttl=settings.file_info_ttl,
+                timer=timer,
+            )
+        )
+        self.thumbnails: SingleFlightCache[tuple[str, str], bytes] = SingleFlightCache(
+            "thumbnails",
+            maxsize=settings.thumbnail_bytes,
+            ttl=settings.file_info_ttl,
+            timer=timer,
+            getsizeof=len,
+        )
+        self.misc: SingleFlightCache[Hashable, Any] = SingleFlightCache(
+            "misc", maxsize=256, ttl=settings.listing_ttl, timer=timer
+        )
+
+    def all(self) -> list[SingleFlightCache[Any, Any]]:
+        return [
+            self.listings,
+            self.assets,
+            self.sizes,
+            self.thumbnail_info,
+            self.thumbnails,
+            self.misc,
+        ]
+
+    def statistics(self) -> dict[str, CacheStatistics]:
+        return {cache.name: cache.statistics() for cache in self.all()}

@@ -1,0 +1,830 @@
+"""Reading asset bytes as ranged HTTP GETs, with read-ahead.
+
+One ``AssetReader`` per open file handle turns FUSE reads into ranged GETs of
+the original, clamped to the file size (Immich answers 500/404 for a range
+that starts past EOF). Its design follows how the kernel really reads
+(mountpoint-s3 ``prefetch``, rclone ``ReadFileHandle``):
+
+*Windows.* Bytes are fetched into windows: contiguous byte ranges, each one
+ranged GET filled by a background trio task. A read waits only for the bytes
+it needs, not for the whole window, so a large window costs no latency.
+
+*Sequential detection.* A read at offset 0 (or, as a handle's first read,
+within ``initial_window`` of it), at the end of the previous read, or inside or
+a little past the windows already queued is sequential: it extends a queue of
+windows that grows from ``initial_window`` (1 MiB + 128 KiB: Linux adds 128 KiB
+of readahead to a 1 MiB read) doubling up to ``max_window`` per request, and
+keeps up to ``max_ahead`` bytes in flight or ready ahead of the reader. The
+first read of a stream fetches one window only, so a program that reads just a
+file's header costs one request; read-ahead starts with the first read past that
+window (the kernel splits even one small read into a read and its own
+read-ahead: those stay one request too). When the
+last ``whole_file_after`` files of at most ``max_window`` bytes were each read
+from start to end (``cp``, a training loop), a new read of such a file from its
+start fetches all of it in that first request instead: one GET per photo, not
+two, which halves the per-request cost on both ends. One file closed early
+(``exiftool``, ``file``) turns this off until files are read whole again. Forward
+seeks inside the queue wait for the data in flight; reads up to
+``backward_keep`` behind the furthest read are served from windows kept for
+that (the kernel sends several reads at once and they arrive in any order).
+
+*Random reads.* Anything else is one ranged GET of exactly the bytes asked
+for: a cold 4 KiB read at 900 MiB costs one small GET. If the next read
+continues it, a new queue starts there.
+
+*Memory.* Every window's bytes are counted against one budget shared by all
+readers of a pool (``global_budget``), so many open files do not multiply
+read-ahead memory. Read-ahead beyond the bytes a read needs is granted only
+from free budget; when the budget is short, windows of other readers that no
+read is using are reclaimed (least recently read first; read-ahead of readers
+read within the last ``idle_reclaim`` seconds is left alone). Bytes a read
+needs right now are always fetched, so the bound is ``global_budget`` plus the
+reads in flight, plus at most half the budget (32 MiB) of emptied buffers kept
+for reuse (see ``_Buffers``).
+
+*Errors.* Transient failures (cut connections, truncated bodies, timeouts,
+502/503/504, 429) are retried by the rules of ``immichfs.client.retry.RetryPolicy``
+(jittered exponential backoff, ``Retry-After``), resuming at the exact offset
+reached, within ``retry_budget`` seconds. Anything else, or a transient error
+after the budget, is raised (as ``immichfs.errors``) by every read that needs
+the failed bytes; the failed window is dropped so a later read tries again.
+A read returns exactly the bytes asked for (short only at EOF) or raises:
+never wrong bytes, never a short read in the middle of a file.
+
+*Tasks.* Window fetches run in the pool's nursery (``pool.start(nursery)`` or
+``async with pool.running():``) or, when the pool was given none, as trio
+system tasks. ``AssetReader.aclose`` cancels the reader's fetches.
+
+Concurrency: all bookkeeping happens in synchronous methods (marked "no
+checkpoint inside"), so concurrent reads of one handle always see a consistent
+queue; reads only wait for bytes after their windows are planned and pinned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, cast, runtime_checkable
+
+import trio
+
+from immichfs.client.retry import RetryPolicy
+from immichfs.errors import (
+    ImmichfsError,
+    ProtocolError,
+    RequestTimeout,
+    StaleAsset,
+    TransientError,
+    TruncatedBody,
+)
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+#: (asset_id, start, end_inclusive) -> async context manager yielding byte chunks.
+#: It must check the answer (206, Content-Range) before yielding the first byte, as
+#: the connector and rangeget do: the reader serves bytes as soon as they arrive.
+RangeFetcher = Callable[[str, int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+
+
+@runtime_checkable
+class RangeIntoFetcher(Protocol):
+    """A faster fetcher that writes a range straight into a buffer.
+
+    ``fetch_into`` fills ``view`` (``len(view)`` bytes starting at ``start``)
+    completely or raises; after each piece it calls ``progress(n)`` with the
+    number of bytes of ``view`` filled so far, so a failure can be resumed at
+    the exact offset reached. ``total`` is the file size the caller expects
+    (a different size on the server raises StaleAsset); ``etag`` likewise pins
+    the version. It returns the response's ETag (None if the server sent none).
+    ``immichfs.client.originals.RangeGetClient`` implements it.
+    """
+
+    async def fetch_into(
+        self,
+        asset_id: str,
+        start: int,
+        view: memoryview,
+        *,
+        total: int | None = None,
+        etag: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> str | None: ...
+
+
+class ReaderClosed(ImmichfsError):
+    """A read on a file handle that was already released."""
+
+
+@dataclass(frozen=True)
+class ReadaheadConfig:
+    """Tunables of the byte path; every default has its reason.
+
+    - ``initial_window``: first request of a sequential stream. 1 MiB + 128 KiB
+      because Linux adds 128 KiB of readahead to 1 MiB reads, so a reader that
+      reads 1 MiB is served by one request (mountpoint-s3 does the same).
+    - ``max_window``: cap of one request; windows double up to it. Larger
+      requests amortise per-request cost, smaller ones start serving sooner.
+    - ``max_ahead``: most bytes in flight or ready ahead of one reader.
+    - ``max_inflight``: concurrent requests per reader.
+    - ``whole_file_after``: this many files in a row read from start to end make
+      the first request of the next one cover the whole file (if at most
+      ``max_window``); 0 turns that off.
+    - ``backward_keep``: bytes kept behind the furthest read (reordered kernel
+      reads, small backward seeks).
+    - ``global_budget``: bytes held in windows across ALL readers of a pool.
+    - ``idle_reclaim``: a reader idle this long may lose its read-ahead to others.
+    - ``retry_budget`` / ``max_attempts`` / ``backoff_*``: transient failures are
+      retried as ``immichfs.client.retry.RetryPolicy`` says (not a 500: Immich repeats it),
+      resuming at the exact offset, within this many seconds and attempts; a
+      budget of 0 turns retries off.
+    - ``read_timeout``: the longest one read waits for its bytes (the HTTP timeout
+      plus the retry budget): a server that drips bytes resets the HTTP timeout with
+      every packet, but no file-system call may block past this bound. A read that
+      times out fails (EIO) and its fetch is dropped.
+    - ``fail_fast``: for this long after that, every read of the handle fails at
+      once: the kernel retries the failed pages one by one, and each retry waiting a
+      bound of its own would make one read(2) wait many. Then reads start afresh.
+    """
+
+    initial_window: int = MiB + 128 * KiB
+    max_window: int = 8 * MiB
+    max_ahead: int = 16 * MiB
+    max_inflight: int = 2
+    whole_file_after: int = 4
+    backward_keep: int = MiB
+    global_budget: int = 64 * MiB
+    idle_reclaim: float = 1.0
+    retry_budget: float = 30.0
+    max_attempts: int = 8
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+    read_timeout: float = 60.0
+    fail_fast: float = 5.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The project's retry rules (which errors, full-jitter backoff) with these bounds."""
+        return RetryPolicy(
+            attempts=self.max_attempts if self.retry_budget > 0 else 1,
+            base_delay=self.backoff_base,
+            max_delay=self.backoff_max,
+            budget=self.retry_budget,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ReadaheadConfig:
+        """Build from ``immichfs.options.Settings`` (readahead_mb, readahead_budget_mb, ...)."""
+        ahead = max(1, int(settings.readahead_mb)) * MiB
+        return cls(
+            max_ahead=ahead,
+            max_window=min(8 * MiB, ahead),
+            global_budget=max(1, int(settings.readahead_budget_mb)) * MiB,
+            retry_budget=float(getattr(settings, "retry_budget", 30.0)),
+            read_timeout=float(getattr(settings, "timeout", 30.0))
+            + float(getattr(settings, "retry_budget", 30.0)),
+        )
+
+
+class _Budget:
+    """Bytes held in windows across a pool; single-threaded (trio), so no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    @property
+    def free(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def take(self, n: int) -> None:
+        # no checkpoint inside
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class _Buffers:
+    """Recycled window buffers.
+
+    A new ``bytearray`` is zero-filled and its pages faulted in: about 0.35 CPU s
+    per GiB streamed, a large share of this process's CPU. Buffers of finished
+    windows are kept (up to ``limit`` bytes) and handed to new windows instead.
+    Sizes are rounded up to ``_STEP`` so steady-state windows reuse each other.
+    A buffer comes back only once no fetch task can write into it any more.
+    """
+
+    _STEP = 256 * KiB
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._free: dict[int, list[bytearray]] = {}
+
+    def get(self, size: int) -> bytearray:
+        # no checkpoint inside
+        if size < self._STEP:
+            return bytearray(size)
+        capacity = -(-size // self._STEP) * self._STEP
+        for have in sorted(self._free):
+            # any larger buffer will do: its pages are resident already
+            if capacity <= have and self._free[have]:
+                buf = self._free[have].pop()
+                self.held -= have
+                return buf
+        return bytearray(capacity)
+
+    def put(self, buf: bytearray) -> None:
+        # no checkpoint inside
+        have = len(buf)
+        if have < self._STEP or have % self._STEP:
+            return
+        while self.held + have > self.limit and self._free:
+            # make room by dropping the largest kept buffer
+            largest = max(size for size, bufs in self._free.items() if bufs)
+            self._free[largest].pop()
+            self.held -= largest
+            self._free = {k: v for k, v in self._free.items() if v}
+        if self.held + have <= self.limit:
+            self._free.setdefault(have, []).append(buf)
+            self.held += have
+
+
+_EMPTY = bytearray()
+
+
+class _Window:
+    """Bytes ``[start, end)`` of one asset, filled by one background fetch.
+
+    ``buf`` may be larger than the window (a recycled buffer): only its first
+    ``size`` bytes belong to the window.
+    """
+
+    __slots__ = (
+        "_waiters",
+        "buf",
+        "cancel_scope",
+        "discarded",
+        "done",
+        "end",
+        "error",
+        "fetching",
+        "filled",
+        "pins",
+        "reader",
+        "released",
+        "start",
+    )
+
+    def __init__(self, reader: AssetReader, start: int, end: int) -> None:
+        self.reader = reader
+        self.start = start
+        self.end = end
+        self.buf = reader._pool._buffers.get(end - start) if end > start else _EMPTY
+        self.fetching = False  # a task may write into buf
+        self.released = False
+        self.filled = 0
+        self.error: BaseException | None = None
+        self.done = False
+        self.pins = 0  # reads currently using this window
+        self.discarded = False
+        self.cancel_scope = trio.CancelScope()
+        self._waiters: list[tuple[int, trio.Event]] = []
+
+    def __repr__(self) -> str:
+        return f"<_Window {self.start}-{self.end} filled={self.filled} done={self.done}>"
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error is not None
+
+    def progress(self, filled: int) -> None:
+        # no checkpoint inside
+        self.filled = filled
+        if self._waiters:
+            still = []
+            for need, event in self._waiters:
+                if need <= filled:
+                    event.set()
+                else:
+                    still.append((need, event))
+            self._waiters = still
+
+    def fail(self, error: BaseException) -> None:
+        # no checkpoint inside
+        if self.error is None and not self.done:
+            self.error = error
+        for _, event in self._waiters:
+            event.set()
+        self._waiters = []
+
+    async def wait_until(self, offset: int) -> None:
+        """Wait until the bytes before absolute ``offset`` are here, or raise the error."""
+        need = offset - self.start
+        while self.filled < need:
+            if self.error is not None:
+                raise self.error
+            event = trio.Event()
+            self._waiters.append((need, event))
+            await event.wait()
+
+
+class ReaderPool:
+    """Creates one AssetReader per open file handle; owns the shared budget and counters.
+
+    ``fetch`` is a RangeFetcher (e.g. ``ImmichConnector.stream_full_resolution_file``)
+    or a RangeIntoFetcher (``immichfs.client.originals.RangeGetClient``, the fast path).
+    """
+
+    def __init__(
+        self,
+        fetch: RangeFetcher | RangeIntoFetcher,
+        config: ReadaheadConfig | None = None,
+        *,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._into: RangeIntoFetcher | None = fetch if isinstance(fetch, RangeIntoFetcher) else None
+        self.config = config or ReadaheadConfig()
+        self._budget = _Budget(self.config.global_budget)
+        self._buffers = _Buffers(min(32 * MiB, self.config.global_budget // 2))
+        self._nursery = nursery
+        #: open readers, least recently read first
+        self._readers: OrderedDict[int, AssetReader] = OrderedDict()
+        self._next_id = 0
+        self._counters = {
+            "range_requests": 0,
+            "bytes_fetched": 0,
+            "random_reads": 0,
+            "sequential_reads": 0,
+            "windows": 0,
+            "retries": 0,
+            "fetch_errors": 0,
+            "reclaimed_bytes": 0,
+            "wasted_bytes": 0,  # asked for, then dropped before it arrived
+            "whole_file_windows": 0,
+        }
+        self._tasks = 0
+        #: files in a row (of at most max_window bytes) read from start to end
+        self._whole_streak = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run background fetches in ``nursery`` (the mount's) from now on."""
+        self._nursery = nursery
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ReaderPool]:
+        """Own a nursery for background fetches; on exit every reader is closed."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                self._nursery = None
+                for reader in list(self._readers.values()):
+                    reader._close_now()
+                nursery.cancel_scope.cancel()
+
+    def open(self, asset_id: str, size: int) -> AssetReader:
+        reader = AssetReader(self, asset_id, size, self._next_id)
+        self._readers[self._next_id] = reader
+        self._next_id += 1
+        return reader
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for logs, tests and the benchmark (trio style: plain values)."""
+        return {
+            "open_readers": len(self._readers),
+            **self._counters,
+            "readahead_bytes": self._budget.used,
+            "readahead_peak": self._budget.peak,
+            "readahead_budget": self._budget.limit,
+            "fetch_tasks": self._tasks,
+        }
+
+    # -- how files are being read ---------------------------------------------------
+
+    def _closed_reader(self, reader: AssetReader) -> None:
+        """Note how a small file was read: whole, or not (no checkpoint inside)."""
+        if not reader._from_start or reader.size > self.config.max_window:
+            return  # never read, or not from its start: says nothing either way
+        if reader._pos >= reader.size:
+            self._whole_streak += 1
+        else:
+            self._whole_streak = 0
+
+    def _whole_files_likely(self, size: int) -> bool:
+        after = self.config.whole_file_after
+        return 0 < after <= self._whole_streak and size <= self.config.max_window
+
+    # -- budget -----------------------------------------------------------------
+
+    def _grant(self, requester: AssetReader, want: int, *, demand: int) -> int:
+        """Bytes granted for a new window of up to ``want`` bytes.
+
+        ``demand`` bytes (needed by a read now) are always granted; the rest only
+        from free budget, after reclaiming idle readers' windows. No checkpoint inside.
+        """
+        extra = want - demand
+        if extra > 0 and self._budget.free < extra:
+            self._reclaim(requester, extra - self._budget.free, idle_only=True)
+        if demand > 0 and self._budget.free < demand:
+            self._reclaim(requester, demand - self._budget.free, idle_only=False)
+        # the demanded bytes use the free budget first; read-ahead only gets what is left
+        granted = demand + min(max(0, extra), max(0, self._budget.free - demand))
+        self._budget.take(granted)
+        return granted
+
+    def _reclaim(self, requester: AssetReader, need: int, *, idle_only: bool) -> None:
+        # no checkpoint inside
+        now = trio.current_time()
+        freed = 0
+        for reader in list(self._readers.values()):
+            if freed >= need:
+                break
+            if reader is requester:
+                continue
+            if idle_only and now - reader.last_read < self.config.idle_reclaim:
+                continue
+            freed += reader._shed()
+        self._counters["reclaimed_bytes"] += freed
+
+    def _recycle(self, window: _Window) -> None:
+        # no checkpoint inside; only once no task can write into window.buf
+        buf, window.buf = window.buf, _EMPTY
+        if buf is not _EMPTY:
+            self._buffers.put(buf)
+
+    def _release(self, window: _Window) -> None:
+        # no checkpoint inside
+        self._budget.give(window.size)
+        if not window.done:
+            self._counters["wasted_bytes"] += window.size - window.filled
+
+    # -- tasks ------------------------------------------------------------------
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn)
+        else:
+            trio.lowlevel.spawn_system_task(fn)
+
+
+class AssetReader:
+    """Reads one asset for one open file handle; see the module docstring."""
+
+    def __init__(self, pool: ReaderPool, asset_id: str, size: int, reader_id: int) -> None:
+        self._pool = pool
+        self._config = pool.config
+        self._id = reader_id
+        self.asset_id = asset_id
+        self.size = size
+        self.etag: str | None = None  # pinned by the first response that had one
+        self.last_read = -1e9
+        self._closed = False
+        self._queue: list[_Window] = []  # contiguous, ascending
+        self._pos = 0  # furthest end of a sequential read
+        self._last_end = -1  # end of the previous read, for sequential detection
+        self._next_window = self._config.initial_window
+        self._from_start = False  # a stream began at offset 0 (for _closed_reader)
+        self._first_end = 0  # end of the current stream's first window
+        self._failing_until = -math.inf  # after a read timed out (see read_timeout)
+
+    def __repr__(self) -> str:
+        return f"<AssetReader {self.asset_id} size={self.size} windows={len(self._queue)}>"
+
+    # -- public -------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``min(size, filesize - offset)`` bytes at ``offset``; b"" at/after EOF."""
+        data = await self.read_buffer(offset, size)
+        return data if isinstance(data, bytes) else data.tobytes()
+
+    async def read_buffer(self, offset: int, size: int) -> bytes | memoryview:
+        """What :meth:`read` returns, but possibly a view of a read-ahead window.
+
+        The view is valid only until the caller's next checkpoint: then a fetch
+        may reuse the window's buffer. The FUSE adapter hands it to pyfuse3, which
+        copies it into the reply before it yields, so a read costs no copy here
+        (a 1 MiB ``bytes`` per read was about a tenth of this process's CPU).
+        """
+        if self._closed:
+            raise ReaderClosed(f"asset {self.asset_id}: read after release")
+        if size <= 0 or offset >= self.size:
+            return b""
+        if offset < 0:
+            raise ValueError("negative offset")
+        if trio.current_time() < self._failing_until:
+            raise RequestTimeout(f"asset {self.asset_id}: a read of this file timed out")
+        end = min(offset + size, self.size)
+        windows = self._plan(offset, end)
+        data: bytes | memoryview
+        try:
+            parts = []
+            with trio.move_on_after(self._config.read_timeout) as waited:
+                for window in windows:
+                    stop = min(end, window.end)
+                    await window.wait_until(stop)
+                    view = memoryview(window.buf)
+                    parts.append(
+                        view[max(offset, window.start) - window.start : stop - window.start]
+                    )
+            if waited.cancelled_caught:
+                error = RequestTimeout(
+                    f"asset {self.asset_id}: the bytes at {offset} did not arrive within "
+                    f"{self._config.read_timeout:g} s"
+                )
+                self._failing_until = trio.current_time() + self._config.fail_fast
+                for window in windows:
+                    window.cancel_scope.cancel()
+                    window.fail(error)  # other reads waiting for it fail now too
+                raise error
+            # pinned windows are never recycled, so the bytes are still those checked
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            for window in windows:
+                self._unpin(window)
+        if len(data) != end - offset:  # cannot happen unless the bookkeeping is wrong
+            raise ProtocolError(f"asset {self.asset_id}: internal short read at {offset}")
+        return data
+
+    async def aclose(self) -> None:
+        """Release: cancel background fetches and free this reader's windows."""
+        self._close_now()
+
+    # -- planning (no checkpoint inside any of these) ------------------------------
+
+    def _plan(self, offset: int, end: int) -> list[_Window]:
+        """The windows holding ``[offset, end)``, created as needed, each pinned."""
+        pool = self._pool
+        self.last_read = trio.current_time()
+        pool._readers.move_to_end(self._id)
+        queue = self._queue
+        q_start = queue[0].start if queue else -1
+        q_end = queue[-1].end if queue else -1
+        if queue and q_start <= offset <= q_end + self._next_window:
+            # inside the queue, or a little past its end: sequential (the kernel sends
+            # several reads at once and they arrive in any order), a forward seek that
+            # waits for data in flight, or a small backward step into kept windows
+            if end > q_end:
+                self._append_window(q_end, end)
+            windows = [w for w in queue if w.end > offset and w.start < end]
+            for window in windows:
+                window.pins += 1  # before _advance, which drops unpinned windows behind
+            pool._counters["sequential_reads"] += 1
+            self._last_end = end
+            self._advance(end)
+            return windows
+        elif offset == self._last_end or offset == 0 or self._first_near_start(offset):
+            # a new sequential stream starts here
+            if self._first_near_start(offset):
+                offset = 0  # the kernel's first reads arrive in any order: start at 0
+            self._drop_queue()
+            self._next_window = self._config.initial_window
+            if offset == 0:
+                self._from_start = True
+                if pool._whole_files_likely(self.size):
+                    # files are being read whole: one request for all of this one
+                    self._next_window = self.size
+                    pool._counters["whole_file_windows"] += 1
+            self._append_window(offset, end)
+            windows = list(self._queue)
+            pool._counters["sequential_reads"] += 1
+            # read-ahead starts with a read past this first window: a program that
+            # reads only a file's header costs one window, not several, and neither
+            # does one small read that the kernel's own read-ahead split in two
+            self._first_end = self._queue[-1].end
+            self._pos = end
+            self._last_end = end
+        else:
+            # random: one GET of exactly these bytes, outside the queue
+            window = self._new_window(offset, end, demand=end - offset)
+            window.discarded = True  # freed as soon as this read is done with it
+            windows = [window]
+            pool._counters["random_reads"] += 1
+            self._last_end = end
+        for window in windows:
+            window.pins += 1
+        return windows
+
+    def _first_near_start(self, offset: int) -> bool:
+        return self._last_end < 0 and not self._queue and offset < self._config.initial_window
+
+    def _append_window(self, start: int, demand_end: int) -> None:
+        """Queue a window at ``start`` covering at least ``demand_end``, as large as allowed."""
+        cfg = self._config
+        want = max(self._next_window, demand_end - start)
+        want = self._tail_merge(start, want)
+        window = self._new_window(start, start + want, demand=demand_end - start)
+        self._queue.append(window)
+        self._next_window = min(self._next_window * 2, cfg.max_window)
+
+    def _tail_merge(self, start: int, want: int) -> int:
+        """Clamp to EOF; take a short remainder too, rather than a tiny last request."""
+        remaining = self.size - start
+        if remaining <= want + want // 2:
+            return remaining
+        return want
+
+    def _new_window(self, start: int, end: int, *, demand: int) -> _Window:
+        granted = self._pool._grant(self, end - start, demand=max(0, demand))
+        window = _Window(self, start, start + granted)
+        self._pool._counters["windows"] += 1
+        self._start_fetch(window)
+        return window
+
+    def _advance(self, end: int) -> None:
+        """Note sequential progress to ``end``: drop windows far behind, read further ahead."""
+        cfg = self._config
+        if end > self._pos:
+            self._pos = end
+        keep_from = self._pos - cfg.backward_keep
+        while len(self._queue) > 1 and self._queue[0].end <= keep_from:
+            self._discard(self._queue.pop(0))
+        if self._pos <= self._first_end:
+            return  # still inside the stream's first window (see _plan)
+        while self._queue:
+            q_end = self._queue[-1].end
+            ahead = q_end - self._pos
+            if q_end >= self.size or ahead >= min(self._next_window, cfg.max_ahead):
+                break
+            if sum(1 for w in self._queue if not w.finished) >= cfg.max_inflight:
+                break
+            want = min(self._next_window, cfg.max_ahead - ahead)
+            want = self._tail_merge(q_end, want)
+            if want <= 0:
+                break
+            granted = self._pool._grant(self, want, demand=0)
+            if granted < min(want, 128 * KiB):
+                self._pool._budget.give(granted)
+                break
+            window = _Window(self, q_end, q_end + granted)
+            self._pool._counters["windows"] += 1
+            self._start_fetch(window)
+            self._queue.append(window)
+            self._next_window = min(self._next_window * 2, cfg.max_window)
+
+    def _unpin(self, window: _Window) -> None:
+        window.pins -= 1
+        if window.error is not None and window in self._queue:
+            # a failed window must not be served again: the next read fetches afresh
+            self._drop_queue()
+        if window.discarded and window.pins == 0:
+            self._finish(window)
+
+    def _discard(self, window: _Window) -> None:
+        window.discarded = True
+        if window.pins == 0:
+            self._finish(window)
+
+    def _finish(self, window: _Window) -> None:
+        window.cancel_scope.cancel()
+        if not window.released:
+            window.released = True
+            self._pool._release(window)
+            window.end = window.start  # size 0 from now on
+            if not window.fetching:
+                self._pool._recycle(window)
+            # else the fetch task recycles the buffer when it has really stopped:
+            # a task woken before the cancel could still write into it once
+        window.fail(ReaderClosed(f"asset {self.asset_id}: read-ahead dropped"))
+
+    def _drop_queue(self) -> None:
+        queue, self._queue = self._queue, []
+        for window in queue:
+            self._discard(window)
+
+    def _shed(self) -> int:
+        """Give up every window no read is using (budget pressure). Returns bytes freed."""
+        freed = 0
+        kept = []
+        for window in self._queue:
+            if window.pins:
+                kept.append(window)
+            else:
+                freed += window.size
+                self._discard(window)
+        # windows must stay contiguous: keep only the run starting at the first kept one
+        contiguous: list[_Window] = []
+        for window in kept:
+            if contiguous and contiguous[-1].end != window.start:
+                self._discard(window)
+                continue
+            contiguous.append(window)
+        self._queue = contiguous
+        return freed
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._drop_queue()
+        self._pool._readers.pop(self._id, None)
+        self._pool._closed_reader(self)
+
+    # -- fetching -------------------------------------------------------------------
+
+    def _start_fetch(self, window: _Window) -> None:
+        if window.size == 0:
+            window.done = True
+            return
+        pool = self._pool
+        pool._tasks += 1
+
+        async def run() -> None:
+            try:
+                with window.cancel_scope:
+                    await self._fill(window)
+                    window.done = True
+            except Exception as exc:
+                pool._counters["fetch_errors"] += 1
+                log.debug("asset %s: fetch of %r failed: %r", self.asset_id, window, exc)
+                window.fail(exc)
+            finally:
+                pool._tasks -= 1
+                window.fetching = False
+                if not window.done:
+                    window.fail(ReaderClosed(f"asset {self.asset_id}: read-ahead cancelled"))
+                if window.released:
+                    pool._recycle(window)
+
+        window.fetching = True
+        pool._spawn(run)
+
+    async def _fill(self, window: _Window) -> None:
+        """Fetch the window, retrying transient failures from the exact offset reached."""
+        # the project's retry state: attempts, full-jitter backoff, Retry-After, budget
+        retrying = self._config.retry_policy.start()
+        while window.filled < window.size:
+            try:
+                await self._fetch_once(window)
+            except TransientError as exc:
+                offset = window.start + window.filled
+                await retrying.failed(exc, f"asset {self.asset_id} at offset {offset}")
+                self._pool._counters["retries"] += 1
+
+    async def _fetch_once(self, window: _Window) -> None:
+        pool = self._pool
+        base = window.filled
+        start = window.start + base
+        pool._counters["range_requests"] += 1
+        if pool._into is not None:
+
+            def progress(n: int) -> None:
+                pool._counters["bytes_fetched"] += base + n - window.filled
+                window.progress(base + n)
+
+            etag = await pool._into.fetch_into(
+                self.asset_id,
+                start,
+                memoryview(window.buf)[base : window.size],
+                total=self.size,
+                etag=self.etag,
+                progress=progress,
+            )
+            if window.filled != window.size:
+                raise TruncatedBody(
+                    f"asset {self.asset_id}: range at {start} ended after "
+                    f"{window.filled - base} of {window.size - base} bytes"
+                )
+            if etag is not None:
+                if self.etag is None:
+                    self.etag = etag
+                elif etag != self.etag:
+                    raise StaleAsset(f"asset {self.asset_id} changed on the server")
+            return
+        fetch = cast(RangeFetcher, pool._fetch)
+        filled = base
+        size = window.size
+        buf = window.buf
+        async with fetch(self.asset_id, start, window.end - 1) as chunks:
+            async for chunk in chunks:
+                n = len(chunk)
+                if filled + n > size:
+                    raise ProtocolError(
+                        f"asset {self.asset_id}: the server sent more bytes than the range asked"
+                    )
+                buf[filled : filled + n] = chunk
+                filled += n
+                pool._counters["bytes_fetched"] += n
+                window.progress(filled)
+        if filled != size:
+            raise TruncatedBody(
+                f"asset {self.asset_id}: range at {start} ended after {filled - base} "
+                f"of {size - base} bytes"
+            )

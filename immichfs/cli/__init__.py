@@ -1,0 +1,70 @@
+"""The ``immichfs`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so
+``immichfs check`` works on a machine without FUSE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from immichfs import __version__
+from immichfs.errors import ImmichfsError, UserError
+from immichfs.logs import scrub
+
+log = logging.getLogger(__name__)
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "mount": ("immichfs.cli.mount", "mount an Immich library as read-only files"),
+    "check": ("immichfs.cli.check", "test the connection to an Immich server, step by step"),
+    "fake-server": ("immichfs.cli.demo", "run the bundled fake Immich server (sample library)"),
+    "serve": ("immichfs.cli.serve", "run the REST gateway to Immich (127.0.0.1:8080 by default)"),
+    "install-helper": (
+        "immichfs.cli.mounthelper",
+        "put mount.fuse.immichfs where mount(8) finds it, for /etc/fstab",
+    ),
+    "refresh": ("immichfs.cli.refresh", "make a mounted immichfs look for changes in Immich now"),
+    "warm": (
+        "immichfs.cli.warm",
+        "pre-fetch the listings (and thumbnails) of a mounted subtree, with progress",
+    ),
+    "status": ("immichfs.cli.status", "show what a mounted immichfs is doing (cache, requests)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="immichfs",
+        description="Immich photo library as read-only files, connector and REST gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"immichfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        result: int = module.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except UserError as exc:
+        print(f"immichfs {args.command}: {scrub(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except ImmichfsError as exc:
+        print(f"immichfs {args.command}: {scrub(str(exc))}", file=sys.stderr)
+        return 1
+    return result

@@ -1,0 +1,179 @@
+"""``immichfs check``: test the way to an Immich server, one step at a time.
+
+Each step prints ``✓ step: result``. The first failing step ends the check
+with one line naming it, and an exit code that says what kind of failure it
+was (see ``EXIT_CODES``), so scripts can tell a dead server from a bad key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from immichfs import options as config
+from immichfs.client.connector import ImmichConnector
+from immichfs.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectError,
+    ImmichfsError,
+    PermissionDenied,
+    RequestTimeout,
+    UnsupportedVersion,
+    UserError,
+)
+from immichfs.logs import scrub, setup_logging
+
+log = logging.getLogger(__name__)
+
+#: exit status by failure kind (first match wins); anything else is 1
+EXIT_CODES: tuple[tuple[type[ImmichfsError], int], ...] = (
+    (ConfigError, 2),
+    (ConnectError, 3),
+    (RequestTimeout, 3),
+    (AuthenticationError, 4),
+    (PermissionDenied, 5),
+    (UnsupportedVersion, 6),
+)
+
+#: what immichfs reads with; a key without one of these makes some part fail
+NEEDED_PERMISSIONS = (
+    "asset.read",
+    "asset.view",
+    "asset.download",
+    "asset.statistics",
+    "album.read",
+    "person.read",
+    "tag.read",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config.add_arguments(parser, groups=["server", "logging"])
+
+
+def exit_code(error: BaseException) -> int:
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = config.load_settings(args)
+    setup_logging(
+        logging.DEBUG if settings.debug else logging.WARNING,
+        log_file=str(settings.log_file) if settings.log_file else None,
+    )
+    if not settings.url:
+        raise UserError(
+            "no Immich server configured: set IMMICH_URL (and IMMICH_API_KEY) to your server, "
+            "or start the demo server with `immichfs fake-server`, which prints both",
+            2,
+        )
+    try:
+        # a diagnosis shows the first failure, at once
+        connector = ImmichConnector.from_settings(settings, retry=False)
+    except ConfigError as exc:
+        raise UserError(str(exc), 2) from None
+    return trio.run(_check, connector, _printer())
+
+
+def _printer() -> Callable[[str, str], None]:
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    mark = "✓"
+    try:
+        mark.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        mark = "ok"  # a terminal that cannot show the check mark
+
+    def show(step: str, result: str) -> None:
+        print(f"{mark} {step}: {scrub(result)}", flush=True)
+
+    return show
+
+
+async def _check(immich: ImmichConnector, show: Callable[[str, str], None]) -> int:
+    step = "connect"
+    try:
+        async with immich:
+            version = await immich.connect()
+            show(step, f"Immich v{'.'.join(map(str, version))} at {immich.url}")
+
+            step = "API key"
+            await immich.validate_key()
+            show(step, "accepted")
+
+            step = "permissions"
+            show(step, _describe_permissions(await immich.get_key_permissions()))
+
+            step = "statistics"
+            stats = await immich.get_asset_statistics()
+            show(
+                step,
+                f"{stats['images']} images, {stats['videos']} videos, {stats['total']} assets",
+            )
+
+            step = "list assets"
+            assets = await immich.get_assets(size=5, page=0)
+            if not assets:
+                show(step, "the timeline is empty; nothing more to check")
+                return 0
+            show(step, f"{len(assets)} assets on the first page of the timeline")
+
+            step = "asset info"
+            info = await immich.get_asset_info(str(assets[0]["id"]))
+            asset_id = str(info["id"])
+            show(step, _describe_asset(info))
+
+            step = "thumbnail"
+            data, content_type = await immich.get_thumbnail_response(asset_id, "preview")
+            show(step, f"preview, {len(data)} bytes, {content_type}")
+
+            step = "original"
+            size = _size_of(info)
+            if size is None:
+                size = await immich.head_original(asset_id)
+            if size == 0:
+                show(step, "the original is empty (0 bytes)")
+                return 0
+            end = min(size, 1024) - 1
+            async with immich.stream_full_resolution_file(asset_id, 0, end) as chunks:
+                first = b"".join([chunk async for chunk in chunks])
+            show(step, f"first {len(first)} of {size} bytes (starting {first[:4].hex(' ')})")
+    except ImmichfsError as exc:
+        raise UserError(f'step "{step}" failed: {exc}', exit_code(exc)) from None
+    return 0
+
+
+def _describe_permissions(permissions: list[str] | None) -> str:
+    if permissions is None:
+        return "not reported by this server (GET /api/api-keys/me needs Immich v1.139+)"
+    if "all" in permissions:
+        return "all"
+    missing = [p for p in NEEDED_PERMISSIONS if p not in permissions]
+    text = ", ".join(sorted(permissions)) or "none"
+    if missing:
+        text += f" (immichfs also needs: {', '.join(missing)})"
+    return text
+
+
+def _size_of(info: dict[str, Any]) -> int | None:
+    exif = info.get("exifInfo")
+    size = exif.get("fileSizeInByte") if isinstance(exif, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def _describe_asset(info: dict[str, Any]) -> str:
+    size = _size_of(info)
+    shown_size = f"{size} bytes" if size is not None else "size unknown"
+    taken = str(info.get("localDateTime") or info.get("fileCreatedAt") or "?")[:16]
+    return (
+        f"{info.get('originalFileName')!r} ({info.get('type')}, {shown_size}, "
+        f"taken {taken.replace('T', ' ')}, id {info.get('id')})"
+    )

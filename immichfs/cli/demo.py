@@ -1,0 +1,50 @@
+"""The bundled demo library: the only place in ``immichfs`` that imports :mod:`immichfs_fake`.
+
+``immichfs mount --demo`` serves the fake Immich's sample library from this
+process (:func:`demo_server`); ``immichfs fake-server`` (this module's
+``add_arguments``/``run``) runs the fake on its own. Everything else in
+``immichfs`` talks to a real (or fake) server only over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+from immichfs.fuse.mount import MountPlan
+
+log = logging.getLogger(__name__)
+
+#: bytes of the large sample video in the demo library
+DEMO_LARGE_VIDEO_BYTES = 300 * 1024 * 1024
+
+
+@contextmanager
+def demo_server(plan: MountPlan) -> Iterator[MountPlan]:
+    """Run the bundled fake Immich in this process; the plan then points at it."""
+    from immichfs_fake.library import FakeLibrary
+    from immichfs_fake.server import FakeImmich
+
+    library = FakeLibrary.generate(seed=0, large_video_bytes=DEMO_LARGE_VIDEO_BYTES)
+    try:
+        with FakeImmich(library) as server:
+            log.info("demo: fake Immich with %d assets at %s", len(library.assets), server.url)
+            settings = replace(plan.settings, url=server.url, api_key=server.api_key)
+            yield replace(plan, settings=settings)
+    finally:
+        library.close()  # its temporary files (the daemon ends with os._exit: no finalizers)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from immichfs_fake import cli
+
+    cli.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from immichfs_fake import cli
+
+    return cli.run(args)

@@ -1,0 +1,136 @@
+"""Checks run before mounting, each failing with one line that says what to do.
+
+FUSE failures deep inside libfuse read like "fuse: device not found, try
+'modprobe fuse' first" or a bare EPERM; these checks name the package to
+install, or the ``docker run`` flags to add when running in a container.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from immichfs.errors import UserError
+from immichfs.fuse import kernel
+
+log = logging.getLogger(__name__)
+
+FUSE_DEVICE = "/dev/fuse"
+CONTAINER_FLAGS = "--device /dev/fuse --cap-add SYS_ADMIN"
+INSTALL_HINT = "apt-get install fuse3"
+
+
+def in_container(env: Mapping[str, str] | None = None, root: str = "/") -> bool:
+    """Best guess whether this process runs in a container (docker, podman, k8s)."""
+    env = os.environ if env is None else env
+    if env.get("container") or env.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    return any(Path(root, marker).exists() for marker in (".dockerenv", "run/.containerenv"))
+
+
+def check_fusermount(path: str | None = None) -> str:
+    """The path of ``fusermount3``; unmounting (and mounting as non-root) needs it."""
+    found = shutil.which("fusermount3", path=path)
+    if found is None:
+        raise UserError(f"fusermount3 is not installed (not found on PATH): run {INSTALL_HINT}")
+    return found
+
+
+def check_device(device: str = FUSE_DEVICE, *, container: bool | None = None) -> None:
+    """``device`` exists and opens read-write, as the kernel side of FUSE needs."""
+    container = in_container() if container is None else container
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if container:
+            raise UserError(
+                f"{device} does not exist in this container: start it with {CONTAINER_FLAGS}"
+            ) from None
+        raise UserError(
+            f"{device} does not exist: load the FUSE module (modprobe fuse) and run {INSTALL_HINT}"
+        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            if container:
+                raise UserError(
+                    f"{device} cannot be opened (permission denied): start the container "
+                    f"with {CONTAINER_FLAGS}"
+                ) from None
+            raise UserError(
+                f"{device} cannot be opened (permission denied): run as root, or "
+                f"chmod 666 {device} as the fuse3 package sets it"
+            ) from None
+        if exc.errno in (errno.ENODEV, errno.ENXIO):
+            raise UserError(
+                f"{device} has no driver behind it: load the FUSE module (modprobe fuse)"
+            ) from None
+        raise UserError(f"{device} cannot be opened: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _clear_dead_immichfs_mount(path: str, mountinfo: Path) -> bool:
+    """Detach a dead mount at ``path`` if an earlier immichfs left it; True if cleared.
+
+    Only our own filesystem type is touched: someone else's dead mount may be
+    something its owner wants to look at.
+    """
+    entry = kernel.mount_at(path, mountinfo)
+    if entry is None or entry.fstype != kernel.FSTYPE:
+        return False
+    done = subprocess.run(
+        ["fusermount3", "-u", "-z", path], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        log.warning("cannot clear the dead mount at %s: %s", path, done.stderr.strip())
+        return False
+    log.warning("cleared a dead immichfs mount at %s (its process had died)", path)
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def check_mountpoint(
+    mountpoint: str | os.PathLike[str], mountinfo: Path = kernel.MOUNTINFO
+) -> None:
+    """The mount point is an existing directory and not a dead FUSE mount.
+
+    A dead mount that an earlier immichfs left behind is cleared, so a mount
+    after a crash needs no `umount -l` by hand.
+    """
+    path = os.fspath(mountpoint)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"mount point {path} does not exist: mkdir -p {path}") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise UserError(f"mount point {path}: {exc.strerror}") from None
+        # a filesystem process died without unmounting (killed, out of memory)
+        if not _clear_dead_immichfs_mount(path, mountinfo):
+            raise UserError(
+                f"{path} is a dead FUSE mount (transport endpoint is not connected): "
+                f"run fusermount3 -u {path}"
+            ) from None
+    if not os.path.isdir(path):
+        raise UserError(f"mount point {path} is not a directory")
+
+
+def check_all(
+    mountpoint: str | os.PathLike[str] | None = None,
+    *,
+    path: str | None = None,
+    device: str = FUSE_DEVICE,
+    container: bool | None = None,
+) -> None:
+    """Every check, in the order a user would fix them."""
+    check_fusermount(path)
+    check_device(device, container=container)
+    if mountpoint is not None:
+        check_mountpoint(mountpoint)

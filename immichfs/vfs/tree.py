@@ -1,0 +1,819 @@
+"""The virtual directory tree: what paths exist and what they contain.
+
+Pure of FUSE: this module speaks of nodes, names and :class:`Attributes`; the
+adapter in ``fs`` turns them into inodes and ``EntryAttributes``. The tree is
+
+    /photos/                 image assets of the timeline (not archived, not trashed)
+    /videos/                 video assets likewise
+    /thumbs/preview/         each asset of /photos and /videos as its preview image
+    /thumbs/thumbnail/       ... as its small thumbnail
+    /search/<query>/         assets matching <query> (created by looking the name up)
+    /trash/                  trashed assets (only with ``show_trash``)
+
+Every directory is a :class:`Directory` with a stable key; a new view (albums,
+people, by-date, ...) is one more ``Directory`` subclass registered with
+:meth:`Tree.add_view` and, if its directories are created on demand, a key
+resolver (:meth:`Tree.add_resolver`) — the adapter needs no change.
+
+Every asset is the node :class:`AssetFile` keyed ``("asset", id)`` wherever it
+appears, so it has one inode in all views. Listings come from
+:class:`~immichfs.catalog.cache.MetadataCache`; the assets a listing brings are cached
+one by one, so attributes of a listed file need no request.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import mimetypes
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol, Union, runtime_checkable
+
+import trio
+
+from immichfs.catalog.cache import MetadataCache
+from immichfs.catalog.reader import ReaderPool
+from immichfs.errors import NotFound
+from immichfs.model import Asset
+from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
+
+log = logging.getLogger(__name__)
+
+Key = Hashable
+ROOT_KEY: Key = ("dir", "/")
+
+THUMBNAIL_SIZES = ("preview", "thumbnail")
+#: what Immich serves by default, used until one thumbnail has been seen
+DEFAULT_THUMBNAIL_TYPES = {"preview": "image/jpeg", "thumbnail": "image/webp"}
+_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/png": ".png",
+    "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
+    "image/gif": ".gif",
+    "image/jxl": ".jxl",
+}
+
+
+def extension_for(content_type: str) -> str:
+    """File extension (with dot) for a thumbnail's Content-Type."""
+    base = content_type.split(";")[0].strip().lower()
+    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
+
+
+class AssetSource(Protocol):
+    """What the tree needs from :class:`immichfs.client.connector.ImmichConnector`."""
+
+    def iter_search_metadata(
+        self, filters: Mapping[str, Any], *, page_size: int = ...
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def search_metadata(
+        self, filters: Mapping[str, Any], *, page: int = ..., size: int = ...
+    ) -> tuple[list[dict[str, Any]], int | None]: ...
+
+    async def search_smart(
+        self, query: str, *, size: int = ..., filters: Mapping[str, Any] | None = ...
+    ) -> list[dict[str, Any]]: ...
+
+    async def get_server_features(self) -> dict[str, Any]: ...
+
+    async def get_asset_info(self, asset_id: str) -> dict[str, Any]: ...
+
+    async def head_original(self, asset_id: str) -> int: ...
+
+    async def get_thumbnail_response(self, asset_id: str, size: str = ...) -> tuple[bytes, str]: ...
+
+
+class OpenFile(Protocol):
+    """An open file's bytes (``AssetReader`` is one)."""
+
+    async def read(self, offset: int, size: int) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BytesFile:
+    """A small file held in memory for one open handle (thumbnails)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + max(size, 0)] if offset >= 0 else b""
+
+    async def aclose(self) -> None:
+        self.data = b""
+
+
+# -- nodes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    """An asset's original bytes."""
+
+    asset: Asset
+
+    @property
+    def key(self) -> Key:
+        return ("asset", self.asset.id)
+
+
+@dataclass(frozen=True)
+class ThumbnailFile:
+    """A rendition of an asset (``size`` is Immich's thumbnail size name)."""
+
+    asset: Asset
+    size: str
+
+    @property
+    def key(self) -> Key:
+        return ("thumbnail", self.size, self.asset.id)
+
+
+FileNode = AssetFile | ThumbnailFile
+
+
+class VirtualFile(Protocol):
+    """A file a view makes up (a manifest, a report): it knows its own attributes and
+    bytes. It is found by name through an extension's ``lookup`` and by key through
+    its ``node``; it is never a listing entry."""
+
+    @property
+    def key(self) -> Key: ...
+
+    async def attributes(self) -> Attributes: ...
+
+    async def open(self) -> OpenFile: ...
+
+
+Node = Union["Directory", AssetFile, ThumbnailFile, VirtualFile]
+
+
+class TreeExtension(Protocol):
+    """Hooks a set of views adds to the tree (:meth:`Tree.add_extension`).
+
+    ``node`` and ``lookup`` return None for what is not theirs; the first
+    extension to answer wins. ``lookup`` may also answer a hidden directory
+    (``/.immichfs``), which ``Tree.directory`` must then find by its key (a
+    resolver). ``xattrs``/``getxattr`` replace the tree's own
+    extended attributes for every node (the last extension added that has them
+    decides); ``getxattr`` answers None for an absent attribute.
+    """
+
+    def node(self, key: Key) -> VirtualFile | None: ...
+
+    def lookup(self, directory: Directory, name: str) -> Directory | VirtualFile | None: ...
+
+
+@runtime_checkable
+class XattrProvider(Protocol):
+    async def xattrs(self, node: Node) -> Mapping[str, bytes]: ...
+
+    async def getxattr(self, node: Node, name: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory's entries, sorted by name, with a name index."""
+
+    entries: tuple[tuple[str, Directory | FileNode], ...]
+    newest: datetime | None = None
+    index: dict[str, Directory | FileNode] = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls, items: Mapping[str, Directory | FileNode], newest: datetime | None = None
+    ) -> Listing:
+        return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", dict(self.entries))
+
+    def get(self, name: str) -> Directory | FileNode | None:
+        return self.index.get(name)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class Attributes(NamedTuple):
+    """What ``stat`` shows, without inode numbers or owners.
+
+    A named tuple, not a frozen dataclass: readdir builds one per entry, and a
+    frozen dataclass's ``__init__`` cost four times as much.
+    """
+
+    is_dir: bool
+    size: int
+    mtime: datetime
+    ctime: datetime
+    nlink: int = 1
+    #: False when the size is not known yet (the adapter then lets the kernel
+    #: ask again at once instead of caching 0)
+    size_known: bool = True
+
+
+def asset_order(asset: Asset) -> tuple[datetime, str]:
+    """Who keeps the bare name among duplicates: the first uploaded (then by id).
+
+    Upload time (``createdAt``) is used when the server sends it (v1.140+), so a
+    new upload never renames an existing file; older servers fall back to the
+    capture time.
+    """
+    return (asset.created_at or asset.file_created_at, asset.id)
+
+
+def name_assets(assets: Sequence[Asset], reserved: Sequence[str] = ()) -> dict[str, str]:
+    """asset id → unique file name within one directory."""
+    return assign_names(
+        (NameRequest(a.id, a.original_file_name, asset_order(a)) for a in assets), reserved
+    )
+
+
+_gc_pauses = 0
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a listing loads.
+
+    A listing of 100,000 assets creates some two million objects, none of them in
+    reference cycles; the collector walks all of them again and again as the heap
+    grows (measured: a quarter of the load's time). Whatever cycles other tasks
+    leave meanwhile are collected once it runs again. Nested and concurrent loads
+    count, so the collector resumes when the last one ends.
+
+    Before it resumes, everything allocated meanwhile is moved to the oldest
+    generation (``freeze`` then ``unfreeze``: two list splices, no walk). Left
+    young, the next collections walked those two million objects three times
+    over (young, middle, then a full pass), half a second inside the first
+    ``readdir`` of the new listing. In the oldest generation they wait for the
+    next full collection, which Python runs only once enough new objects have
+    survived; cycles among them are still found then.
+    """
+    global _gc_pauses
+    if _gc_pauses == 0 and not gc.isenabled():
+        yield  # disabled by someone else: leave it so
+        return
+    _gc_pauses += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        _gc_pauses -= 1
+        if _gc_pauses == 0:
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
+# -- directories ----------------------------------------------------------------
+
+
+class Directory(ABC):
+    """A directory of the tree. Subclasses say what it lists."""
+
+    def __init__(self, tree: Tree, key: Key, parent: Key) -> None:
+        self.tree = tree
+        self.key = key
+        self.parent = parent
+
+    @abstractmethod
+    async def listing(self) -> Listing:
+        """The entries now (from the cache when fresh)."""
+
+    async def lookup(self, name: str) -> Directory | FileNode | None:
+        return (await self.listing()).get(name)
+
+    def cached_listing(self) -> Listing | None:
+        """The listing if cached; never loads (``stat`` of a directory must be cheap)."""
+        return None
+
+    def subdirectories(self) -> int:
+        """How many subdirectories are known (for ``st_nlink``), without loading."""
+        return 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key!r}>"
+
+
+class StaticDirectory(Directory):
+    """A directory with a fixed set of subdirectories (the root, /thumbs)."""
+
+    def __init__(self, tree: Tree, key: Key, parent: Key) -> None:
+        super().__init__(tree, key, parent)
+        self.children: dict[str, Directory] = {}
+
+    async def listing(self) -> Listing:
+        return Listing.build(dict(self.children))
+
+    def cached_listing(self) -> Listing | None:
+        return Listing.build(dict(self.children))
+
+    def subdirectories(self) -> int:
+        return len(self.children)
+
+
+AssetLoader = Callable[[], Awaitable[list[Asset]]]
+
+
+class AssetDirectory(Directory):
+    """A flat directory of assets produced by a query (timeline type, search, ...)."""
+
+    def __init__(self, tree: Tree, key: Key, parent: Key, load: AssetLoader) -> None:
+        super().__init__(tree, key, parent)
+        self._load_assets = load
+
+    async def listing(self) -> Listing:
+        listing: Listing = await self.tree.cache.listings.get(self.key, self._load)
+        return listing
+
+    def cached_listing(self) -> Listing | None:
+        listing: Listing | None = self.tree.cache.listings.peek(self.key)
+        return listing
+
+    async def _load(self) -> Listing:
+        with _cyclic_gc_paused():
+            return await self._build()
+
+    async def _build(self) -> Listing:
+        assets = await self._load_assets()
+        unique: dict[str, Asset] = {}
+        cached = self.tree.cache.assets
+        for asset in assets:
+            # offset paging over a changing library can repeat an asset
+            unique.setdefault(asset.id, asset)
+            if cached.peek(asset.id) is not asset:  # the timeline put it there already
+                cached.put(asset.id, asset)
+        names = name_assets(list(unique.values()))
+        newest = max((a.file_modified_at for a in unique.values()), default=None)
+        return Listing.build({names[i]: AssetFile(a) for i, a in unique.items()}, newest)
+
+
+class ThumbnailDirectory(Directory):
+    """Renditions of the assets of ``sources``, named ``<stem>.<served format>``.
+
+    The format of a size is the server's setting, the same for every asset, so it
+    is learned from the Content-Type of one thumbnail and cached; it names every
+    entry. The listing is derived from the sources' listings (and rebuilt only
+    when one of them was reloaded), so it is exactly as fresh as they are.
+    """
+
+    def __init__(
+        self, tree: Tree, key: Key, parent: Key, size: str, sources: Sequence[AssetDirectory]
+    ) -> None:
+        super().__init__(tree, key, parent)
+        self.size = size
+        self.sources = tuple(sources)
+        #: (source listings, content type) the current listing was built from
+        self._built: tuple[tuple[Listing, ...], str, Listing] | None = None
+
+    async def listing(self) -> Listing:
+        listings = tuple([await source.listing() for source in self.sources])
+        built = self._built
+        if (
+            built is not None
+            and built[1] == self.tree.cache.misc.peek(("thumbnail-type", self.size))
+            and all(a is b for a, b in zip(built[0], listings, strict=True))
+        ):
+            return built[2]  # every lookup comes here: no work per entry
+        assets: dict[str, Asset] = {}
+        for listing in listings:
+            for _, node in listing.entries:
+                if isinstance(node, AssetFile):
+                    assets.setdefault(node.asset.id, node.asset)
+        content_type = await self.tree.thumbnail_type(self.size, list(assets.values()))
+        extension = extension_for(content_type)
+        requests = []
+        for asset in assets.values():
+            stem, _ = split_extension(clean(asset.original_file_name, asset.id))
+            requests.append(NameRequest(asset.id, stem + extension, asset_order(asset)))
+        names = assign_names(requests)
+        newest = max((a.file_modified_at for a in assets.values()), default=None)
+        result = Listing.build(
+            {names[i]: ThumbnailFile(a, self.size) for i, a in assets.items()}, newest
+        )
+        self._built = (listings, content_type, result)
+        return result
+
+    def cached_listing(self) -> Listing | None:
+        return self._built[2] if self._built is not None else None
+
+
+class SearchDirectory(Directory):
+    """``/search``: looking up a name runs that search and makes it a directory.
+
+    Names starting with ``.`` are not searches: tools probe for ``.git``,
+    ``.Trash`` or ``.hidden`` in every directory they visit. The most recent
+    ``max_queries`` queries are listed.
+    """
+
+    def __init__(self, tree: Tree, key: Key, parent: Key, max_queries: int = 256) -> None:
+        super().__init__(tree, key, parent)
+        self.max_queries = max_queries
+        self._queries: OrderedDict[str, AssetDirectory] = OrderedDict()
+
+    def query_directory(self, query: str, *, remember: bool = True) -> AssetDirectory:
+        directory = self._queries.get(query)
+        if directory is None:
+            directory = AssetDirectory(
+                self.tree, ("search", query), self.key, lambda: self.tree.search(query)
+            )
+        if remember:
+            self._queries[query] = directory
+            self._queries.move_to_end(query)
+            while len(self._queries) > self.max_queries:
+                self._queries.popitem(last=False)
+        return directory
+
+    async def lookup(self, name: str) -> Directory | FileNode | None:
+        if not name or name.startswith("."):
+            return None
+        directory = self.query_directory(name)
+        await directory.listing()  # the search runs now (then cached for the listing TTL)
+        return directory
+
+    async def listing(self) -> Listing:
+        return Listing.build(dict(self._queries))
+
+    def cached_listing(self) -> Listing | None:
+        return Listing.build(dict(self._queries))
+
+    def subdirectories(self) -> int:
+        return len(self._queries)
+
+
+# -- the tree --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    search_limit: int = 250
+    max_search_queries: int = 256
+    page_size: int = 1000
+    show_trash: bool = False
+
+
+class Tree:
+    """The whole view of one Immich library, plus how to read its files."""
+
+    def __init__(
+        self,
+        source: AssetSource,
+        cache: MetadataCache,
+        readers: ReaderPool,
+        settings: TreeSettings | None = None,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.source = source
+        self.cache = cache
+        self.readers = readers
+        self.settings = settings or TreeSettings()
+        self.mounted_at = now()
+        self._directories: dict[Key, Directory] = {}
+        self._resolvers: dict[str, Callable[[Key], Directory | None]] = {}
+        self._extensions: list[TreeExtension] = []
+        self._xattr_provider: XattrProvider | None = None
+        self.root = StaticDirectory(self, ROOT_KEY, ROOT_KEY)
+        self._register(self.root)
+
+        photos = self.add_view(
+            "photos", lambda key: AssetDirectory(self, key, ROOT_KEY, self._timeline("IMAGE"))
+        )
+        videos = self.add_view(
+            "videos", lambda key: AssetDirectory(self, key, ROOT_KEY, self._timeline("VIDEO"))
+        )
+        assert isinstance(photos, AssetDirectory) and isinstance(videos, AssetDirectory)
+        thumbs = self.add_view("thumbs", lambda key: StaticDirectory(self, key, ROOT_KEY))
+        assert isinstance(thumbs, StaticDirectory)
+        for size in THUMBNAIL_SIZES:
+            child = ThumbnailDirectory(
+                self, ("dir", "thumbs", size), thumbs.key, size, [photos, videos]
+            )
+            thumbs.children[size] = child
+            self._register(child)
+        if self.settings.show_trash:
+            self.add_view("trash", lambda key: AssetDirectory(self, key, ROOT_KEY, self._trash))
+        search = self.add_view(
+            "search",
+            lambda key: SearchDirectory(self, key, ROOT_KEY, self.settings.max_search_queries),
+        )
+        assert isinstance(search, SearchDirectory)
+        self.add_resolver(
+            "search",
+            lambda key: (
+                search.query_directory(str(key[1]), remember=False)
+                if isinstance(key, tuple) and len(key) == 2
+                else None
+            ),
+        )
+
+    # -- structure
+
+    def add_view(self, name: str, make: Callable[[Key], Directory]) -> Directory:
+        """Add a top-level directory ``/name`` made by ``make(key)``."""
+        directory = make(("dir", name))
+        self.root.children[name] = directory
+        self._register(directory)
+        return directory
+
+    def add_resolver(self, kind: str, resolve: Callable[[Key], Directory | None]) -> None:
+        """Directories keyed ``(kind, ...)`` that are created on demand are found via this."""
+        self._resolvers[kind] = resolve
+
+    def add_extension(self, extension: TreeExtension) -> None:
+        """Virtual files (and, if it has ``xattrs``/``getxattr``, extended attributes)."""
+        self._extensions.append(extension)
+        if isinstance(extension, XattrProvider):
+            self._xattr_provider = extension
+
+    def _register(self, directory: Directory) -> None:
+        self._directories[directory.key] = directory
+
+    def directory(self, key: Key) -> Directory | None:
+        found = self._directories.get(key)
+        if found is None and isinstance(key, tuple) and key and isinstance(key[0], str):
+            resolver = self._resolvers.get(key[0])
+            if resolver is not None:
+                found = resolver(key)
+        return found
+
+    async def node(self, key: Key) -> Node:
+        """The node behind ``key`` (an inode's key); NotFound if it is gone."""
+        directory = self.directory(key)
+        if directory is not None:
+            return directory
+        if isinstance(key, tuple) and len(key) >= 2:
+            if key[0] == "asset":
+                return AssetFile(await self.asset(str(key[1])))
+            if key[0] == "thumbnail" and len(key) == 3:
+                return ThumbnailFile(await self.asset(str(key[2])), str(key[1]))
+        for extension in self._extensions:
+            virtual = extension.node(key)
+            if virtual is not None:
+                return virtual
+        raise NotFound(f"no node {key!r}")
+
+    async def lookup(self, directory_key: Key, name: str) -> Node:
+        directory = self.directory(directory_key)
+        if directory is None:
+            raise NotFound(f"no directory {directory_key!r}")
+        node: Node | None = await directory.lookup(name)
+        for extension in self._extensions:
+            if node is not None:
+                break
+            node = extension.lookup(directory, name)
+        if node is None:
+            raise NotFound(f"no entry {name!r}")
+        return node
+
+    async def listdir(self, directory_key: Key) -> Listing:
+        directory = self.directory(directory_key)
+        if directory is None:
+            raise NotFound(f"no directory {directory_key!r}")
+        return await directory.listing()
+
+    # -- data
+
+    async def asset(self, asset_id: str) -> Asset:
+        async def load() -> Asset:
+            return Asset.from_json(await self.source.get_asset_info(asset_id))
+
+        asset: Asset = await self.cache.assets.get(asset_id, load)
+        return asset
+
+    def _timeline(self, asset_type: str) -> AssetLoader:
+        async def load() -> list[Asset]:
+            filters = {"type": asset_type, "visibility": "timeline"}
+            assets: list[Asset] = []
+
+            async def parse(items: list[dict[str, Any]]) -> None:
+                cached = self.cache.assets
+                for index, item in enumerate(items):
+                    asset = Asset.from_json(item)
+                    if not asset.is_trashed:
+                        assets.append(asset)
+                        cached.put(asset.id, asset)  # now, while the next page is fetched
+                    if index % 100 == 99:
+                        # let the request for the next page go out while this one is parsed
+                        await trio.lowlevel.checkpoint()
+
+            await self._each_page(filters, parse)
+            log.debug("listed %d %s assets", len(assets), asset_type)
+            return assets
+
+        return load
+
+    async def _each_page(
+        self,
+        filters: Mapping[str, Any],
+        handle: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    ) -> None:
+        """Hand the assets of a search to ``handle`` a page at a time, the next page
+        fetched meanwhile: parsing here and the server preparing the next page overlap
+        instead of taking turns (a listing of 100,000 assets is 100 pages). Errors are
+        raised as themselves, never as an ExceptionGroup."""
+        size = self.settings.page_size
+        send, receive = trio.open_memory_channel[list[dict[str, Any]]](math.inf)
+        failures: list[Exception] = []
+
+        async def fetch() -> None:
+            try:
+                batch: list[dict[str, Any]] = []
+                async for item in self.source.iter_search_metadata(filters, page_size=size):
+                    batch.append(item)
+                    if len(batch) >= size:
+                        send.send_nowait(batch)  # no checkpoint: on to the next page
+                        batch = []
+                if batch:
+                    send.send_nowait(batch)
+            except Exception as exc:
+                failures.append(exc)
+            finally:
+                send.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            try:
+                with receive:
+                    async for batch in receive:
+                        await handle(batch)
+            except Exception as exc:
+                failures.insert(0, exc)
+                nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    async def _trash(self) -> list[Asset]:
+        # any trashedAfter makes Immich include trashed assets, and only those
+        filters = {"trashedAfter": "1970-01-01T00:00:00.000Z", "visibility": "timeline"}
+        assets = []
+        async for item in self.source.iter_search_metadata(
+            filters, page_size=self.settings.page_size
+        ):
+            asset = Asset.from_json(item)
+            if asset.is_trashed:
+                assets.append(asset)
+        return assets
+
+    async def features(self) -> Mapping[str, Any]:
+        features: Mapping[str, Any] = await self.cache.misc.get(
+            ("features",), self.source.get_server_features
+        )
+        return features
+
+    async def search(self, query: str) -> list[Asset]:
+        """Smart search when the server has it, else file names containing ``query``."""
+        limit = max(self.settings.search_limit, 1)
+        if (await self.features()).get("smartSearch") is True:
+            items = await self.source.search_smart(query, size=limit)
+        else:
+            items = []
+            page: int | None = 1
+            while page is not None and len(items) < limit:
+                batch, page = await self.source.search_metadata(
+                    {"originalFileName": query}, page=page, size=min(1000, limit)
+                )
+                items.extend(batch)
+        assets = [Asset.from_json(item) for item in items[:limit]]
+        return [a for a in assets if not a.is_trashed]
+
+    async def thumbnail_type(self, size: str, assets: Sequence[Asset]) -> str:
+        """The Content-Type the server serves for ``size``, learned from one asset."""
+
+        async def probe() -> str:
+            for asset in sorted(assets, key=lambda a: a.id)[:3]:
+                try:
+                    _, content_type = await self.thumbnail_info(ThumbnailFile(asset, size))
+                except NotFound:
+                    continue  # not generated yet: try another
+                return content_type
+            return DEFAULT_THUMBNAIL_TYPES.get(size, "image/jpeg")
+
+        content_type: str = await self.cache.misc.get(("thumbnail-type", size), probe)
+        return content_type
+
+    async def _fetch_thumbnail(self, node: ThumbnailFile) -> tuple[int, str]:
+        data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
+        self.cache.thumbnails.put((node.size, node.asset.id), data)
+        return len(data), content_type
+
+    async def thumbnail_info(self, node: ThumbnailFile) -> tuple[int, str]:
+        """(length, content type) of a rendition; fetched (and kept) on first need."""
+        info: tuple[int, str] = await self.cache.thumbnail_info.get(
+            (node.size, node.asset.id), lambda: self._fetch_thumbnail(node)
+        )
+        return info
+
+    async def original_size(self, asset: Asset) -> int:
+        """The original's size: Immich's ``fileSizeInByte``, else HEAD (never a download)."""
+        if asset.size is not None:
+            return asset.size
+        size: int = await self.cache.sizes.get(
+            (asset.id, asset.checksum), lambda: self.source.head_original(asset.id)
+        )
+        return size
+
+    # -- attributes
+
+    def cached_attributes(self, node: Directory | FileNode) -> Attributes:
+        """Attributes from what is known, with no request (for readdir)."""
+        if type(node) is AssetFile:
+            # nearly every readdir entry: checked first (an ABC isinstance costs more)
+            known = node.asset
+            if known.size is not None:
+                return Attributes(False, known.size, known.file_modified_at, known.file_created_at)
+        if isinstance(node, Directory):
+            listing = node.cached_listing()
+            newest = listing.newest if listing is not None and listing.newest else None
+            when = newest or self.mounted_at
+            return Attributes(True, 0, when, when, 2 + node.subdirectories())
+        asset = node.asset
+        size: int | None
+        if isinstance(node, AssetFile):
+            size = asset.size
+            if size is None:
+                size = self.cache.sizes.peek((asset.id, asset.checksum))
+        else:
+            info = self.cache.thumbnail_info.peek((node.size, asset.id))
+            size = info[0] if info is not None else None
+        return Attributes(
+            False,
+            size or 0,
+            asset.file_modified_at,
+            asset.file_created_at,
+            1,
+            size_known=size is not None,
+        )
+
+    async def attributes(self, node: Node) -> Attributes:
+        """Exact attributes; may fetch a thumbnail or HEAD an original to learn a size."""
+        if isinstance(node, AssetFile):
+            if node.asset.size is None:
+                await self.original_size(node.asset)
+        elif isinstance(node, ThumbnailFile):
+            await self.thumbnail_info(node)
+        elif not isinstance(node, Directory):
+            return await node.attributes()
+        return self.cached_attributes(node)
+
+    async def listxattr(self, node: Node) -> list[str]:
+        """Names of a node's extended attributes (an extension's, if one provides them)."""
+        if self._xattr_provider is not None:
+            return list(await self._xattr_provider.xattrs(node))
+        return list(self.xattrs(node))
+
+    async def getxattr(self, node: Node, name: str) -> bytes | None:
+        """One extended attribute of a node, None when it has none of that name."""
+        if self._xattr_provider is not None:
+            return await self._xattr_provider.getxattr(node, name)
+        return self.xattrs(node).get(name)
+
+    def xattrs(self, node: Node) -> dict[str, bytes]:
+        """The tree's own extended attributes (``user.immich.*``) of a node."""
+        if not isinstance(node, AssetFile | ThumbnailFile):
+            return {}
+        asset = node.asset
+        values = {"user.immich.id": asset.id, "user.immich.type": asset.type}
+        if isinstance(node, AssetFile):
+            if asset.checksum:
+                values["user.immich.checksum"] = asset.checksum
+        else:
+            values["user.immich.thumbnail_size"] = node.size
+        return {name: value.encode("utf-8") for name, value in values.items()}
+
+    # -- bytes
+
+    async def open(self, node: FileNode | VirtualFile) -> OpenFile:
+        """An open handle on a file's bytes."""
+        if isinstance(node, AssetFile):
+            size = await self.original_size(node.asset)
+            return self.readers.open(node.asset.id, size)
+        if not isinstance(node, ThumbnailFile):
+            return await node.open()
+        key = (node.size, node.asset.id)
+        data = self.cache.thumbnails.peek(key)
+        if data is None:
+            data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
+            self.cache.thumbnails.put(key, data)
+            self.cache.thumbnail_info.put(key, (len(data), content_type))
+        return BytesFile(data)

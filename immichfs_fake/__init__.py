@@ -1,0 +1,32 @@
+"""A fake Immich server with a generated library: test double, demo and benchmark origin.
+
+    from immichfs_fake import FakeLibrary, FakeImmich
+
+    lib = FakeLibrary.generate(seed=0, photos=200, videos=10)
+    with FakeImmich(lib, version="2.7.5") as srv:
+        ...  # srv.url, srv.api_key, srv.faults, srv.requests
+
+See :mod:`immichfs_fake.library`, :mod:`immichfs_fake.server` and
+:mod:`immichfs_fake.faults`.
+"""
+
+from __future__ import annotations
+
+from immichfs_fake.faults import Faults, RequestLog, RequestRecord
+from immichfs_fake.library import FakeAlbum, FakeAsset, FakeLibrary, FakePerson, FakeTag, FakeUser
+from immichfs_fake.server import KEY_PREFIX, FakeImmich, parse_version
+
+__all__ = [
+    "KEY_PREFIX",
+    "FakeAlbum",
+    "FakeAsset",
+    "FakeImmich",
+    "FakeLibrary",
+    "FakePerson",
+    "FakeTag",
+    "FakeUser",
+    "Faults",
+    "RequestLog",
+    "RequestRecord",
+    "parse_version",
+]
