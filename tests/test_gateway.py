@@ -814,7 +814,7 @@ def test_serve_refuses_the_token_as_a_flag(capsys: pytest.CaptureFixture[str]) -
 def test_serve_help_explains_the_loopback_default() -> None:
     import argparse
 
-    from immichfs.gateway.app import serve
+    from immichfs.cli import serve
 
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)

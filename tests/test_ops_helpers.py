@@ -319,7 +319,7 @@ def test_bad_source() -> None:
 
 def test_mapped_flags_are_what_immichfs_mount_accepts() -> None:
     # the command the helper builds, parsed by the real `immichfs mount` parser
-    from immichfs.fuse import mount
+    from immichfs.cli import mount
 
     parser = argparse.ArgumentParser()
     mount.add_arguments(parser)
