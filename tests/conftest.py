@@ -13,6 +13,7 @@ per test; parametrize it indirectly with a version string, or with a dict of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,3 +83,23 @@ async def connector(fake_immich: FakeImmich) -> Any:
 
     async with ImmichConnector(fake_immich.url, fake_immich.api_key) as client:
         yield client
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under ``tests/mount`` mounts: it gets the ``fuse`` mark. Every test
+    with that mark is skipped, with the reason, where this machine cannot mount
+    (one probe per session, :func:`mountutil.fuse_unavailable`)."""
+    from mountutil import fuse_unavailable
+
+    mount_dir = Path(__file__).parent / "mount"
+    for item in items:
+        if mount_dir in Path(item.path).parents:
+            item.add_marker(pytest.mark.fuse)
+    needs_fuse = [item for item in items if item.get_closest_marker("fuse") is not None]
+    if not needs_fuse:
+        return
+    reason = fuse_unavailable()
+    if reason is not None:
+        skip = pytest.mark.skip(reason=f"cannot mount FUSE here: {reason}")
+        for item in needs_fuse:
+            item.add_marker(skip)

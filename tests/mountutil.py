@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
 
@@ -129,3 +130,23 @@ class MountProcess:
                 self.process.kill()
                 self.process.wait(10)
         self._log.close()
+
+
+T = TypeVar("T")
+
+
+def poll(
+    read: Callable[[], T], *, until: Callable[[T], bool], timeout: float = 30.0, every: float = 0.05
+) -> T:
+    """``read()`` again and again until ``until(value)``; AssertionError after ``timeout``.
+
+    The bound is far above what the behaviour needs: it only stops a broken test
+    from hanging, it is not a measurement.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if until(value):
+            return value
+        assert time.monotonic() < deadline, f"still {value!r} after {timeout:g} s"
+        time.sleep(every)

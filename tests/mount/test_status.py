@@ -20,7 +20,7 @@ from typing import Any
 
 import pyfuse3
 import pytest
-from mountutil import MountProcess, fuse_unavailable
+from mountutil import MountProcess
 
 from immichfs.cli.status import (
     format_errors,
@@ -224,9 +224,6 @@ async def test_status_through_the_handlers(ops: Operations, fake_immich: Any) ->
 
 @pytest.fixture
 def mounted(fake_immich: Any, tmp_path: Path) -> Iterator[Path]:
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     process = MountProcess(
@@ -360,9 +357,6 @@ def test_an_open_status_keeps_its_snapshot(mounted: Path) -> None:
 
 @pytest.mark.fuse
 def test_log_file_has_levels_and_module_names(fake_immich: Any, tmp_path: Path) -> None:
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     log_file = tmp_path / "immichfs.log"

@@ -39,6 +39,7 @@ def test_reads_thumbnails_only_when_asked(tmp_path: Path) -> None:
     assert inner.thumbnail_bytes == 5 * 2000
 
 
+@pytest.mark.fuse
 def test_failing_entry_is_an_error_not_a_stop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,7 +14,7 @@ import pytest
 from immichfs import options as config
 from immichfs.options import OPTIONS, ConfigError, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEY = "k3y-" + "x" * 36
 
 

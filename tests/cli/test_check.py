@@ -13,7 +13,7 @@ import pytest
 
 from immichfs_fake import FakeImmich, FakeLibrary
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMMICHFS = Path(sys.executable).parent / "immichfs"
 
 

@@ -19,22 +19,15 @@ from typing import Any
 
 import psutil
 import pytest
-from mountutil import MountProcess, fuse_unavailable, unmount
+from mountutil import MountProcess, unmount
 
 from immichfs.cli import mounthelper
 
 pytestmark = pytest.mark.fuse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture(autouse=True)
-def _need_fuse() -> None:
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

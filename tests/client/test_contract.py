@@ -25,7 +25,7 @@ from openapi_schema_validator import OAS30ReadValidator, oas30_format_checker
 
 from immichfs_fake import FakeImmich, FakeLibrary
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPEC_DIRS = [REPO.parent / "shared" / "immich-openapi", REPO / "shared" / "immich-openapi"]
 VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 #: statuses real servers send that the spec does not list (notes §3, §7, §13, §14)

@@ -591,10 +591,9 @@ async def test_slow_immich_is_504(fake_immich: Any) -> None:
     ) as (client, _):
         assert (await client.get("/api/immich/version")).status_code == 200
         fake_immich.faults.delay(2.0, path="/api/search/metadata")
-        started = time.monotonic()
+        # a 504, not the 200 the server sends after 2 s: the 0.5 s timeout fired
         response = await client.get("/api/immich/assets")
         assert_error(response, 504, "upstream_timeout")
-        assert time.monotonic() - started < 1.9
         assert (await client.get("/api/immich/version")).status_code == 200
 
 

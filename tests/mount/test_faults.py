@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountutil import MountProcess, fuse_unavailable
+from mountutil import MountProcess
 
 from immichfs_fake import FakeImmich, FakeLibrary
 
@@ -37,13 +37,6 @@ BUDGET = 3.0
 SLACK = 4.0
 BOUND = TIMEOUT + BUDGET + SLACK
 MIB = 1 << 20
-
-
-@pytest.fixture(autouse=True)
-def _need_fuse() -> None:
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
 
 
 @dataclass

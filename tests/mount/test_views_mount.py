@@ -20,20 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountutil import MountProcess, fuse_unavailable
+from mountutil import MountProcess
 
 pytestmark = pytest.mark.fuse
 
 VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 #: the documented bound for a change to appear with the default settings
 BOUND = 30.0
-
-
-@pytest.fixture(autouse=True)
-def _need_fuse() -> None:
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
 
 
 def mount(server: Any, tmp_path: Path, **env: str) -> MountProcess:

@@ -24,7 +24,7 @@ from immichfs.cli.mounthelper import HelperError, Invocation
 from immichfs.errors import UserError
 from immichfs.fuse import kernel
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 
 # -- sd_notify
@@ -184,6 +184,7 @@ def test_container_detection(tmp_path: Path) -> None:
     assert preflight.in_container(env={}, root=str(tmp_path)) is True
 
 
+@pytest.mark.fuse
 def test_mountpoint_checks(tmp_path: Path) -> None:
     preflight.check_mountpoint(tmp_path)
     with pytest.raises(UserError, match=f"mkdir -p {tmp_path}/absent"):
@@ -199,6 +200,7 @@ def dead_fuse_mount(tmp_path: Path) -> Iterator[Path]:
         yield target
 
 
+@pytest.mark.fuse
 def test_dead_mount_is_named_with_the_fix(dead_fuse_mount: Path) -> None:
     with pytest.raises(OSError) as raw:
         os.stat(dead_fuse_mount)
@@ -213,6 +215,7 @@ def _is_listed(path: Path) -> bool:
     return kernel.mount_at(path) is not None
 
 
+@pytest.mark.fuse
 def test_a_dead_immichfs_mount_is_cleared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # what a killed immichfs leaves behind: the next mount must not need `umount -l`
     with deadmount.dead_fuse_mount(tmp_path / "dead", fstype="fuse.immichfs") as target:

@@ -483,11 +483,8 @@ async def test_a_corrupt_or_unknown_encoding_is_an_error() -> None:
 def test_hostile_names_on_a_real_mount(
     hostile_library: tuple[FakeLibrary, list[str]], tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess, fuse_unavailable
+    from mountutil import MountProcess
 
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
     library, ids = hostile_library
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -603,11 +600,8 @@ class PrefixProxy:
 def test_a_url_with_a_path_prefix_on_a_real_mount(
     fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess, fuse_unavailable
+    from mountutil import MountProcess
 
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
     photo = fake_library.find("Kinkaku-ji.jpg")
     video = max(
         (a for a in fake_library.assets.values() if a.type == "VIDEO"), key=lambda a: a.size
