@@ -9,7 +9,7 @@
 #       -v /srv/immich:/mnt/immich:rshared \
 #       immichfs
 #
-# See README.md, "Containers". Settings: the IMMICH_* / IMMICHFS_* variables of the
+# See docs/OPERATIONS.md, "Containers". Settings: the IMMICH_* / IMMICHFS_* variables of the
 # options table, or a config file mounted at /etc/immichfs/config.toml.
 
 # -- build stage: pyfuse3 compiles against libfuse3 (no binary wheels on PyPI)

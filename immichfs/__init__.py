@@ -1,12 +1,20 @@
 """immichfs: an Immich photo server as ordinary read-only files.
 
-Layers, top to bottom (nothing below ``fs`` imports pyfuse3):
+Layers, bottom to top; a module imports only from its own layer or lower ones
+(docs/DEVELOPMENT.md names every module):
 
-    cli / mount      composition root, command line
-    fs               pyfuse3 Operations adapter (the only FUSE-aware module)
-    tree, names      the virtual directory views, file-name rules
-    cache, reader    metadata caches, ranged reads with readahead
-    connector        the Immich HTTP API (httpx), errors in Immich's words
+1. ``errors``, ``model``, ``logs``  the error tree, Immich's objects, key-scrubbing logs
+2. ``client/``       talking to Immich: URL/key validation, the JSON API (httpx),
+                     the ranged-GET byte client (h11), the retry loop
+3. ``catalog/``      what is known about a library: TTL caches, single-flight, read-ahead
+4. ``vfs/``          the tree users see: nodes, names, inodes, views, status, refresh
+                     (no pyfuse3, no HTTP)
+5. ``options``       the one options table: flags, environment, TOML file
+6. ``fuse/``, ``gateway/``  adapters: pyfuse3 (the only pyfuse3 importer) and the
+                     mount's composition root; the REST gateway
+7. ``cli/``          the commands, preflight, sd_notify, the mount helper
+
+The fake Immich server is the separate top-level package ``immichfs_fake``.
 """
 
 __version__ = "0.1.0"

@@ -539,7 +539,7 @@ def source_name(settings: Settings, name: str) -> str:
 
 
 def options_markdown() -> str:
-    """The options table for the README: one source, no hand-kept copies."""
+    """The options table of docs/CONFIGURATION.md: one source, no hand-kept copies."""
     lines = [
         "| setting (TOML key) | flag | environment | default | meaning |",
         "| --- | --- | --- | --- | --- |",

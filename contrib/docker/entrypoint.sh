@@ -8,7 +8,7 @@
 #
 # Environment: IMMICH_URL, IMMICH_API_KEY_FILE (default: /run/secrets/immich_api_key
 # when that file exists), IMMICHFS_MOUNTPOINT (default /mnt/immich), and every
-# IMMICHFS_* setting of the README's options table.
+# IMMICHFS_* setting of docs/CONFIGURATION.md.
 set -eu
 
 device="${IMMICHFS_FUSE_DEVICE:-/dev/fuse}"

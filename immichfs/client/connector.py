@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: oldest Immich immichfs supports (see README: /api/server/*, visibility, albumIds)
+#: oldest Immich immichfs supports (see docs/CONNECTOR.md: /api/server/*, visibility, albumIds)
 MIN_VERSION = (1, 135, 0)
 #: newest major release this code was checked against
 NEWEST_KNOWN_MAJOR = 3

@@ -156,7 +156,7 @@ def test_mount_t_fuse_immichfs_and_umount(
 def test_fstab_line(
     helper_in_sbin: Path, fake_immich: Any, key_file: Path, mountpoint: Path, tmp_path: Path
 ) -> None:
-    # the README's fstab line, with the URL and key in the config file; mount -T reads
+    # the fstab line of docs/OPERATIONS.md, with the URL and key in the config file; mount -T reads
     # this file instead of /etc/fstab, and `mount MOUNTPOINT` finds the line by target
     config = tmp_path / "config.toml"
     config.write_text(f'url = "{fake_immich.url}"\napi_key_file = "{key_file}"\n')
