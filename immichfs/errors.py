@@ -24,7 +24,9 @@ what went wrong and what to do. No message ever contains the API key.
         ├── UnsupportedVersion   the server is older than immichfs supports
         ├── ProtocolError        the server answered something that is not Immich
         │                        (malformed JSON, a 200 to a ranged request, ...)
-        └── StaleAsset           the asset's bytes changed while a file was open
+        ├── StaleAsset           the asset's bytes changed while a file was open
+        └── Offline              the server is unreachable and what was asked is
+                                 neither in the catalog nor in the content cache
 """
 
 from __future__ import annotations
@@ -114,6 +116,14 @@ class ProtocolError(ImmichError):
 
 class StaleAsset(ImmichError):
     """The asset's content changed on the server while a file handle was open."""
+
+
+class Offline(ImmichError):
+    """The server cannot be reached and the catalog or content cache does not hold this.
+
+    Not transient on purpose: retrying within the budget would make every
+    uncached read of an offline mount wait the whole budget.
+    """
 
 
 class UserError(ImmichfsError):

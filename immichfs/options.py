@@ -208,6 +208,25 @@ OPTIONS: tuple[Option, ...] = (
         group="cache",
     ),
     Option(
+        "cache_dir",
+        Path,
+        None,
+        "where the catalog and cached bytes are kept on disk, one subdirectory per server "
+        "and user (default: $XDG_CACHE_HOME/immichfs, ~/.cache/immichfs, or "
+        "/var/cache/immichfs as root)",
+        "IMMICHFS_CACHE_DIR",
+        group="cache",
+    ),
+    Option(
+        "cache_size_mb",
+        int,
+        10240,
+        "most MiB of original and thumbnail bytes kept in --cache-dir (least recently read "
+        "dropped first); 0 keeps no bytes, the catalog is kept anyway",
+        "IMMICHFS_CACHE_SIZE_MB",
+        group="cache",
+    ),
+    Option(
         "refresh_interval",
         float,
         15.0,
@@ -308,6 +327,8 @@ class Settings:
     asset_ttl: float = 60.0
     kernel_ttl: float = 1.0
     cache_entries: int = 200_000
+    cache_dir: Path | None = None
+    cache_size_mb: int = 10240
     refresh_interval: float = 15.0
     readahead_mb: int = 16
     readahead_budget_mb: int = 64

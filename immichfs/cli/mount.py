@@ -9,6 +9,7 @@ returns once the child reports the mount ready (or its error line).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -22,7 +23,14 @@ from immichfs import options as config
 from immichfs.cli import preflight, sdnotify
 from immichfs.client.connector import ImmichConnector
 from immichfs.errors import UserError
-from immichfs.fuse.mount import GROUPS, MountPlan, check_server, serve
+from immichfs.fuse.mount import (
+    GROUPS,
+    UNREACHABLE,
+    MountPlan,
+    check_server,
+    offline_possible,
+    serve,
+)
 from immichfs.logs import scrub, setup_logging
 
 log = logging.getLogger(__name__)
@@ -47,9 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _check_only(settings: config.Settings) -> None:
+async def _check_only(settings: config.Settings) -> bool:
+    """The server and key are fine (True), or the server is unreachable but an earlier
+    mount saved a catalog to mount offline from (False, after one warning line)."""
     async with ImmichConnector.from_settings(settings, retry=False) as connector:
-        await check_server(connector)
+        try:
+            await check_server(connector)
+        except UNREACHABLE as exc:
+            if not offline_possible(settings, connector.url):
+                raise
+            log.warning(
+                "cannot reach %s (%s): mounting offline from the saved catalog", connector.url, exc
+            )
+            return False
+    return True
 
 
 def _serve_here(plan: MountPlan, ready: Callable[[], None]) -> int:
@@ -137,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     plan = MountPlan(settings, mountpoint, demo=args.demo, debug_fuse=args.debug_fuse)
     if not plan.demo:
         # before forking: a wrong URL or key is one line here and nothing is mounted
-        trio.run(_check_only, settings)
+        online = trio.run(_check_only, settings)
+        if not online:
+            plan = dataclasses.replace(plan, offline=True)
     if args.foreground:
         return _serve_here(plan, lambda: None)
     return _daemonize(plan)

@@ -525,6 +525,15 @@ class ImmichConnector:
         if not isinstance(data, dict) or data.get("authStatus") is not True:
             raise ProtocolError("the server did not confirm the API key (authStatus)")
 
+    async def get_my_user_id(self) -> str:
+        """``GET /api/users/me``: the id of the user the key belongs to (``user.read``)."""
+        answer = await self._json("GET", "/users/me", what="the key's user")
+        data = expect_json_object(answer, "user")
+        user_id = data.get("id")
+        if not isinstance(user_id, str) or not user_id:
+            raise ProtocolError("the key's user: no id in the answer")
+        return user_id
+
     async def get_server_features(self) -> dict[str, Any]:
         """``GET /api/server/features`` (``smartSearch``, ``trash``, ...)."""
         data = expect_json_object(

@@ -120,6 +120,9 @@ class MountStatus:
         self.byte_path = byte_path
         self.mountpoint: str | None = None
         self.refresh: RefreshTask | None = None
+        #: the on-disk cache (``statistics()``) and whether the server answers, if known
+        self.local: Any = None
+        self.reachability: Callable[[], bool] | None = None
         self._clock = clock
         self.now = now
         self._started = clock()
@@ -179,6 +182,10 @@ class MountStatus:
             },
             "kernel": {"invalidations": stats.get("invalidations", 0)},
             "refresh": self._refresh(),
+            "connection": (
+                "online" if self.reachability is None or self.reachability() else "offline"
+            ),
+            "disk_cache": self.local.statistics() if self.local is not None else None,
         }
 
     @staticmethod

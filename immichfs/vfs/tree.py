@@ -47,6 +47,7 @@ import trio
 
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.reader import ReaderPool
+from immichfs.catalog.store import CatalogMemory
 from immichfs.errors import NotFound
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
@@ -355,7 +356,12 @@ class AssetDirectory(Directory):
             return await self._build()
 
     async def _build(self) -> Listing:
-        assets = await self._load_assets()
+        memory = self.tree.memory
+        if memory is not None:
+            # the on-disk catalog: saved listings at once, and when the server is away
+            assets = await memory.load(self.key, self._load_assets)
+        else:
+            assets = await self._load_assets()
         unique: dict[str, Asset] = {}
         cached = self.tree.cache.assets
         for asset in assets:
@@ -489,6 +495,8 @@ class Tree:
         self.readers = readers
         self.settings = settings or TreeSettings()
         self.mounted_at = now()
+        #: the on-disk catalog (set by the mount when a cache directory is in use)
+        self.memory: CatalogMemory | None = None
         self._directories: dict[Key, Directory] = {}
         self._resolvers: dict[str, Callable[[Key], Directory | None]] = {}
         self._extensions: list[TreeExtension] = []
@@ -595,8 +603,13 @@ class Tree:
     # -- data
 
     async def asset(self, asset_id: str) -> Asset:
-        async def load() -> Asset:
+        async def fetch() -> Asset:
             return Asset.from_json(await self.source.get_asset_info(asset_id))
+
+        async def load() -> Asset:
+            if self.memory is not None:
+                return await self.memory.asset(asset_id, fetch)
+            return await fetch()
 
         asset: Asset = await self.cache.assets.get(asset_id, load)
         return asset
@@ -701,6 +714,10 @@ class Tree:
         """The Content-Type the server serves for ``size``, learned from one asset."""
 
         async def probe() -> str:
+            if self.memory is not None:
+                saved = await trio.to_thread.run_sync(self.memory.store.thumbnail_type, size)
+                if saved is not None:
+                    return saved
             for asset in sorted(assets, key=lambda a: a.id)[:3]:
                 try:
                     _, content_type = await self.thumbnail_info(ThumbnailFile(asset, size))
@@ -712,8 +729,21 @@ class Tree:
         content_type: str = await self.cache.misc.get(("thumbnail-type", size), probe)
         return content_type
 
+    async def _thumbnail(self, node: ThumbnailFile) -> tuple[bytes, str]:
+        def fetch() -> Awaitable[tuple[bytes, str]]:
+            return self.source.get_thumbnail_response(node.asset.id, node.size)
+
+        if self.memory is not None:
+            return await self.memory.thumbnail(node.asset, node.size, fetch)
+        return await fetch()
+
     async def _fetch_thumbnail(self, node: ThumbnailFile) -> tuple[int, str]:
-        data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
+        if self.memory is not None:
+            # seen before (this version of the asset): its size without a download
+            saved = await self.memory.thumbnail_info(node.asset, node.size)
+            if saved is not None:
+                return saved
+        data, content_type = await self._thumbnail(node)
         self.cache.thumbnails.put((node.size, node.asset.id), data)
         return len(data), content_type
 
@@ -813,7 +843,7 @@ class Tree:
         key = (node.size, node.asset.id)
         data = self.cache.thumbnails.peek(key)
         if data is None:
-            data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
+            data, content_type = await self._thumbnail(node)
             self.cache.thumbnails.put(key, data)
             self.cache.thumbnail_info.put(key, (len(data), content_type))
         return BytesFile(data)

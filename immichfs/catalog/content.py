@@ -1,0 +1,673 @@
+"""The content cache: bytes of originals and thumbnails kept on local disk, verified.
+
+Bytes live in plain sparse files under ``<dir>/blobs``, one per asset *version*
+(asset id + checksum: a changed asset is a different file, so its old bytes are
+never found for it). ``<dir>/content.sqlite`` (WAL) holds, per file, the SHA-1 of
+every block of ``block_size`` bytes that was written, and per entry its size,
+ETag, last read time and whether the whole file matched Immich's checksum.
+
+*Verified.* A block is served only if the bytes read back from disk hash to the
+value taken when they were written; anything else (a flipped bit, a truncated
+file, a block recorded but never written before a crash) is dropped and fetched
+again. When every block of an original is there, the whole file's SHA-1 is
+compared with the asset's ``checksum``; a mismatch drops the entry and stops
+caching that version (external-library assets, whose checksum hashes the path,
+are never kept whole for that reason; see docs/CACHE.md).
+
+*Crash safety.* Bytes are written before their hashes are committed, and every
+read verifies, so a ``kill -9`` (or a power cut) at any moment leaves at worst
+blocks that fail verification and are dropped. At start, files without an entry
+and entries without a file are removed.
+
+*Bounded.* Entries are evicted least recently read first once the bytes held
+pass ``limit``. A read in progress keeps its open descriptor on an evicted file
+and verifies what it reads, so eviction is safe while files are open.
+
+*Thread-safe.* Disk work happens in worker threads (``trio.to_thread``); the
+bookkeeping is guarded by one lock that is never held during file I/O or hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+
+from immichfs.catalog.cachedir import FILE_MODE, ensure_private_dir
+from immichfs.errors import Offline
+from immichfs.model import checksum_hex
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+BLOCK_SIZE = MiB
+#: partial blocks at the end of a fetched range, kept in memory until the next
+#: range of the same file completes them (read-ahead windows are not block-aligned)
+_MAX_PENDING = 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    asset_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT,
+    whole_sha1 TEXT,
+    verified INTEGER NOT NULL DEFAULT 0,
+    last_read REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    sha1 BLOB NOT NULL,
+    PRIMARY KEY (key, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refused (
+    key TEXT PRIMARY KEY
+);
+"""
+
+
+def content_key(asset_id: str, checksum: str, rendition: str = "original") -> str:
+    """The file name of one version of an asset's bytes (``rendition``: original or a
+    thumbnail size). Safe as a file name whatever the server sent."""
+    if re.fullmatch(r"[A-Za-z0-9-]{1,64}", asset_id) is None:
+        asset_id = hashlib.sha256(asset_id.encode("utf-8")).hexdigest()[:32]
+    version = checksum_hex(checksum) or hashlib.sha1(checksum.encode("utf-8")).hexdigest()
+    suffix = "" if rendition == "original" else "." + re.sub(r"[^a-z0-9]", "_", rendition)
+    return f"{asset_id}.{version}{suffix}"
+
+
+@dataclass
+class _Entry:
+    size: int
+    etag: str | None
+    whole_sha1: str | None  # hex SHA-1 the whole file must have (None: no whole check)
+    verified: bool
+    last_read: float
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    held: int = 0  # bytes of the recorded blocks
+
+
+@dataclass
+class ContentStatistics:
+    hits: int = 0  # reads served entirely from disk
+    misses: int = 0  # reads that needed the server (in part or whole)
+    bytes_served: int = 0
+    bytes_written: int = 0
+    evictions: int = 0
+    dropped_blocks: int = 0  # blocks that failed verification
+    bytes_on_disk: int = 0
+    limit: int = 0
+    entries: int = 0
+
+
+class ContentCache:
+    """Verified bytes on disk, bounded by ``limit`` bytes (0: keep nothing)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        limit: int,
+        *,
+        block_size: int = BLOCK_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.blobs = directory / "blobs"
+        self.limit = max(0, int(limit))
+        self.block_size = block_size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._refused: set[str] = set()
+        self._pending: OrderedDict[str, tuple[int, bytearray]] = OrderedDict()
+        self._held = 0
+        self.stats = ContentStatistics(limit=self.limit)
+        ensure_private_dir(directory)
+        ensure_private_dir(self.blobs)
+        self._db = sqlite3.connect(
+            directory / "content.sqlite", check_same_thread=False, isolation_level=None
+        )
+        os.chmod(directory / "content.sqlite", FILE_MODE)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._load()
+        self._evict(self.limit)  # a smaller --cache-size-mb than last time
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Read the index; drop what the files on disk cannot back (after a crash)."""
+        db = self._db
+        for key, size, etag, whole, verified, last_read in db.execute(
+            "SELECT key, size, etag, whole_sha1, verified, last_read FROM entries"
+        ):
+            self._entries[key] = _Entry(size, etag, whole, bool(verified), last_read)
+        for key, idx, digest in db.execute("SELECT key, idx, sha1 FROM blocks"):
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.blocks[idx] = bytes(digest)
+        self._refused = {key for (key,) in db.execute("SELECT key FROM refused")}
+        on_disk = {}
+        for name in os.listdir(self.blobs):
+            path = self.blobs / name
+            if name not in self._entries:
+                path.unlink(missing_ok=True)  # bytes whose hashes were never committed
+                continue
+            on_disk[name] = path.stat().st_size
+        gone = []
+        for key, entry in self._entries.items():
+            length = on_disk.get(key)
+            if length is None:
+                gone.append(key)
+                continue
+            for idx in [i for i in entry.blocks if self._block_end(entry, i) > length]:
+                del entry.blocks[idx]  # truncated: those blocks cannot be there
+                self._forget_block(key, idx)
+            entry.held = sum(self._block_len(entry, i) for i in entry.blocks)
+            self._held += entry.held
+        for key in gone:
+            self._drop_locked(key)
+        self.stats.bytes_on_disk = self._held
+        self.stats.entries = len(self._entries)
+
+    # -- geometry ----------------------------------------------------------------------
+
+    def _block_end(self, entry: _Entry, idx: int) -> int:
+        return min(entry.size, (idx + 1) * self.block_size)
+
+    def _block_len(self, entry: _Entry, idx: int) -> int:
+        return self._block_end(entry, idx) - idx * self.block_size
+
+    def _nblocks(self, size: int) -> int:
+        return -(-size // self.block_size)
+
+    # -- queries (no disk I/O) ---------------------------------------------------------
+
+    def covered(self, key: str, start: int, size: int) -> int:
+        """How many bytes from ``start`` the recorded blocks cover (not yet verified)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.size != size or start >= size:
+                return 0
+            pos = start
+            while pos < size and (pos // self.block_size) in entry.blocks:
+                pos = self._block_end(entry, pos // self.block_size)
+            return pos - start
+
+    def etag(self, key: str) -> str | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.etag if entry is not None else None
+
+    def has_whole(self, key: str) -> bool:
+        """Every block of ``key`` is recorded and the file matched its checksum."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry.verified
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read_into(self, key: str, start: int, view: memoryview, size: int) -> int:
+        """Fill ``view`` from disk with the bytes at ``start`` of the ``size``-byte file,
+        as far as verified blocks reach; returns how many bytes were filled (a prefix).
+        A block that fails verification is dropped (the caller fetches it again)."""
+        want = len(view)
+        filled = 0
+        try:
+            fd = os.open(self.blobs / key, os.O_RDONLY)
+        except FileNotFoundError:
+            self.drop(key)
+            return 0
+        try:
+            while filled < want:
+                pos = start + filled
+                idx = pos // self.block_size
+                with self._lock:
+                    entry = self._entries.get(key)
+                    expected = entry.blocks.get(idx) if entry is not None else None
+                    if entry is None or expected is None or entry.size != size:
+                        break
+                    block_start = idx * self.block_size
+                    block_len = self._block_len(entry, idx)
+                offset = pos - block_start
+                take = min(want - filled, block_len - offset)
+                if offset == 0 and take == block_len:
+                    target = view[filled : filled + take]  # straight into the caller's buffer
+                    got = os.preadv(fd, [target], block_start)
+                    data: bytes | memoryview = target
+                else:
+                    data = os.pread(fd, block_len, block_start)
+                    got = len(data)
+                if got != block_len or hashlib.sha1(data).digest() != expected:
+                    log.warning("cached block %d of %s failed verification: dropped", idx, key)
+                    with self._lock:
+                        self.stats.dropped_blocks += 1
+                    self._drop_block(key, idx)
+                    break
+                if not (offset == 0 and take == block_len):
+                    view[filled : filled + take] = data[offset : offset + take]
+                filled += take
+        finally:
+            os.close(fd)
+        if filled:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.last_read = self._clock()
+                self.stats.bytes_served += filled
+        return filled
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(
+        self,
+        key: str,
+        start: int,
+        data: memoryview | bytes,
+        size: int,
+        *,
+        etag: str | None = None,
+        checksum: str | None = None,
+    ) -> None:
+        """Record bytes ``[start, start+len(data))`` of the ``size``-byte file ``key``
+        as fetched from the server: every whole block among them is written and hashed.
+        ``checksum`` (Immich's base64 SHA-1) is what the complete file must hash to."""
+        if self.limit <= 0 or not data:
+            return
+        with self._lock:
+            if key in self._refused:
+                return
+            entry = self._entries.get(key)
+            if entry is not None and (entry.size != size or entry.etag != etag):
+                # another version under the same name (edited in place): start over
+                self._drop_locked(key)
+                entry = None
+            pending = self._pending.pop(key, None)
+        view = memoryview(data)
+        if pending is not None and pending[0] + len(pending[1]) == start and pending[0] < start:
+            # the partial block left by the previous range continues here
+            head = pending[1]
+            need = min(len(view), self.block_size - len(head) - (pending[0] % self.block_size))
+            head += view[:need]
+            view = view[need:]
+            self._write_blocks(key, pending[0], memoryview(head), size, etag, checksum)
+            start += need
+        if view:
+            self._write_blocks(key, start, view, size, etag, checksum)
+
+    def _write_blocks(
+        self,
+        key: str,
+        start: int,
+        view: memoryview,
+        size: int,
+        etag: str | None,
+        checksum: str | None,
+    ) -> None:
+        bs = self.block_size
+        end = start + len(view)
+        first = -(-start // bs)  # first block that starts inside the range
+        pos = first * bs
+        written: list[tuple[int, bytes, int]] = []
+        with self._lock:
+            entry = self._entries.get(key)
+            have = set(entry.blocks) if entry is not None else set()
+        fd: int | None = None
+        try:
+            while pos < end:
+                block_end = min(size, pos + bs)
+                if block_end > end:
+                    break
+                idx = pos // bs
+                if idx not in have:
+                    chunk = view[pos - start : block_end - start]
+                    if fd is None:
+                        fd = os.open(self.blobs / key, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+                    os.pwrite(fd, chunk, pos)
+                    written.append((idx, hashlib.sha1(chunk).digest(), block_end - pos))
+                pos = block_end
+        finally:
+            if fd is not None:
+                os.close(fd)
+        # a partial block at the end waits for the next range (kept in memory)
+        if pos < end < size:
+            with self._lock:
+                self._pending[key] = (pos, bytearray(view[pos - start :]))
+                while len(self._pending) > _MAX_PENDING:
+                    self._pending.popitem(last=False)
+        if written:
+            self._record(key, size, etag, checksum, written)
+
+    def _record(
+        self,
+        key: str,
+        size: int,
+        etag: str | None,
+        checksum: str | None,
+        written: list[tuple[int, bytes, int]],
+    ) -> None:
+        """Commit the hashes of blocks whose bytes are written (bytes first: see above)."""
+        now = self._clock()
+        whole = checksum_hex(checksum) if checksum else None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = _Entry(size, etag, whole, False, now)
+                self._entries[key] = entry
+                self.stats.entries = len(self._entries)
+            added = 0
+            rows = []
+            for idx, digest, length in written:
+                if idx not in entry.blocks:
+                    entry.blocks[idx] = digest
+                    added += length
+                    rows.append((key, idx, digest))
+            entry.held += added
+            self._held += added
+            self.stats.bytes_written += added
+            self.stats.bytes_on_disk = self._held
+            complete = len(entry.blocks) == self._nblocks(size) and not entry.verified
+            with self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO entries (key, asset_id, size, etag, whole_sha1, "
+                    "verified, last_read) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        key.split(".")[0],
+                        size,
+                        etag,
+                        entry.whole_sha1,
+                        int(entry.verified),
+                        entry.last_read,
+                    ),
+                )
+                self._db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?)", rows)
+            self._evict(self.limit, keep=key)
+        if complete:
+            self._check_whole(key)
+
+    def _check_whole(self, key: str) -> None:
+        """All blocks are here: the file must hash to the asset's checksum, or go."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.verified:
+                return
+            expected = entry.whole_sha1
+            size = entry.size
+        if expected is None:
+            return  # no content hash to compare with (a thumbnail): blocks only
+        digest = hashlib.sha1()
+        try:
+            with open(self.blobs / key, "rb") as handle:
+                remaining = size
+                while remaining > 0:
+                    chunk = handle.read(min(remaining, 4 * MiB))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    remaining -= len(chunk)
+        except OSError:
+            self.drop(key)
+            return
+        if digest.hexdigest() != expected:
+            log.info(
+                "cached original %s does not match its checksum: not kept "
+                "(an external-library asset, or the server sent other bytes)",
+                key,
+            )
+            with self._lock:
+                self._drop_locked(key)
+                self._refused.add(key)
+                with self._db:
+                    self._db.execute("INSERT OR IGNORE INTO refused VALUES (?)", (key,))
+            return
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.verified = True
+                with self._db:
+                    self._db.execute("UPDATE entries SET verified = 1 WHERE key = ?", (key,))
+
+    # -- small files (thumbnails) ------------------------------------------------------
+
+    def get_small(self, key: str) -> bytes | None:
+        """A whole small file, verified, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            size = entry.size if entry is not None else 0
+        if entry is None or size > 64 * MiB:
+            return None
+        buf = bytearray(size)
+        if self.read_into(key, 0, memoryview(buf), size) != size:
+            return None
+        return bytes(buf)
+
+    def put_small(self, key: str, data: bytes, etag: str | None = None) -> None:
+        self.write(key, 0, data, len(data), etag=etag)
+
+    # -- dropping ----------------------------------------------------------------------
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._drop_locked(key)
+
+    def _drop_block(self, key: str, idx: int) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or idx not in entry.blocks:
+                return
+            del entry.blocks[idx]
+            length = self._block_len(entry, idx)
+            entry.held -= length
+            self._held -= length
+            self.stats.bytes_on_disk = self._held
+            entry.verified = False
+            self._forget_block(key, idx)
+
+    def _forget_block(self, key: str, idx: int) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM blocks WHERE key = ? AND idx = ?", (key, idx))
+            self._db.execute("UPDATE entries SET verified = 0 WHERE key = ?", (key,))
+
+    def _drop_locked(self, key: str) -> None:
+        # rows first, then the file: a crash in between leaves a file without entry,
+        # which the next start removes
+        entry = self._entries.pop(key, None)
+        self._pending.pop(key, None)
+        with self._db:
+            self._db.execute("DELETE FROM blocks WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+        if entry is not None:
+            self._held -= entry.held
+        (self.blobs / key).unlink(missing_ok=True)
+        self.stats.bytes_on_disk = self._held
+        self.stats.entries = len(self._entries)
+
+    def _evict(self, limit: int, keep: str | None = None) -> None:
+        """Drop least recently read entries until at most ``limit`` bytes are held."""
+        # lock held by the caller, or called from __init__
+        if self._held <= limit:
+            return
+        for key in sorted(self._entries, key=lambda k: self._entries[k].last_read):
+            if self._held <= limit:
+                break
+            if key == keep:
+                continue
+            self._drop_locked(key)
+            self.stats.evictions += 1
+        if self._held > limit and keep is not None:
+            self._drop_locked(keep)  # one file larger than the whole cache
+            self.stats.evictions += 1
+
+    def prune(self, limit: int | None = None) -> int:
+        """Evict down to ``limit`` bytes (default: the cache's limit); returns bytes freed."""
+        with self._lock:
+            before = self._held
+            self._evict(self.limit if limit is None else limit)
+            return before - self._held
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self._drop_locked(key)
+            self._refused.clear()
+            with self._db:
+                self._db.execute("DELETE FROM refused")
+
+    def flush(self) -> None:
+        """Save the read times (kept in memory between writes)."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE entries SET last_read = ? WHERE key = ?",
+                [(e.last_read, k) for k, e in self._entries.items()],
+            )
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.stats.__dict__)
+
+
+# -- the byte path -------------------------------------------------------------------------
+
+#: asset id -> (checksum, size) the bytes must belong to; None when unknown
+VersionOf = Callable[[str], str | None]
+_Fetch = Callable[[str, int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+
+
+class CachedSource:
+    """A ``RangeIntoFetcher`` that serves verified bytes from a :class:`ContentCache`
+    and tees what it fetches from ``inner`` (a RangeIntoFetcher or RangeFetcher) into it.
+
+    ``version_of(asset_id)`` names the checksum the asset has now (from the
+    catalog); an asset whose checksum is unknown passes straight through. While
+    ``online()`` is false, bytes that are not cached fail at once with
+    :class:`~immichfs.errors.Offline` instead of waiting out the retry budget.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        cache: ContentCache,
+        version_of: VersionOf,
+        *,
+        online: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.version_of = version_of
+        self.online = online
+        self._into = hasattr(inner, "fetch_into")
+
+    async def fetch_into(
+        self,
+        asset_id: str,
+        start: int,
+        view: memoryview,
+        *,
+        total: int | None = None,
+        etag: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> str | None:
+        checksum = self.version_of(asset_id) if self.cache.limit > 0 else None
+        if checksum is None or total is None:
+            self._require_online(asset_id)
+            return await self._fetch(asset_id, start, view, total, etag, progress)
+        key = content_key(asset_id, checksum)
+        cache = self.cache
+        served = 0
+        stored_etag = cache.etag(key)
+        if cache.covered(key, start, total) and (etag is None or etag == stored_etag):
+            served = await trio.to_thread.run_sync(cache.read_into, key, start, view, total)
+            if served and progress is not None:
+                progress(served)
+        if served == len(view):
+            cache.stats.hits += 1
+            return stored_etag
+        cache.stats.misses += 1
+        self._require_online(asset_id)
+        rest = view[served:]
+        filled = 0
+
+        def note(n: int) -> None:
+            nonlocal filled
+            filled = n
+            if progress is not None:
+                progress(served + n)
+
+        got_etag: str | None = None
+        try:
+            got_etag = await self._fetch(asset_id, start + served, rest, total, etag, note)
+        finally:
+            if filled:
+                # what arrived is kept even if the rest failed (a resumed window goes on)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        lambda: cache.write(
+                            key,
+                            start + served,
+                            rest[:filled],
+                            total,
+                            etag=got_etag or etag or stored_etag,
+                            checksum=checksum,
+                        )
+                    )
+        return got_etag
+
+    def _require_online(self, asset_id: str) -> None:
+        if not self.online():
+            raise Offline(
+                f"asset {asset_id}: the server is unreachable and these bytes are not cached"
+            )
+
+    async def _fetch(
+        self,
+        asset_id: str,
+        start: int,
+        view: memoryview,
+        total: int | None,
+        etag: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> str | None:
+        if self._into:
+            result: str | None = await self.inner.fetch_into(
+                asset_id, start, view, total=total, etag=etag, progress=progress
+            )
+            return result
+        fetch = cast(_Fetch, self.inner)
+        filled = 0
+        async with fetch(asset_id, start, start + len(view) - 1) as chunks:
+            async for chunk in chunks:
+                n = len(chunk)
+                view[filled : filled + n] = chunk
+                filled += n
+                if progress is not None:
+                    progress(filled)
+        return None
+
+    def statistics(self) -> dict[str, int]:
+        inner = getattr(self.inner, "statistics", None)
+        return dict(inner()) if callable(inner) else {}
+
+    async def aclose(self) -> None:
+        closer = getattr(self.inner, "aclose", None)
+        if closer is not None:
+            await closer()
+        await trio.to_thread.run_sync(self.cache.flush)
