@@ -25,6 +25,21 @@ FAKE_VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 DEFAULT_VERSION = "2.7.5"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Mounts started by tests keep their catalog and bytes in a temporary directory,
+    never in the user's ~/.cache (``tests/mountutil.py`` gives each mount its own)."""
+    import os
+
+    saved = os.environ.get("IMMICHFS_CACHE_DIR")
+    os.environ["IMMICHFS_CACHE_DIR"] = str(tmp_path_factory.mktemp("immichfs-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("IMMICHFS_CACHE_DIR", None)
+    else:
+        os.environ["IMMICHFS_CACHE_DIR"] = saved
+
+
 def _library() -> FakeLibrary:
     # Small enough to generate in a blink, with one video above the in-memory
     # threshold so the sendfile path is exercised.

@@ -82,6 +82,8 @@ class MountProcess:
         self.log_path = log_path or mountpoint.with_name(mountpoint.name + ".log")
         self._log = self.log_path.open("wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
+        # each mount its own cache directory unless the test names one (never ~/.cache)
+        full_env["IMMICHFS_CACHE_DIR"] = str(mountpoint.with_name(mountpoint.name + ".cache"))
         full_env.update(env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "immichfs", "mount", "--foreground", str(mountpoint), *args],

@@ -46,7 +46,7 @@ from typing import Any, cast
 import trio
 
 from immichfs.catalog.cachedir import FILE_MODE, ensure_private_dir
-from immichfs.errors import Offline
+from immichfs.errors import Offline, TransientError
 from immichfs.model import checksum_hex
 
 log = logging.getLogger(__name__)
@@ -558,7 +558,7 @@ class CachedSource:
 
     ``version_of(asset_id)`` names the checksum the asset has now (from the
     catalog); an asset whose checksum is unknown passes straight through. While
-    ``online()`` is false, bytes that are not cached fail at once with
+    ``online()`` is false, bytes that are not cached are tried once and fail with
     :class:`~immichfs.errors.Offline` instead of waiting out the retry budget.
     """
 
@@ -588,7 +588,6 @@ class CachedSource:
     ) -> str | None:
         checksum = self.version_of(asset_id) if self.cache.limit > 0 else None
         if checksum is None or total is None:
-            self._require_online(asset_id)
             return await self._fetch(asset_id, start, view, total, etag, progress)
         key = content_key(asset_id, checksum)
         cache = self.cache
@@ -602,7 +601,6 @@ class CachedSource:
             cache.stats.hits += 1
             return stored_etag
         cache.stats.misses += 1
-        self._require_online(asset_id)
         rest = view[served:]
         filled = 0
 
@@ -631,13 +629,26 @@ class CachedSource:
                     )
         return got_etag
 
-    def _require_online(self, asset_id: str) -> None:
-        if not self.online():
+    async def _fetch(
+        self,
+        asset_id: str,
+        start: int,
+        view: memoryview,
+        total: int | None,
+        etag: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> str | None:
+        if self.online():
+            return await self._fetch_inner(asset_id, start, view, total, etag, progress)
+        # offline: one try, no retries (the server may be back: then it works at once)
+        try:
+            return await self._fetch_inner(asset_id, start, view, total, etag, progress)
+        except TransientError as exc:
             raise Offline(
                 f"asset {asset_id}: the server is unreachable and these bytes are not cached"
-            )
+            ) from exc
 
-    async def _fetch(
+    async def _fetch_inner(
         self,
         asset_id: str,
         start: int,

@@ -434,6 +434,9 @@ class CatalogMemory:
         try:
             assets = await loader()
         except TransientError as exc:
+            # after the connector's retries: the server is away; until the mount sees it
+            # back, saved listings are served at once and uncached bytes fail fast
+            self.reachability.set(False, str(exc))
             saved = await trio.to_thread.run_sync(self.store.saved_listing, key)
             if saved is None:
                 raise

@@ -252,7 +252,7 @@ async def _watch_server(
     while True:
         failing = refresh is not None and getattr(refresh, "_failing", False)
         if reachability.online and not failing:
-            await trio.sleep(settings.refresh_interval)
+            await trio.sleep(min(5.0, settings.refresh_interval))
             continue
         reachable = False
         reason = "no answer"

@@ -1,0 +1,193 @@
+"""The on-disk catalog: assets and listings survive a reopen exactly; saved listings
+are served first and when the server is away; the cache directory rules."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Hashable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+
+from immichfs.catalog.cachedir import DirectoryLock, find_user_dir, user_dir
+from immichfs.catalog.store import CatalogMemory, CatalogStore, Reachability
+from immichfs.errors import ConnectError, NotFound, Offline, UserError
+from immichfs.model import Asset
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def asset(n: int, **changes: object) -> Asset:
+    fields: dict[str, object] = {
+        "id": f"00000000-0000-4000-8000-{n:012d}",
+        "type": "IMAGE",
+        "original_file_name": f"IMG_{n}.jpg",
+        "checksum": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
+        "size": 1000 + n,
+        "file_created_at": T0 + timedelta(days=n),
+        "file_modified_at": T0 + timedelta(days=n, hours=1),
+        "local_datetime": datetime(2024, 5, 1, 14, 0) + timedelta(days=n),
+        "updated_at": T0 + timedelta(days=n, seconds=5),
+        "created_at": None,
+        "is_favorite": n % 2 == 0,
+        "exif": {"make": "Canon", "fNumber": 2.8},
+        "people": ("Ann",),
+        "tags": ("Travel/Japan",),
+    }
+    fields.update(changes)
+    return Asset(**fields)  # type: ignore[arg-type]
+
+
+PHOTOS: Hashable = ("dir", "photos")
+
+
+def test_listing_survives_a_reopen_exactly(tmp_path: Path) -> None:
+    assets = [asset(i) for i in range(5)] + [asset(9, size=None, local_datetime=None)]
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, assets)
+    store.close()
+    again = CatalogStore(tmp_path / "catalog.sqlite")
+    saved = again.saved_listing(PHOTOS)
+    assert saved is not None
+    assert saved[0] == assets
+    assert [a.exif for a in saved[0]] == [a.exif for a in assets]
+    assert again.saved_asset(assets[2].id) == assets[2]
+    assert again.saved_listing(("album", "nope")) is None
+    assert stat.S_IMODE(os.stat(tmp_path / "catalog.sqlite").st_mode) == 0o600
+
+
+def test_forget_assets_removes_them_from_every_listing(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1), asset(2)])
+    store.save_listing(("album", "x"), [asset(2)])
+    store.forget_assets([asset(2).id])
+    assert [a.id for a in store.saved_listing(PHOTOS)[0]] == [asset(1).id]  # type: ignore[index]
+    assert store.saved_listing(("album", "x"))[0] == []  # type: ignore[index]
+
+
+def test_thumbnail_sizes_are_per_asset_version(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_thumbnail("preview", asset(1), 1234, "image/jpeg")
+    assert store.saved_thumbnail("preview", asset(1)) == (1234, "image/jpeg")
+    assert store.saved_thumbnail("preview", asset(1, checksum="other")) is None
+    assert store.thumbnail_type("preview") == "image/jpeg"
+
+
+async def test_memory_serves_saved_first_then_fresh(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1), asset(2)])
+    fresh_keys: list[Hashable] = []
+    done = trio.Event()
+
+    async def on_fresh(key: Hashable) -> None:
+        fresh_keys.append(key)
+        done.set()
+
+    memory = CatalogMemory(store, Reachability(), on_fresh=on_fresh)
+    calls = 0
+
+    async def load() -> list[Asset]:
+        nonlocal calls
+        calls += 1
+        return [asset(1)]  # asset 2 was deleted while unmounted
+
+    first = await memory.load(PHOTOS, load)
+    assert [a.id for a in first] == [asset(1).id, asset(2).id]  # at once, from disk
+    with trio.fail_after(5):
+        await done.wait()
+    assert fresh_keys == [PHOTOS]
+    assert [a.id for a in await memory.load(PHOTOS, load)] == [asset(1).id]
+    assert calls == 1  # the fresh listing was handed over, not loaded twice
+    with trio.fail_after(5):
+        while store.saved_listing(PHOTOS)[0] != [asset(1)]:  # type: ignore[index]
+            await trio.sleep(0.01)
+
+
+async def test_memory_offline_serves_saved_or_fails_fast(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1)])
+    reach = Reachability(online=False)
+    memory = CatalogMemory(store, reach)
+
+    async def load() -> list[Asset]:
+        raise AssertionError("no request while offline")
+
+    assert await memory.load(PHOTOS, load) == [asset(1)]
+    assert await memory.load(PHOTOS, load) == [asset(1)]
+    with pytest.raises(Offline):
+        await memory.load(("album", "never-listed"), load)
+
+    async def fetch_asset() -> Asset:
+        raise AssertionError("no request while offline")
+
+    assert await memory.asset(asset(1).id, fetch_asset) == asset(1)
+    with pytest.raises(Offline):
+        await memory.asset("unknown", fetch_asset)
+
+
+async def test_memory_falls_back_when_a_load_fails(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    reach = Reachability()
+    memory = CatalogMemory(store, reach)
+
+    async def good() -> list[Asset]:
+        return [asset(1)]
+
+    async def down() -> list[Asset]:
+        raise ConnectError("refused")
+
+    async def gone() -> list[Asset]:
+        raise NotFound("album deleted")
+
+    key = ("album", "a")
+    assert await memory.load(key, good) == [asset(1)]  # first: nothing saved, loaded
+    with trio.fail_after(5):
+        while store.saved_listing(key) is None:
+            await trio.sleep(0.01)
+    assert await memory.load(key, down) == [asset(1)]  # unreachable: the saved one
+    assert not reach.online  # and the mount knows it is offline now
+    reach.set(True)
+    with pytest.raises(NotFound):
+        await memory.load(key, gone)  # an answer from the server is never papered over
+
+
+async def test_searches_are_not_saved(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    memory = CatalogMemory(store, Reachability())
+
+    async def load() -> list[Asset]:
+        return [asset(1)]
+
+    await memory.load(("search", "cat"), load)
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.empty
+
+
+# -- the cache directory --------------------------------------------------------------
+
+
+def test_user_dir_is_private_and_found_by_key_only(tmp_path: Path) -> None:
+    url = "http://immich.local:2283"
+    place = user_dir(tmp_path, url, "user-1", "secret-key-AAAA")
+    assert stat.S_IMODE(os.stat(place.path).st_mode) == 0o700
+    identity = (place.path / "identity.json").read_text()
+    assert "secret-key-AAAA" not in identity
+    assert stat.S_IMODE(os.stat(place.path / "identity.json").st_mode) == 0o600
+    assert find_user_dir(tmp_path, url, "secret-key-AAAA") == place
+    assert find_user_dir(tmp_path, url, "another-key") is None
+    assert find_user_dir(tmp_path, "http://other:2283", "secret-key-AAAA") is None
+    other = user_dir(tmp_path, url, "user-2", "key-of-user-2")
+    assert other.path != place.path
+
+
+def test_second_lock_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    with (
+        DirectoryLock(tmp_path),
+        pytest.raises(UserError, match="in use by another immichfs process"),
+    ):
+        DirectoryLock(tmp_path).acquire()
+    with DirectoryLock(tmp_path):  # released: free again
+        pass
