@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +53,9 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 BLOCK_SIZE = MiB
-#: partial blocks at the end of a fetched range, kept in memory until the next
-#: range of the same file completes them (read-ahead windows are not block-aligned)
-_MAX_PENDING = 64
+#: most partly fetched blocks kept in memory until neighbouring ranges complete them
+#: (read-ahead windows are not block-aligned)
+_MAX_PARTIAL = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -132,8 +132,10 @@ class ContentCache:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._refused: set[str] = set()
-        self._pending: OrderedDict[str, tuple[int, bytearray]] = OrderedDict()
-        self._held = 0
+        #: (key, block index) -> pieces (offset in the block -> bytes) of a partly fetched block
+        self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
+        self._held = 0  # bytes of recorded blocks
+        self._reserved = 0  # bytes being written (counted against the limit already)
         self.stats = ContentStatistics(limit=self.limit)
         ensure_private_dir(directory)
         ensure_private_dir(self.blobs)
@@ -177,7 +179,7 @@ class ContentCache:
             for idx in [i for i in entry.blocks if self._block_end(entry, i) > length]:
                 del entry.blocks[idx]  # truncated: those blocks cannot be there
                 self._forget_block(key, idx)
-            entry.held = sum(self._block_len(entry, i) for i in entry.blocks)
+            entry.held = sum(self._on_disk(self._block_len(entry, i)) for i in entry.blocks)
             self._held += entry.held
         for key in gone:
             self._drop_locked(key)
@@ -191,6 +193,11 @@ class ContentCache:
 
     def _block_len(self, entry: _Entry, idx: int) -> int:
         return self._block_end(entry, idx) - idx * self.block_size
+
+    def _on_disk(self, length: int) -> int:
+        """What ``length`` bytes of a file take on disk (whole filesystem blocks)."""
+        unit = min(4096, self.block_size)
+        return -(-length // unit) * unit
 
     def _nblocks(self, size: int) -> int:
         return -(-size // self.block_size)
@@ -296,18 +303,56 @@ class ContentCache:
                 # another version under the same name (edited in place): start over
                 self._drop_locked(key)
                 entry = None
-            pending = self._pending.pop(key, None)
         view = memoryview(data)
-        if pending is not None and pending[0] + len(pending[1]) == start and pending[0] < start:
-            # the partial block left by the previous range continues here
-            head = pending[1]
-            need = min(len(view), self.block_size - len(head) - (pending[0] % self.block_size))
-            head += view[:need]
-            view = view[need:]
-            self._write_blocks(key, pending[0], memoryview(head), size, etag, checksum)
-            start += need
-        if view:
-            self._write_blocks(key, start, view, size, etag, checksum)
+        bs = self.block_size
+        end = start + len(view)
+        completed: list[tuple[int, bytearray]] = []
+        with self._lock:
+            # blocks this range covers only in part: their pieces wait in memory for
+            # the neighbouring ranges (read-ahead windows are not block-aligned and
+            # may finish in any order)
+            if start % bs:
+                piece_end = min(end, (start // bs + 1) * bs, size)
+                self._add_piece(key, start, view[: piece_end - start], size, completed)
+            if end % bs and end < size and (end // bs) * bs >= start:
+                block_start = (end // bs) * bs
+                self._add_piece(key, block_start, view[block_start - start :], size, completed)
+        self._write_blocks(key, start, view, size, etag, checksum)
+        for block_start, block in completed:
+            self._write_blocks(key, block_start, memoryview(block), size, etag, checksum)
+
+    def _add_piece(
+        self,
+        key: str,
+        at: int,
+        piece: memoryview,
+        size: int,
+        completed: list[tuple[int, bytearray]],
+    ) -> None:
+        """Keep ``piece`` (bytes at ``at``) of a partly fetched block; when the pieces
+        cover the whole block, hand it to ``completed``. Lock held by the caller."""
+        if not piece:
+            return
+        bs = self.block_size
+        idx = at // bs
+        block_start = idx * bs
+        block_len = min(size, block_start + bs) - block_start
+        pieces = self._partial.pop((key, idx), {})
+        pieces[at - block_start] = bytes(piece)
+        covered = 0
+        for offset in sorted(pieces):
+            if offset > covered:
+                break
+            covered = max(covered, offset + len(pieces[offset]))
+        if covered >= block_len:
+            block = bytearray(block_len)
+            for offset, data in pieces.items():
+                block[offset : offset + len(data)] = data[: block_len - offset]
+            completed.append((block_start, block))
+            return
+        self._partial[(key, idx)] = pieces
+        while len(self._partial) > _MAX_PARTIAL:
+            self._partial.popitem(last=False)
 
     def _write_blocks(
         self,
@@ -320,37 +365,42 @@ class ContentCache:
     ) -> None:
         bs = self.block_size
         end = start + len(view)
-        first = -(-start // bs)  # first block that starts inside the range
-        pos = first * bs
-        written: list[tuple[int, bytes, int]] = []
+        pos = -(-start // bs) * bs  # the first block that starts inside the range
+        todo: list[tuple[int, int, int]] = []  # (index, start, end) of blocks to write
         with self._lock:
             entry = self._entries.get(key)
             have = set(entry.blocks) if entry is not None else set()
-        fd: int | None = None
-        try:
             while pos < end:
                 block_end = min(size, pos + bs)
                 if block_end > end:
                     break
-                idx = pos // bs
-                if idx not in have:
-                    chunk = view[pos - start : block_end - start]
-                    if fd is None:
-                        fd = os.open(self.blobs / key, os.O_WRONLY | os.O_CREAT, FILE_MODE)
-                    os.pwrite(fd, chunk, pos)
-                    written.append((idx, hashlib.sha1(chunk).digest(), block_end - pos))
+                if pos // bs not in have:
+                    todo.append((pos // bs, pos, block_end))
                 pos = block_end
+            # room first, then bytes: the files never take more than the limit
+            need = sum(self._on_disk(b - a) for _, a, b in todo)
+            if need and self._held + self._reserved + need > self.limit:
+                self._evict(self.limit - need, keep=key, keep_whole=True)
+            while todo and self._held + self._reserved + need > self.limit:
+                _, a, b = todo.pop()  # what does not fit is not kept
+                need -= self._on_disk(b - a)
+            self._reserved += need
+        written: list[tuple[int, bytes, int]] = []
+        fd: int | None = None
+        try:
+            for idx, a, b in todo:
+                chunk = view[a - start : b - start]
+                if fd is None:
+                    fd = os.open(self.blobs / key, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+                os.pwrite(fd, chunk, a)
+                written.append((idx, hashlib.sha1(chunk).digest(), b - a))
         finally:
             if fd is not None:
                 os.close(fd)
-        # a partial block at the end waits for the next range (kept in memory)
-        if pos < end < size:
             with self._lock:
-                self._pending[key] = (pos, bytearray(view[pos - start :]))
-                while len(self._pending) > _MAX_PENDING:
-                    self._pending.popitem(last=False)
-        if written:
-            self._record(key, size, etag, checksum, written)
+                self._reserved -= need
+            if written:
+                self._record(key, size, etag, checksum, written)
 
     def _record(
         self,
@@ -374,7 +424,7 @@ class ContentCache:
             for idx, digest, length in written:
                 if idx not in entry.blocks:
                     entry.blocks[idx] = digest
-                    added += length
+                    added += self._on_disk(length)
                     rows.append((key, idx, digest))
             entry.held += added
             self._held += added
@@ -396,7 +446,6 @@ class ContentCache:
                     ),
                 )
                 self._db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?)", rows)
-            self._evict(self.limit, keep=key)
         if complete:
             self._check_whole(key)
 
@@ -471,7 +520,7 @@ class ContentCache:
             if entry is None or idx not in entry.blocks:
                 return
             del entry.blocks[idx]
-            length = self._block_len(entry, idx)
+            length = self._on_disk(self._block_len(entry, idx))
             entry.held -= length
             self._held -= length
             self.stats.bytes_on_disk = self._held
@@ -487,7 +536,8 @@ class ContentCache:
         # rows first, then the file: a crash in between leaves a file without entry,
         # which the next start removes
         entry = self._entries.pop(key, None)
-        self._pending.pop(key, None)
+        for pending in [k for k in self._partial if k[0] == key]:
+            del self._partial[pending]
         with self._db:
             self._db.execute("DELETE FROM blocks WHERE key = ?", (key,))
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -497,20 +547,20 @@ class ContentCache:
         self.stats.bytes_on_disk = self._held
         self.stats.entries = len(self._entries)
 
-    def _evict(self, limit: int, keep: str | None = None) -> None:
-        """Drop least recently read entries until at most ``limit`` bytes are held."""
-        # lock held by the caller, or called from __init__
-        if self._held <= limit:
+    def _evict(self, limit: int, keep: str | None = None, *, keep_whole: bool = False) -> None:
+        """Drop least recently read entries until at most ``limit`` bytes are held
+        (``keep`` last, or never with ``keep_whole``). Lock held by the caller."""
+        if self._held + self._reserved <= limit:
             return
         for key in sorted(self._entries, key=lambda k: self._entries[k].last_read):
-            if self._held <= limit:
+            if self._held + self._reserved <= limit:
                 break
             if key == keep:
                 continue
             self._drop_locked(key)
             self.stats.evictions += 1
-        if self._held > limit and keep is not None:
-            self._drop_locked(keep)  # one file larger than the whole cache
+        if self._held + self._reserved > limit and keep is not None and not keep_whole:
+            self._drop_locked(keep)
             self.stats.evictions += 1
 
     def prune(self, limit: int | None = None) -> int:
@@ -547,8 +597,8 @@ class ContentCache:
 
 # -- the byte path -------------------------------------------------------------------------
 
-#: asset id -> (checksum, size) the bytes must belong to; None when unknown
-VersionOf = Callable[[str], str | None]
+#: asset id -> the checksum its bytes must have now; None when unknown
+VersionOf = Callable[[str], Awaitable[str | None]]
 _Fetch = Callable[[str, int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 
 
@@ -586,7 +636,7 @@ class CachedSource:
         etag: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> str | None:
-        checksum = self.version_of(asset_id) if self.cache.limit > 0 else None
+        checksum = await self.version_of(asset_id) if self.cache.limit > 0 else None
         if checksum is None or total is None:
             return await self._fetch(asset_id, start, view, total, etag, progress)
         key = content_key(asset_id, checksum)

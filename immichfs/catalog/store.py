@@ -370,7 +370,7 @@ class Reachability:
 
 
 AssetsLoader = Callable[[], Awaitable[list[Asset]]]
-OnFresh = Callable[[Hashable], Awaitable[None]]
+OnFresh = Callable[[Hashable, list[Asset]], Awaitable[None]]
 #: directory kinds never saved: a search is a question, not part of the library
 _NOT_SAVED = ("search",)
 
@@ -380,9 +380,11 @@ class CatalogMemory:
 
     - The first load of a directory in a mount whose catalog holds it returns the
       saved assets at once and reloads them from the server in the background;
-      when that is done, ``on_fresh(key)`` is called (the caller forgets the
-      listing it built, so the next ``ls`` shows the fresh one, which this hands
-      out without a second request).
+      when that is done, ``on_fresh(key, assets)`` is called (the caller forgets
+      the listing it built, so the next ``ls`` shows the fresh one, which this
+      hands out without a second request). Until then the saved assets are
+      *unconfirmed*: :meth:`confirmed` waits for the reload, so cached bytes of an
+      asset whose checksum changed while unmounted are never served for it.
     - Every listing loaded from the server is saved (in a worker thread).
     - When the server is unreachable (``reachability`` says so, or a load fails
       with a transient error after its retries) the saved listing is served,
@@ -401,6 +403,8 @@ class CatalogMemory:
         self.on_fresh = on_fresh
         self._seen: set[Hashable] = set()
         self._fresh: dict[Hashable, list[Asset]] = {}
+        #: asset id -> the reloads of saved listings holding it, still running
+        self._unconfirmed: dict[str, list[trio.Event]] = {}
         self._warned = False
         self.served_saved = 0
         self.reloads = 0
@@ -425,7 +429,11 @@ class CatalogMemory:
             if saved is not None:
                 self.served_saved += 1
                 if self.reachability():
-                    trio.lowlevel.spawn_system_task(self._reload, key, loader)
+                    done = trio.Event()
+                    ids = [a.id for a in saved[0]]
+                    for asset_id in ids:
+                        self._unconfirmed.setdefault(asset_id, []).append(done)
+                    trio.lowlevel.spawn_system_task(self._reload, key, loader, ids, done)
                 return saved[0]
             if not self.reachability():
                 raise Offline(
@@ -454,21 +462,42 @@ class CatalogMemory:
         except Exception as exc:  # a full disk must not end the mount
             log.warning("cannot save the catalog: %s", exc)
 
-    async def _reload(self, key: Hashable, loader: AssetsLoader) -> None:
+    async def _reload(
+        self, key: Hashable, loader: AssetsLoader, ids: list[str], done: trio.Event
+    ) -> None:
         try:
-            assets = await loader()
-            await trio.to_thread.run_sync(self.store.save_listing, key, assets)
-        except Exception as exc:
-            log.info("bringing %r up to date failed (the saved listing stays): %s", key, exc)
-            self._seen.discard(key)  # the next load of it tries again
-            return
-        self.reloads += 1
-        self._fresh[key] = assets
-        if self.on_fresh is not None:
             try:
-                await self.on_fresh(key)
-            except Exception:
-                log.exception("dropping the saved listing of %r failed", key)
+                assets = await loader()
+                await trio.to_thread.run_sync(self.store.save_listing, key, assets)
+            except Exception as exc:
+                # offline now (a transient error) or a real answer (the directory is
+                # gone): either way the saved listing stays until it expires
+                if isinstance(exc, TransientError):
+                    self.reachability.set(False, str(exc))
+                log.info("bringing %r up to date failed (the saved listing stays): %s", key, exc)
+                self._seen.discard(key)  # the next load of it tries again
+                return
+            self.reloads += 1
+            self._fresh[key] = assets
+            if self.on_fresh is not None:
+                try:
+                    await self.on_fresh(key, assets)
+                except Exception:
+                    log.exception("dropping the saved listing of %r failed", key)
+        finally:
+            for asset_id in ids:
+                waits = self._unconfirmed.get(asset_id)
+                if waits is not None:
+                    waits.remove(done)
+                    if not waits:
+                        del self._unconfirmed[asset_id]
+            done.set()
+
+    async def confirmed(self, asset_id: str) -> None:
+        """Wait while a saved listing holding ``asset_id`` is being checked with the
+        server (only right after a remount; offline there is nothing to wait for)."""
+        while self.reachability() and asset_id in self._unconfirmed:
+            await self._unconfirmed[asset_id][0].wait()
 
     async def asset(self, asset_id: str, loader: Callable[[], Awaitable[Asset]]) -> Asset:
         """One asset from the server, else (unreachable) as saved."""

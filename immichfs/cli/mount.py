@@ -64,9 +64,7 @@ async def _check_only(settings: config.Settings) -> bool:
         except UNREACHABLE as exc:
             if not offline_possible(settings, connector.url):
                 raise
-            log.warning(
-                "cannot reach %s (%s): mounting offline from the saved catalog", connector.url, exc
-            )
+            log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
             return False
     return True
 

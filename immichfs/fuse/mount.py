@@ -40,6 +40,7 @@ from immichfs.errors import (
     UserError,
 )
 from immichfs.fuse import kernel
+from immichfs.model import Asset
 from immichfs.vfs.refresh import RefreshTask
 from immichfs.vfs.status import install_status, status_of
 from immichfs.vfs.tree import Directory, Key, Node, Tree, TreeSettings, VirtualFile
@@ -153,8 +154,12 @@ def build_operations(
     if local is not None:
         store = local.store
 
-        def version_of(asset_id: str) -> str | None:
+        memory = local.memory
+
+        async def version_of(asset_id: str) -> str | None:
             # the checksum the asset has now: its cached metadata, else the catalog's
+            # (right after a remount, once the server confirmed the saved listing)
+            await memory.confirmed(asset_id)
             known = tree_holder[0].cache.assets.peek(asset_id) if tree_holder else None
             if known is not None:
                 return known.checksum or None
@@ -188,8 +193,10 @@ def build_operations(
     if local is not None:
         tree.memory = local.memory
 
-        async def fresh(key: Key) -> None:
+        async def fresh(key: Key, assets: list[Asset]) -> None:
             # a saved listing was served; the server's is here: show that one
+            for asset in assets:
+                tree.cache.assets.put(asset.id, asset)
             tree.cache.listings.pop(key)
             await operations.invalidate({key})
 
@@ -309,11 +316,7 @@ async def serve(
             except UNREACHABLE as exc:
                 if not offline_possible(settings, connector.url):
                     raise
-                log.warning(
-                    "cannot reach %s (%s): mounting offline from the saved catalog",
-                    connector.url,
-                    exc,
-                )
+                log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
                 reachability.set(False, str(exc))
         assert settings.api_key is not None  # the connector refused to start otherwise
         # the catalog is kept even with --cache-size-mb 0 (no bytes then)

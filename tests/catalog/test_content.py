@@ -7,7 +7,7 @@ import base64
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +55,19 @@ def test_ranges_unaligned_windows_are_joined(tmp_path: Path) -> None:
     cache.write(key, 0, data[:cut], len(data), checksum=checksum_of(data))
     assert cache.covered(key, 0, len(data)) == BLOCK  # the split block waits
     cache.write(key, cut, data[cut:], len(data), checksum=checksum_of(data))
+    assert cache.covered(key, 0, len(data)) == len(data)
+    assert cache.has_whole(key)
+    assert read(cache, key, 0, len(data), len(data)) == data
+
+
+def test_ranges_finishing_in_any_order_fill_every_block(tmp_path: Path) -> None:
+    data = blob(6 * BLOCK + 77)
+    cache = make(tmp_path)
+    key = content_key("a1", checksum_of(data))
+    cuts = [0, 300, BLOCK + 700, 3 * BLOCK + 5, 3 * BLOCK + 9, 5 * BLOCK + 1000, len(data)]
+    ranges = list(zip(cuts, cuts[1:], strict=False))
+    for lo, hi in reversed(ranges):  # the later window finishes first
+        cache.write(key, lo, data[lo:hi], len(data), checksum=checksum_of(data))
     assert cache.covered(key, 0, len(data)) == len(data)
     assert cache.has_whole(key)
     assert read(cache, key, 0, len(data), len(data)) == data
@@ -216,6 +229,13 @@ class FakeFetcher:
         return 'W/"v1"'
 
 
+def version(checksum: str | None) -> Callable[[str], Awaitable[str | None]]:
+    async def version_of(asset_id: str) -> str | None:
+        return checksum
+
+    return version_of
+
+
 async def fetch(source: CachedSource, asset_id: str, start: int, n: int, total: int) -> bytes:
     buf = bytearray(n)
     await source.fetch_into(asset_id, start, memoryview(buf), total=total)
@@ -227,9 +247,7 @@ async def test_cached_source_serves_the_second_read_from_disk(tmp_path: Path) ->
     fetcher = FakeFetcher({"a1": data})
     cache = make(tmp_path)
     online = [True]
-    source = CachedSource(
-        fetcher, cache, lambda _id: checksum_of(data), online=lambda: online[0]
-    )
+    source = CachedSource(fetcher, cache, version(checksum_of(data)), online=lambda: online[0])
     assert await fetch(source, "a1", 0, len(data), len(data)) == data
     assert len(fetcher.requests) == 1
     assert await fetch(source, "a1", 0, len(data), len(data)) == data
@@ -249,7 +267,7 @@ async def test_cached_source_serves_the_second_read_from_disk(tmp_path: Path) ->
 async def test_cached_source_fetches_only_what_is_missing(tmp_path: Path) -> None:
     data = blob(4 * BLOCK)
     fetcher = FakeFetcher({"a1": data})
-    source = CachedSource(fetcher, make(tmp_path), lambda _id: checksum_of(data))
+    source = CachedSource(fetcher, make(tmp_path), version(checksum_of(data)))
     await fetch(source, "a1", 0, 2 * BLOCK, len(data))
     assert await fetch(source, "a1", 0, len(data), len(data)) == data
     assert fetcher.requests[-1] == ("a1", 2 * BLOCK, 2 * BLOCK)
@@ -266,7 +284,7 @@ async def test_cached_source_keeps_what_arrived_before_a_failure(tmp_path: Path)
             progress(2 * BLOCK)
             raise ConnectError("cut")
 
-    source = CachedSource(Partial({}), cache, lambda _id: checksum_of(data))
+    source = CachedSource(Partial({}), cache, version(checksum_of(data)))
     with pytest.raises(ConnectError):
         await fetch(source, "a1", 0, len(data), len(data))
     assert cache.covered(content_key("a1", checksum_of(data)), 0, len(data)) == 2 * BLOCK
@@ -276,7 +294,7 @@ async def test_unknown_checksum_passes_through(tmp_path: Path) -> None:
     data = blob(BLOCK)
     fetcher = FakeFetcher({"a1": data})
     cache = make(tmp_path)
-    source = CachedSource(fetcher, cache, lambda _id: None)
+    source = CachedSource(fetcher, cache, version(None))
     assert await fetch(source, "a1", 0, BLOCK, BLOCK) == data
     assert await fetch(source, "a1", 0, BLOCK, BLOCK) == data
     assert len(fetcher.requests) == 2

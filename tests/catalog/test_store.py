@@ -82,7 +82,7 @@ async def test_memory_serves_saved_first_then_fresh(tmp_path: Path) -> None:
     fresh_keys: list[Hashable] = []
     done = trio.Event()
 
-    async def on_fresh(key: Hashable) -> None:
+    async def on_fresh(key: Hashable, assets: list[Asset]) -> None:
         fresh_keys.append(key)
         done.set()
 
@@ -97,7 +97,8 @@ async def test_memory_serves_saved_first_then_fresh(tmp_path: Path) -> None:
     first = await memory.load(PHOTOS, load)
     assert [a.id for a in first] == [asset(1).id, asset(2).id]  # at once, from disk
     with trio.fail_after(5):
-        await done.wait()
+        await memory.confirmed(asset(2).id)  # waits for the server's listing
+    assert done.is_set()
     assert fresh_keys == [PHOTOS]
     assert [a.id for a in await memory.load(PHOTOS, load)] == [asset(1).id]
     assert calls == 1  # the fresh listing was handed over, not loaded twice
