@@ -76,7 +76,9 @@ def _percent(rate: Any) -> str:
 def _plural(n: int, word: str) -> str:
     if n == 1:
         return f"1 {word}"
-    return f"{n} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
+    if word.endswith("y"):
+        return f"{n} {word[:-1]}ies"
+    return f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def _seconds(value: Any) -> str:
@@ -128,6 +130,20 @@ def format_summary(report: Mapping[str, Any]) -> str:
         f"kernel      {_plural(invalidations, 'invalidation')}",
         f"errors      {errors}",
     ]
+    connection = report.get("connection")
+    if connection:
+        lines.insert(2, f"connection  {connection}")
+    disk = report.get("disk_cache")
+    if disk:
+        lines.append(
+            f"disk cache  {_plural(int(disk.get('hits') or 0), 'hit')}, "
+            f"{_plural(int(disk.get('misses') or 0), 'miss')}, "
+            f"{human_bytes(disk.get('bytes_on_disk') or 0)} on disk of "
+            f"{human_bytes(disk.get('limit') or 0)}, "
+            f"{_plural(int(disk.get('evictions') or 0), 'eviction')}, "
+            f"{_plural(int(disk.get('dropped_blocks') or 0), 'block')} failed verification "
+            f"({disk.get('directory', '?')})"
+        )
     caches: Mapping[str, Mapping[str, Any]] = report.get("cache") or {}
     if caches:
         width = max(len(name) for name in caches)

@@ -161,7 +161,9 @@ def test_offline_remount_serves_listings_and_cached_bytes(cached: Cached) -> Non
         text=True,
         timeout=30,
     )
-    assert "offline" in summary.stdout, summary.stdout + summary.stderr
+    lines = summary.stdout.splitlines()
+    assert "connection  offline" in lines, summary.stdout + summary.stderr
+    assert any(line.startswith("disk cache  ") and " hits, " in line for line in lines)
 
     # an uncached file: EIO, within the bound, and the mount lives on
     started = time.monotonic()

@@ -56,6 +56,8 @@ TOP_FIELDS = {
     "readahead",
     "kernel",
     "refresh",
+    "connection",
+    "disk_cache",
 }
 CACHE_FIELDS = {"hits", "misses", "hit_rate", "entries", "size", "max_size", "loads"}
 
