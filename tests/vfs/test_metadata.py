@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog
 from immichfs.catalog.reader import ReaderPool
 from immichfs.client.connector import ImmichConnector
 from immichfs.model import Asset
@@ -142,7 +143,9 @@ def test_manifest_stream_reads_any_offset(size: int) -> None:
 
 def build(connector: ImmichConnector) -> tuple[Tree, Views]:
     cache = MetadataCache(CacheSettings(listing_ttl=300, asset_ttl=300))
-    tree = Tree(connector, cache, ReaderPool(connector.stream_full_resolution_file), TreeSettings())
+    tree = Tree(
+        Catalog(connector, cache), ReaderPool(connector.stream_full_resolution_file), TreeSettings()
+    )
     return tree, install_views(tree)
 
 
