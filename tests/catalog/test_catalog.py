@@ -219,7 +219,7 @@ async def test_trashed_assets_are_dropped_even_when_the_server_sends_them() -> N
         """Answers the timeline with its trashed assets (a server ignoring the filter)."""
 
         def matches(self, asset: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
-            return asset["type"] == filters.get("type", asset["type"])
+            return bool(asset["type"] == filters.get("type", asset["type"]))
 
     catalog, _, _ = build(source=Sloppy(list(LIBRARY)))
     assert 5 not in ids(await catalog.timeline("IMAGE"))

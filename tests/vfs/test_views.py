@@ -398,7 +398,7 @@ def test_tag_index_nests_by_path() -> None:
 
 async def test_person_names(source: RecordingSource) -> None:
     _, views = build(source)
-    people = [
+    people: list[dict[str, Any]] = [
         {"id": "b" * 36, "name": "Sam"},
         {"id": "a" * 36, "name": "Sam"},  # the lower id keeps the plain name
         {"id": "c" * 36, "name": "A/B"},
