@@ -313,6 +313,18 @@ class CatalogStore:
             ).fetchone()
         return (int(row[0]), str(row[1])) if row is not None else None
 
+    def thumbnails(self, size: str) -> dict[str, tuple[str, int, str]]:
+        """asset id -> (checksum, length, content type) of every ``size`` thumbnail seen."""
+        with self._lock:
+            return {
+                asset_id: (checksum, length, content_type)
+                for asset_id, checksum, length, content_type in self._db.execute(
+                    "SELECT asset_id, checksum, length, content_type FROM thumbnails "
+                    "WHERE size = ?",
+                    (size,),
+                )
+            }
+
     def thumbnail_type(self, size: str) -> str | None:
         """The Content-Type last seen for ``size`` thumbnails."""
         return self.state(f"thumbnail-type:{size}")
@@ -369,8 +381,8 @@ class Reachability:
         return self.online
 
 
-AssetsLoader = Callable[[], Awaitable[list[Asset]]]
-OnFresh = Callable[[Hashable, list[Asset]], Awaitable[None]]
+AssetsLoader = Callable[[], Awaitable[Sequence[Asset]]]
+OnFresh = Callable[[Hashable, Sequence[Asset]], Awaitable[None]]
 #: directory kinds never saved: a search is a question, not part of the library
 _NOT_SAVED = ("search",)
 
@@ -402,7 +414,9 @@ class CatalogMemory:
         self.reachability = reachability
         self.on_fresh = on_fresh
         self._seen: set[Hashable] = set()
-        self._fresh: dict[Hashable, list[Asset]] = {}
+        self._fresh: dict[Hashable, Sequence[Asset]] = {}
+        #: size -> asset id -> (checksum, length, content type) of thumbnails seen
+        self._thumbnails: dict[str, dict[str, tuple[str, int, str]]] = {}
         #: asset id -> the reloads of saved listings holding it, still running
         self._unconfirmed: dict[str, list[trio.Event]] = {}
         self._warned = False
@@ -416,7 +430,7 @@ class CatalogMemory:
             key_text(key) is not None
         )
 
-    async def load(self, key: Hashable, loader: AssetsLoader) -> list[Asset]:
+    async def load(self, key: Hashable, loader: AssetsLoader) -> Sequence[Asset]:
         """``key``'s assets: saved, fresh or from ``loader`` as described above."""
         if not self._kept(key):
             return await loader()
@@ -456,7 +470,7 @@ class CatalogMemory:
         trio.lowlevel.spawn_system_task(self._save, key, assets)
         return assets
 
-    async def _save(self, key: Hashable, assets: list[Asset]) -> None:
+    async def _save(self, key: Hashable, assets: Sequence[Asset]) -> None:
         try:
             await trio.to_thread.run_sync(self.store.save_listing, key, assets)
         except Exception as exc:  # a full disk must not end the mount
@@ -531,6 +545,8 @@ class CatalogMemory:
             raise Offline(f"asset {asset.id}: offline, and its {size} is not cached")
         data, content_type = await fetch()
 
+        self._known_thumbnails(size)[asset.id] = (asset.checksum, len(data), content_type)
+
         def keep() -> None:
             self.store.save_thumbnail(size, asset, len(data), content_type)
             if content is not None and key is not None:
@@ -539,6 +555,20 @@ class CatalogMemory:
         await trio.to_thread.run_sync(keep)
         return data, content_type
 
-    async def thumbnail_info(self, asset: Asset, size: str) -> tuple[int, str] | None:
-        """(length, content type) of a thumbnail as saved, without a download."""
-        return await trio.to_thread.run_sync(self.store.saved_thumbnail, size, asset)
+    def _known_thumbnails(self, size: str) -> dict[str, tuple[str, int, str]]:
+        known = self._thumbnails.get(size)
+        if known is None:
+            # once per size: ``ls -l`` of a thumbnail directory asks for every entry
+            known = self._thumbnails[size] = self.store.thumbnails(size)
+        return known
+
+    def known_thumbnail_info(self, asset: Asset, size: str) -> tuple[int, str] | None:
+        """(length, content type) of ``asset``'s thumbnail as saved, without a download."""
+        found = self._known_thumbnails(size).get(asset.id)
+        if found is None or found[0] != asset.checksum:
+            return None
+        return found[1], found[2]
+
+    def thumbnail_type(self, size: str) -> str | None:
+        """The Content-Type ``size`` thumbnails had when last seen."""
+        return self.store.thumbnail_type(size)

@@ -1,7 +1,8 @@
 """The composition root of the filesystem: settings in, a served mount out.
 
-:func:`build_operations` wires the connector, caches, reader pool, tree and the
-FUSE adapter; :func:`serve` mounts with ``fsname=immichfs,subtype=immichfs,ro,
+:func:`build_mount` wires, explicitly and once, the connector, the catalog and
+its caches, the reader pool, the tree and its views, the FUSE adapter, the
+refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,subtype=immichfs,ro,
 default_permissions`` (plus ``allow_other`` only when asked), serves until
 SIGINT/SIGTERM or ``fusermount3 -u``, and runs ``pyfuse3.close(unmount=True)``
 in ``finally`` whatever happened, so a crash never leaves a dead mount
@@ -16,16 +17,17 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from immichfs import options as config
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.cachedir import default_root
+from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.content import CachedSource
 from immichfs.catalog.local import LocalCache, has_catalog
 from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
@@ -42,9 +44,9 @@ from immichfs.errors import (
 from immichfs.fuse import kernel
 from immichfs.model import Asset
 from immichfs.vfs.refresh import RefreshTask
-from immichfs.vfs.status import install_status, status_of
-from immichfs.vfs.tree import Directory, Key, Node, Tree, TreeSettings, VirtualFile
-from immichfs.vfs.views import ViewOptions, Views, install_views, views_of
+from immichfs.vfs.status import MountStatus, install_status
+from immichfs.vfs.tree import Tree, TreeSettings
+from immichfs.vfs.views import ViewOptions, ViewsExtension, install_views
 
 if TYPE_CHECKING:
     from immichfs.fuse.operations import Operations
@@ -52,6 +54,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GROUPS = ("server", "mount", "cache", "read", "logging")
+#: the settings ``/.immichfs/status`` shows (never a secret: no key, no token)
+SHOWN_SETTINGS = (
+    "listing_ttl",
+    "asset_ttl",
+    "kernel_ttl",
+    "refresh_interval",
+    "cache_entries",
+    "readahead_mb",
+    "readahead_budget_mb",
+    "max_connections",
+    "timeout",
+    "retry_budget",
+    "search_limit",
+    "show_trash",
+    "allow_other",
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,15 @@ class MountPlan:
         if self.debug_fuse:
             options.add("debug")
         return options
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A filesystem ready to serve: the adapter and what runs beside it."""
+
+    operations: Operations
+    refresh: RefreshTask
+    status: MountStatus
 
 
 #: errors that mean "the server is not there" (as opposed to "it said no")
@@ -129,16 +156,20 @@ async def open_local_cache(
         return None
 
 
-def build_operations(
+def build_mount(
     connector: ImmichConnector,
     settings: config.Settings,
     fetch: RangeFetcher | RangeIntoFetcher | None = None,
+    *,
+    mountpoint: str | None = None,
     local: LocalCache | None = None,
-) -> Operations:
-    """The filesystem over ``connector``: caches, reader pool, tree, FUSE adapter.
+) -> Mount:
+    """The filesystem over ``connector``: catalog, reader pool, tree and views, FUSE
+    adapter, refresh task and status file.
 
     ``fetch`` serves the bytes of originals (default: the connector's ranged stream);
     ``local`` adds the on-disk catalog and content cache.
+    The refresh task is built, not started (:func:`serve` runs it).
     """
     from immichfs.fuse.operations import Operations
 
@@ -149,30 +180,31 @@ def build_operations(
             max_assets=settings.cache_entries,
         )
     )
+    catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
     source: RangeFetcher | RangeIntoFetcher = fetch or connector.stream_full_resolution_file
-    tree_holder: list[Tree] = []
     if local is not None:
+        memory = catalog.memory = local.memory
         store = local.store
-
-        memory = local.memory
 
         async def version_of(asset_id: str) -> str | None:
             # the checksum the asset has now: its cached metadata, else the catalog's
             # (right after a remount, once the server confirmed the saved listing)
             await memory.confirmed(asset_id)
-            known = tree_holder[0].cache.assets.peek(asset_id) if tree_holder else None
+            known = cache.assets.peek(asset_id)
             if known is not None:
                 return known.checksum or None
             return store.checksum(asset_id)
 
+        async def fresh(key: Hashable, assets: Sequence[Asset]) -> None:
+            # a saved answer was served; the server's is here: the next listing shows it
+            for asset in assets:
+                cache.assets.put(asset.id, asset)
+            cache.queries.pop(key)
+
+        memory.on_fresh = fresh
         source = CachedSource(source, local.content, version_of, online=local.reachability)
     readers = ReaderPool(source, ReadaheadConfig.from_settings(settings))
-    tree = Tree(
-        connector,
-        cache,
-        readers,
-        TreeSettings(search_limit=settings.search_limit, show_trash=settings.show_trash),
-    )
+    tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
     views = install_views(
         tree,
         ViewOptions(
@@ -180,8 +212,6 @@ def build_operations(
             by_date_days=settings.by_date_days,
         ),
     )
-    tree.add_extension(ViewsExtension(views))
-    tree_holder.append(tree)
     operations = Operations(
         tree,
         kernel_ttl=settings.kernel_ttl,
@@ -189,57 +219,36 @@ def build_operations(
         gid=settings.gid,
         ready_entries=settings.cache_entries,
     )
-    status = install_status(operations, connector, settings, fetch)  # /.immichfs/status
+    # changes the refresh finds reach the kernel too
+    refresh = RefreshTask(
+        tree, views, interval=settings.refresh_interval, on_change=operations.invalidate
+    )
+    # getfattr -n user.immichfs.refresh MOUNTPOINT runs a refresh at once
+    tree.add_extension(ViewsExtension(views, refresh=refresh.refresh_now))
+    counters = getattr(fetch, "statistics", None)
+    shown: dict[str, Any] = {name: getattr(settings, name) for name in SHOWN_SETTINGS}
+    status = MountStatus(
+        operations,
+        connector,
+        shown,
+        counters if callable(counters) else None,
+        mountpoint=mountpoint,
+        refresh=refresh,
+    )
+    install_status(tree, status)  # /.immichfs/status
     if local is not None:
-        tree.memory = local.memory
-
-        async def fresh(key: Key, assets: list[Asset]) -> None:
-            # a saved listing was served; the server's is here: show that one
-            for asset in assets:
-                tree.cache.assets.put(asset.id, asset)
-            tree.cache.listings.pop(key)
-            await operations.invalidate({key})
-
-        local.memory.on_fresh = fresh
         status.local = local
         status.reachability = local.reachability
-    return operations
+    return Mount(operations, refresh, status)
 
 
-class ViewsExtension:
-    """The views' virtual files (``.manifest.jsonl``) and extended attributes, as the
-    tree's :class:`~immichfs.vfs.tree.TreeExtension`."""
-
-    def __init__(self, views: Views) -> None:
-        self.views = views
-
-    def node(self, key: Key) -> VirtualFile | None:
-        return self.views.virtual_node(key)
-
-    def lookup(self, directory: Directory, name: str) -> VirtualFile | None:
-        return self.views.manifest(directory, name)
-
-    async def xattrs(self, node: Node) -> Mapping[str, bytes]:
-        return await self.views.xattrs(node)  # type: ignore[arg-type]
-
-    async def getxattr(self, node: Node, name: str) -> bytes | None:
-        return await self.views.getxattr(node, name)  # type: ignore[arg-type]
-
-
-def refresh_task(operations: Operations, settings: config.Settings) -> RefreshTask | None:
-    """The background refresh of ``operations``' views; changes reach the kernel too."""
-    views = views_of(operations.tree)
-    if views is None:
-        return None
-
-    async def on_change(keys: set[Key]) -> None:
-        await operations.invalidate(keys)
-
-    task = RefreshTask(
-        operations.tree, views, interval=settings.refresh_interval, on_change=on_change
-    )
-    views.refresh_hook = task.refresh_now  # getfattr -n user.immichfs.refresh MOUNTPOINT
-    return task
+def build_operations(
+    connector: ImmichConnector,
+    settings: config.Settings,
+    fetch: RangeFetcher | RangeIntoFetcher | None = None,
+) -> Operations:
+    """The FUSE adapter of :func:`build_mount` (its refresh task not running)."""
+    return build_mount(connector, settings, fetch).operations
 
 
 async def check_server(connector: ImmichConnector) -> None:
@@ -251,15 +260,14 @@ async def check_server(connector: ImmichConnector) -> None:
 async def _watch_server(
     connector: ImmichConnector,
     reachability: Reachability,
-    refresh: RefreshTask | None,
+    refresh: RefreshTask,
     settings: config.Settings,
 ) -> None:
-    """Keep ``reachability`` true to the server: probe it while it is away (every few
-    seconds) or while the refresh fails, and catch up at once when it is back."""
+    """Keep ``reachability`` true to the server: probe it while it is away or while
+    the refresh fails (every few seconds), and catch up at once when it is back."""
     while True:
-        failing = refresh is not None and getattr(refresh, "_failing", False)
-        if reachability.online and not failing:
-            await trio.sleep(min(5.0, settings.refresh_interval))
+        await trio.sleep(min(5.0, settings.refresh_interval))
+        if reachability.online and not getattr(refresh, "_failing", False):
             continue
         reachable = False
         reason = "no answer"
@@ -273,12 +281,10 @@ async def _watch_server(
         if reachable and not reachability.online:
             log.info("%s answers again: online", connector.url)
             reachability.set(True)
-            if refresh is not None:
-                refresh.trigger()
+            refresh.trigger()
         elif not reachable and reachability.online:
             log.warning("%s does not answer: offline (cached bytes only)", connector.url)
             reachability.set(False, reason)
-        await trio.sleep(min(5.0, settings.refresh_interval))
 
 
 async def _watch_signals(signals: AsyncIterator[int]) -> None:
@@ -333,7 +339,8 @@ async def serve(
             fallback=connector.stream_full_resolution_file,
         )
         try:
-            operations = build_operations(connector, settings, fetch, local)
+            mount = build_mount(connector, settings, fetch, mountpoint=plan.mountpoint, local=local)
+            operations, refresh = mount.operations, mount.refresh
             # signals are caught from before the mount until after the unmount, so
             # a second SIGTERM cannot kill the process between the two
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -349,18 +356,14 @@ async def serve(
                     try:
                         ready(f"mounted {connector.url} at {plan.mountpoint}")
                         log.info("mounted %s at %s", connector.url, plan.mountpoint)
-                        refresh = refresh_task(operations, settings)
-                        status = status_of(operations.tree)
-                        if status is not None:
-                            status.mountpoint, status.refresh = plan.mountpoint, refresh
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_watch_signals, signals)
                             nursery.start_soon(_tune_kernel, plan.mountpoint)
-                            if refresh is not None and reachability.online:
+                            if reachability.online:
                                 # it first takes the asset counts its renewal compares
                                 # with, before any listing is loaded (FUSE requests wait)
                                 await nursery.start(refresh.run)
-                            elif refresh is not None:
+                            else:
                                 nursery.start_soon(refresh.run)
                             if local is not None:
                                 nursery.start_soon(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -65,7 +66,7 @@ def test_ranges_finishing_in_any_order_fill_every_block(tmp_path: Path) -> None:
     cache = make(tmp_path)
     key = content_key("a1", checksum_of(data))
     cuts = [0, 300, BLOCK + 700, 3 * BLOCK + 5, 3 * BLOCK + 9, 5 * BLOCK + 1000, len(data)]
-    ranges = list(zip(cuts, cuts[1:], strict=False))
+    ranges = list(itertools.pairwise(cuts))
     for lo, hi in reversed(ranges):  # the later window finishes first
         cache.write(key, lo, data[lo:hi], len(data), checksum=checksum_of(data))
     assert cache.covered(key, 0, len(data)) == len(data)
