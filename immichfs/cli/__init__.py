@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pre-fetch the listings (and thumbnails) of a mounted subtree, with progress",
     ),
     "status": ("immichfs.cli.status", "show what a mounted immichfs is doing (cache, requests)"),
+    "cache": (
+        "immichfs.cli.cache",
+        "show, prune or clear the catalogs and bytes kept on disk (--cache-dir)",
+    ),
 }
 
 

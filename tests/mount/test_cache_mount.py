@@ -334,3 +334,41 @@ def test_second_mount_of_the_same_cache_is_refused(cached: Cached) -> None:
     finally:
         second.cleanup()
     cached.unmount()
+
+
+def immichfs(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
+    return subprocess.run(
+        [sys.executable, "-m", "immichfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_cache_command_stats_prune_clear(cached: Cached) -> None:
+    library = cached.library
+    video = assets_of(library, "VIDEO", 1, smallest=3 * MIB)[0]
+    cached.mount()
+    read_all(cached.path_of(video))
+    where = ["--cache-dir", str(cached.cache_dir)]
+    # while mounted: stats works, wiping is refused with a clear line
+    stats = immichfs("cache", "stats", "--json", *where)
+    assert stats.returncode == 0, stats.stderr
+    (entry,) = json.loads(stats.stdout)["servers"]
+    assert entry["in_use"] and entry["url"] == cached.server.url
+    assert entry["bytes_cached"] >= 3 * MIB and entry["assets"] > 0
+    refused = immichfs("cache", "clear", *where)
+    assert refused.returncode == 1
+    assert "in use by another immichfs process" in refused.stderr
+    cached.unmount()
+
+    pruned = immichfs("cache", "prune", "--cache-size-mb", "1", *where)
+    assert pruned.returncode == 0, pruned.stderr
+    (entry,) = json.loads(immichfs("cache", "stats", "--json", *where).stdout)["servers"]
+    assert entry["bytes_cached"] <= MIB and not entry["in_use"]
+    cleared = immichfs("cache", "clear", *where)
+    assert cleared.returncode == 0, cleared.stderr
+    assert json.loads(immichfs("cache", "stats", "--json", *where).stdout)["servers"] == []
+    assert list(cached.cache_dir.iterdir()) == []
