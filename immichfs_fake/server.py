@@ -1134,6 +1134,16 @@ class FakeImmich:
         ]
         if req.headers.get("If-None-Match") == etag:
             return Response(304, headers[:-1])
+        # res.sendFile, as for originals: one satisfiable range gets 206 (what the client
+        # uses to learn a thumbnail's length with ``Range: bytes=0-0``); anything else
+        # the whole file (unsatisfiable ranges of a thumbnail are not exercised)
+        range_header = req.headers.get("Range")
+        if range_header and self.faults.take("ignore_range", req.path) is None:
+            parsed = _parse_range(range_header, len(data))
+            if isinstance(parsed, tuple):
+                start, end = parsed
+                headers.append(("Content-Range", f"bytes {start}-{end}/{len(data)}"))
+                return Response(206, headers, Body(data=data, offset=start, length=end - start + 1))
         return Response(200, headers, Body(data=data, length=len(data)))
 
     # -- albums, people, tags ------------------------------------------------------------

@@ -52,7 +52,7 @@ import trio
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.store import CatalogMemory
 from immichfs.client import search as text_search
-from immichfs.errors import ImmichError, NotFound
+from immichfs.errors import ImmichError, NotFound, Offline
 from immichfs.model import Album, Asset, Person, Tag, Thumbnail, TimeBucket, iso_instant
 
 log = logging.getLogger(__name__)
@@ -540,9 +540,29 @@ class Catalog:
         known = self.known_thumbnail_info(asset_id, size)
         if known is not None:
             return known
-        return await self.cache.thumbnails.get_info(
-            (size, asset_id), self._thumbnail_loader(asset_id, size)
-        )
+        probe = getattr(self.source, "get_thumbnail_length", None)
+        if probe is None:
+            return await self.cache.thumbnails.get_info(
+                (size, asset_id), self._thumbnail_loader(asset_id, size)
+            )
+        memory = self.memory
+
+        async def load_info() -> tuple[int, str]:
+            # ``Range: bytes=0-0``: the length without the bytes (a server that ignores
+            # the range sends them all: kept then, they are the thumbnail)
+            if memory is not None and not memory.reachability():
+                raise Offline(f"asset {asset_id}: offline, and its {size} was never seen")
+            length, content_type, data = await probe(asset_id, size)
+            if data is not None:
+                self.cache.thumbnails.data.put((size, asset_id), (data, content_type))
+            if memory is not None:
+                asset = self.cache.assets.peek(asset_id)
+                if asset is not None:
+                    await memory.remember_thumbnail(asset, size, length, content_type)
+            return length, content_type
+
+        info: tuple[int, str] = await self.cache.thumbnails.info.get((size, asset_id), load_info)
+        return info
 
     def known_thumbnail_info(self, asset_id: str, size: str) -> tuple[int, str] | None:
         """(length, content type) of a rendition if known, without a request (also

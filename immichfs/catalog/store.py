@@ -555,6 +555,13 @@ class CatalogMemory:
         await trio.to_thread.run_sync(keep)
         return data, content_type
 
+    async def remember_thumbnail(
+        self, asset: Asset, size: str, length: int, content_type: str
+    ) -> None:
+        """Keep a thumbnail's length and type (learned without its bytes)."""
+        self._known_thumbnails(size)[asset.id] = (asset.checksum, length, content_type)
+        await trio.to_thread.run_sync(self.store.save_thumbnail, size, asset, length, content_type)
+
     def _known_thumbnails(self, size: str) -> dict[str, tuple[str, int, str]]:
         known = self._thumbnails.get(size)
         if known is None:

@@ -663,6 +663,50 @@ class ImmichConnector:
 
         return await self._retrying(once, what, path=path)
 
+    async def get_thumbnail_length(
+        self, asset_id: str, size: str = "preview"
+    ) -> tuple[int, str, bytes | None]:
+        """(length, content type, bytes or None) of a rendition, without downloading it
+        where the server honours ``Range: bytes=0-0``: Immich serves thumbnails as it
+        serves originals (``res.sendFile``), answering 206 with the total length in
+        ``Content-Range``. A server that ignores the range sends the whole rendition
+        (200): its bytes are returned then, so they need not be fetched again."""
+        if size not in _THUMBNAIL_SIZES:
+            raise ValueError(f"size must be one of {', '.join(_THUMBNAIL_SIZES)}, not {size!r}")
+        what = f"asset {asset_id}: {size}"
+        path = self._asset_path(asset_id, "thumbnail")
+
+        async def once() -> tuple[int, str, bytes | None]:
+            async with self._open(
+                "GET",
+                path,
+                params={"size": size},
+                headers={"Accept": "image/*", "Accept-Encoding": "identity", "Range": "bytes=0-0"},
+                follow_redirects=True,
+                what=what,
+                about_id=True,
+            ) as response:
+                content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                if response.status_code not in (200, 206) or content_type in (
+                    "application/json",
+                    "text/html",
+                ):
+                    raise ProtocolError(
+                        f"{what}: expected an image, got {response.status_code} {content_type!r}"
+                    )
+                content_type = content_type or "application/octet-stream"
+                if response.status_code == 206:
+                    parsed = parse_content_range(response.headers.get("content-range"))
+                    if parsed is None or parsed[2] is None or parsed[0] != 0:
+                        raise ProtocolError(f"{what}: 206 without a usable Content-Range")
+                    await response.aread()  # the one byte: the connection stays reusable
+                    return parsed[2], content_type, None
+                chunks = self._chunks(response, _length(response), what)
+                data = b"".join([c async for c in chunks])
+                return len(data), content_type, data
+
+        return await self._retrying(once, what, path=path)
+
     async def head_original(self, asset_id: str) -> int:
         """The size in bytes of the original (``HEAD``, ``Content-Length``)."""
         what = f"asset {asset_id}: original"

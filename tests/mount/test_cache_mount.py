@@ -372,3 +372,28 @@ def test_cache_command_stats_prune_clear(cached: Cached) -> None:
     assert cleared.returncode == 0, cleared.stderr
     assert json.loads(immichfs("cache", "stats", "--json", *where).stdout)["servers"] == []
     assert list(cached.cache_dir.iterdir()) == []
+
+
+def test_thumbnail_sizes_without_downloads_and_kept(cached: Cached) -> None:
+    cached.mount()
+    thumbs = cached.mountpoint / "thumbs" / "thumbnail"
+    cached.server.requests.clear()
+    sizes = {name: (thumbs / name).stat().st_size for name in os.listdir(thumbs)}
+    assert sizes and all(size > 0 for size in sizes.values())
+    answers = cached.server.requests.select(method="GET", path_prefix="/api/assets/")
+    thumbnail_answers = [r for r in answers if r.path.endswith("/thumbnail")]
+    assert thumbnail_answers, "the sizes came from somewhere"
+    # every size learned with a one-byte range, not a download
+    assert {(r.status, r.bytes_sent, r.range) for r in thumbnail_answers} == {
+        (206, 1, "bytes=0-0")
+    }
+    first = sorted(sizes)[0]
+    data = (thumbs / first).read_bytes()
+    assert len(data) == sizes[first]
+    cached.unmount()
+
+    cached.server.faults.refuse_connections()
+    cached.mount()
+    assert {name: (thumbs / name).stat().st_size for name in os.listdir(thumbs)} == sizes
+    assert (thumbs / first).read_bytes() == data  # kept, verified, served offline
+    cached.unmount()
