@@ -429,6 +429,15 @@ class Catalog:
 
     # -- collections and the server
 
+    async def _answer(
+        self, key: Key, fetch: Callable[[], Awaitable[list[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        """A collection list as the server sent it (saved in the on-disk catalog, which
+        answers instead while the server is unreachable)."""
+        if self.memory is None:
+            return await fetch()
+        return await self.memory.answer(key, fetch)
+
     async def features(self) -> Mapping[str, Any]:
         """``/server/features`` (whether smart search is on)."""
         features: Mapping[str, Any] = await self.cache.misc.get(
@@ -440,7 +449,7 @@ class Catalog:
         """Every album the key sees (owned and shared); ``fresh`` asks the server again."""
 
         async def load() -> tuple[Album, ...]:
-            return _values(Album.from_json, await self.source.get_albums())
+            return _values(Album.from_json, await self._answer(ALBUMS, self.source.get_albums))
 
         if fresh:
             self.cache.misc.pop(ALBUMS)
@@ -451,7 +460,10 @@ class Catalog:
         """Every person; those hidden in Immich's UI only ``with_hidden``."""
 
         async def load() -> tuple[Person, ...]:
-            return _values(Person.from_json, await self.source.get_people(with_hidden=with_hidden))
+            items = await self._answer(
+                people_key(with_hidden), lambda: self.source.get_people(with_hidden=with_hidden)
+            )
+            return _values(Person.from_json, items)
 
         key = people_key(with_hidden)
         if fresh:
@@ -463,7 +475,7 @@ class Catalog:
         """Every tag, flat (a tag's ``value`` is its full path)."""
 
         async def load() -> tuple[Tag, ...]:
-            return _values(Tag.from_json, await self.source.get_tags())
+            return _values(Tag.from_json, await self._answer(TAGS, self.source.get_tags))
 
         if fresh:
             self.cache.misc.pop(TAGS)
@@ -478,7 +490,9 @@ class Catalog:
                 (b.year, b.month): b
                 for b in _values(
                     TimeBucket.from_json,
-                    await self.source.get_timeline_buckets(visibility="timeline"),
+                    await self._answer(
+                        BUCKETS, lambda: self.source.get_timeline_buckets(visibility="timeline")
+                    ),
                 )
                 if b.count is None or b.count > 0
             }

@@ -10,6 +10,8 @@ directory, see :mod:`immichfs.catalog.cachedir`):
   person, a tag, favourites, archive), keyed by the directory's key, with the time
   it was saved: the memberships;
 - ``thumbnails``: the length and Content-Type of each thumbnail seen;
+- ``answers``: the collection lists (albums, people, tags, date buckets) as the
+  server sent them (JSON), for offline mounts;
 - ``state``: small values (the newest ``updatedAt`` seen, when the catalog was
   last brought up to date).
 
@@ -79,6 +81,11 @@ CREATE TABLE IF NOT EXISTS thumbnails (
     content_type TEXT NOT NULL,
     PRIMARY KEY (size, asset_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY,
+    saved_at REAL NOT NULL,
+    json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -95,7 +102,7 @@ _COLUMNS = (
 def key_text(key: Hashable) -> str | None:
     """A directory key as stored (JSON of its parts); None for keys that are not plain."""
     parts = key if isinstance(key, tuple) else (key,)
-    if not all(isinstance(p, str | int) and not isinstance(p, bool) for p in parts):
+    if not all(isinstance(p, str | int | bool) for p in parts):
         return None
     return json.dumps(list(parts), separators=(",", ":"))
 
@@ -186,7 +193,7 @@ class CatalogStore:
             # written by another version of immichfs: start afresh rather than misread it
             log.warning("catalog %s has schema %s: starting a new one", path, version)
             with self._db:
-                for table in ("assets", "listings", "thumbnails", "state"):
+                for table in ("assets", "listings", "thumbnails", "answers", "state"):
                     self._db.execute(f"DROP TABLE IF EXISTS {table}")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -291,6 +298,27 @@ class CatalogStore:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM assets").fetchall()
             self._assets = {row[0]: _asset(row) for row in rows}
         return self._assets
+
+    # -- collection lists
+
+    def save_answer(self, key: Hashable, data: Any) -> None:
+        text = key_text(key)
+        if text is None:
+            return
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                (text, self._clock(), json.dumps(data, separators=(",", ":"))),
+            )
+
+    def saved_answer(self, key: Hashable) -> Any:
+        """What :meth:`save_answer` kept for ``key``, or None."""
+        text = key_text(key)
+        if text is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT json FROM answers WHERE key = ?", (text,)).fetchone()
+        return json.loads(row[0]) if row is not None else None
 
     # -- thumbnails
 
@@ -415,6 +443,8 @@ class CatalogMemory:
         self.on_fresh = on_fresh
         self._seen: set[Hashable] = set()
         self._fresh: dict[Hashable, Sequence[Asset]] = {}
+        #: collection lists as last saved (saved again only when they change)
+        self._answers: dict[Hashable, list[dict[str, Any]]] = {}
         #: size -> asset id -> (checksum, length, content type) of thumbnails seen
         self._thumbnails: dict[str, dict[str, tuple[str, int, str]]] = {}
         #: asset id -> the reloads of saved listings holding it, still running
@@ -512,6 +542,31 @@ class CatalogMemory:
         server (only right after a remount; offline there is nothing to wait for)."""
         while self.reachability() and asset_id in self._unconfirmed:
             await self._unconfirmed[asset_id][0].wait()
+
+    async def answer(
+        self, key: Hashable, fetch: Callable[[], Awaitable[list[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        """A collection list from the server (saved when it changed), else as saved."""
+        if self.reachability():
+            try:
+                data = await fetch()
+            except TransientError as exc:
+                self.reachability.set(False, str(exc))
+            else:
+                if self._answers.get(key) != data:
+                    self._answers[key] = data
+                    trio.lowlevel.spawn_system_task(self._save_answer, key, data)
+                return data
+        saved = await trio.to_thread.run_sync(self.store.saved_answer, key)
+        if not isinstance(saved, list):
+            raise Offline(f"{self.store.url_hint}: offline, and {key!r} was never listed")
+        return saved
+
+    async def _save_answer(self, key: Hashable, data: list[dict[str, Any]]) -> None:
+        try:
+            await trio.to_thread.run_sync(self.store.save_answer, key, data)
+        except Exception as exc:  # a full disk must not end the mount
+            log.warning("cannot save the catalog: %s", exc)
 
     async def asset(self, asset_id: str, loader: Callable[[], Awaitable[Asset]]) -> Asset:
         """One asset from the server, else (unreachable) as saved."""

@@ -192,3 +192,26 @@ def test_second_lock_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         DirectoryLock(tmp_path).acquire()
     with DirectoryLock(tmp_path):  # released: free again
         pass
+
+
+async def test_collection_lists_are_kept_for_offline(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    reach = Reachability()
+    memory = CatalogMemory(store, reach)
+    albums = [{"id": "a", "albumName": "Trip"}]
+
+    async def fetch() -> list[dict[str, object]]:
+        return albums
+
+    async def down() -> list[dict[str, object]]:
+        raise ConnectError("refused")
+
+    assert await memory.answer(("people", False), fetch) == albums
+    with trio.fail_after(5):
+        while store.saved_answer(("people", False)) is None:
+            await trio.sleep(0.01)
+    again = CatalogMemory(CatalogStore(tmp_path / "catalog.sqlite"), reach)
+    assert await again.answer(("people", False), down) == albums  # unreachable: as saved
+    assert not reach.online
+    with pytest.raises(Offline):
+        await again.answer(("tags",), down)

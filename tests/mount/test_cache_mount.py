@@ -139,7 +139,9 @@ def test_offline_remount_serves_listings_and_cached_bytes(cached: Cached) -> Non
     video = assets_of(library, "VIDEO", 1, smallest=3 * MIB)[0]
     uncached = assets_of(library, "IMAGE", 4)[3]
     cached.mount()
-    listing = {v: sorted(os.listdir(cached.mountpoint / v)) for v in ("photos", "videos")}
+    album = sorted(os.listdir(cached.mountpoint / "albums"))[0]
+    views = ("photos", "videos", "albums", f"albums/{album}", "people", "tags", "by-date")
+    listing = {v: sorted(os.listdir(cached.mountpoint / v)) for v in views}
     for asset_id in [*photos, video]:
         assert sha1(read_all(cached.path_of(asset_id))) == library.sha1(asset_id)
     uncached_path = cached.path_of(uncached)
