@@ -303,11 +303,14 @@ class Catalog:
         if memory is not None:
             fetch = load
 
+            def remember(saved: Sequence[Asset]) -> None:
+                # assets served from disk are known one by one too, as listed ones are
+                put = self.cache.assets.put
+                for asset in saved:
+                    put(asset.id, asset)
+
             async def load() -> tuple[Asset, ...]:
-                assets = tuple(await memory.load(key, fetch))
-                for asset in assets:
-                    self.cache.assets.put(asset.id, asset)
-                return assets
+                return tuple(await memory.load(key, fetch, remember=remember))
 
         assets: tuple[Asset, ...] = await self.cache.queries.get(key, load)
         return assets

@@ -460,8 +460,15 @@ class CatalogMemory:
             key_text(key) is not None
         )
 
-    async def load(self, key: Hashable, loader: AssetsLoader) -> Sequence[Asset]:
-        """``key``'s assets: saved, fresh or from ``loader`` as described above."""
+    async def load(
+        self,
+        key: Hashable,
+        loader: AssetsLoader,
+        *,
+        remember: Callable[[Sequence[Asset]], None] | None = None,
+    ) -> Sequence[Asset]:
+        """``key``'s assets: saved, fresh or from ``loader`` as described above;
+        ``remember`` is given the assets whenever they come from disk."""
         if not self._kept(key):
             return await loader()
         fresh = self._fresh.pop(key, None)
@@ -472,6 +479,8 @@ class CatalogMemory:
             saved = await trio.to_thread.run_sync(self.store.saved_listing, key)
             if saved is not None:
                 self.served_saved += 1
+                if remember is not None:
+                    remember(saved[0])
                 if self.reachability():
                     done = trio.Event()
                     ids = [a.id for a in saved[0]]
@@ -496,6 +505,8 @@ class CatalogMemory:
                 self._warned = True
                 log.warning("the server does not answer (%s): serving the saved catalog", exc)
             self.served_saved += 1
+            if remember is not None:
+                remember(saved[0])
             return saved[0]
         trio.lowlevel.spawn_system_task(self._save, key, assets)
         return assets
