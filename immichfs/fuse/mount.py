@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
 from immichfs.client.connector import ImmichConnector
@@ -44,23 +44,23 @@ GROUPS = ("server", "mount", "cache", "read", "logging")
 class MountPlan:
     """Everything needed to mount, decided before forking."""
 
-    settings: config.Settings
+    settings: options.Settings
     mountpoint: str
     demo: bool = False
     debug_fuse: bool = False
 
     def fuse_options(self) -> set[str]:
-        options = {"fsname=immichfs", "subtype=immichfs", "ro", "default_permissions"}
+        flags = {"fsname=immichfs", "subtype=immichfs", "ro", "default_permissions"}
         if self.settings.allow_other:
-            options.add("allow_other")
+            flags.add("allow_other")
         if self.debug_fuse:
-            options.add("debug")
-        return options
+            flags.add("debug")
+        return flags
 
 
 def build_operations(
     connector: ImmichConnector,
-    settings: config.Settings,
+    settings: options.Settings,
     fetch: RangeFetcher | RangeIntoFetcher | None = None,
 ) -> Operations:
     """The filesystem over ``connector``: caches, reader pool, tree, FUSE adapter.
@@ -124,7 +124,7 @@ class ViewsExtension:
         return await self.views.getxattr(node, name)  # type: ignore[arg-type]
 
 
-def refresh_task(operations: Operations, settings: config.Settings) -> RefreshTask | None:
+def refresh_task(operations: Operations, settings: options.Settings) -> RefreshTask | None:
     """The background refresh of ``operations``' views; changes reach the kernel too."""
     views = views_of(operations.tree)
     if views is None:
@@ -171,18 +171,10 @@ async def serve(
     from immichfs.client.originals import RangeGetClient
 
     settings = plan.settings
-    async with ImmichConnector.from_settings(settings) as connector:
+    async with ImmichConnector(config=options.client_config(settings)) as connector:
         await check_server(connector)
-        assert settings.api_key is not None  # the connector refused to start otherwise
         # the byte path: a lean ranged-GET client, the connector for what it cannot do
-        fetch = RangeGetClient(
-            connector.url,
-            settings.api_key,
-            verify=settings.verify,
-            timeout=settings.timeout,
-            max_connections=settings.max_connections,
-            fallback=connector.stream_full_resolution_file,
-        )
+        fetch = RangeGetClient(connector.config, fallback=connector.stream_full_resolution_file)
         try:
             operations = build_operations(connector, settings, fetch)
             # signals are caught from before the mount until after the unmount, so
