@@ -54,6 +54,10 @@ _UUID_ANY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _UUID_V4 = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I
 )
+#: the Immich-like origin (``realistic=True``): what a real Immich on loopback costs
+#: per request before its first byte, and how fast Node streams one response
+REALISTIC_LATENCY_MS = 5.0
+REALISTIC_STREAM_MIB_S = 350.0
 _VISIBILITIES = ("archive", "timeline", "hidden", "locked")
 _TYPES = ("IMAGE", "VIDEO", "AUDIO", "OTHER")
 
@@ -176,6 +180,13 @@ class FakeImmich:
     ``127.0.0.1`` (``port=0``: any free port); ``srv.url`` and ``srv.api_key``
     are what a client needs. ``permissions`` are the key's scopes (default
     ``["all"]``); ``smart_search`` enables ``/search/smart``.
+
+    ``latency_ms`` delays every response's first byte to at least that long
+    after its request was read; ``stream_mib_s`` caps each response body's
+    throughput (MiB/s, per stream). ``realistic=True`` presets both to an
+    Immich-like origin (:data:`REALISTIC_LATENCY_MS`,
+    :data:`REALISTIC_STREAM_MIB_S`) unless given. Both are plain attributes a
+    test may change while the server runs; ``None``/0 turns them off.
     """
 
     def __init__(
@@ -187,6 +198,10 @@ class FakeImmich:
         smart_search: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        latency_ms: float | None = None,
+        stream_mib_s: float | None = None,
+        realistic: bool = False,
     ) -> None:
         if host not in LOOPBACK:
             raise ValueError(f"the fake Immich server only binds loopback, not {host!r}")
@@ -197,6 +212,17 @@ class FakeImmich:
         self.api_key = api_key or KEY_PREFIX + secrets.token_hex(16)
         self.permissions = list(permissions) if permissions is not None else ["all"]
         self.smart_search = smart_search
+        if realistic:
+            latency_ms = REALISTIC_LATENCY_MS if latency_ms is None else latency_ms
+            stream_mib_s = REALISTIC_STREAM_MIB_S if stream_mib_s is None else stream_mib_s
+        if latency_ms is not None and latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, not {latency_ms}")
+        if stream_mib_s is not None and stream_mib_s < 0:
+            raise ValueError(f"stream_mib_s must be >= 0, not {stream_mib_s}")
+        #: first byte of every response no earlier than this after its request (ms)
+        self.latency_ms = latency_ms or 0.0
+        #: per-response body throughput cap in MiB/s (None: as fast as the socket)
+        self.stream_mib_s = stream_mib_s or None
         self.host = host
         self._family = LOOPBACK[host]
         self._bind_host = "127.0.0.1" if host == "localhost" else host
@@ -1473,6 +1499,7 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = split.path
         body = self._read_body()
+        received = time.monotonic()
         req = Request(
             self.command, path, parse_qs(split.query, keep_blank_values=True), self.headers, body
         )
@@ -1500,7 +1527,16 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("fake server failed on %s %s", self.command, path)
             response = fake.error_response(HttpError(500, "Internal server error"))
 
-        record = RequestRecord(self.command, path, masked_query, response.status, 0, range_header)
+        record = RequestRecord(
+            self.command, path, masked_query, response.status, 0, range_header, received=received
+        )
+        latency = fake.latency_ms / 1000
+        if latency > 0:
+            # the origin's cost before its first byte (a real Immich authenticates the
+            # key and checks access in its database on every request)
+            wait = received + latency - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
         self._send(response, path, record)
 
     def _send(self, response: Response, path: str, record: RequestRecord) -> None:
@@ -1533,6 +1569,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         record.status = response.status
+        record.first_byte = time.monotonic()
         if self.command == "HEAD" or response.status == 304 or length == 0:
             fake.requests.append(record)
             self.end_headers()
@@ -1551,20 +1588,21 @@ class _Handler(BaseHTTPRequestHandler):
         fake.requests.append(record)
         self.end_headers()
         self._progress = 0
+        rate = fake.stream_mib_s * (1 << 20) if fake.stream_mib_s else None
         try:
             if slow is not None or stall is not None:
                 self._send_paced(
                     body,
                     limit,
-                    rate=slow.nbytes if slow is not None else None,
+                    rate=min(slow.nbytes, rate or slow.nbytes) if slow is not None else rate,
                     stall_at=stall.nbytes if stall is not None else None,
                     stall_for=stall.seconds if stall is not None else 0.0,
                 )
             elif body.path is not None:
                 with body.path.open("rb") as f:
-                    self._sendfile(f, body.offset, limit)
+                    self._sendfile(f, body.offset, limit, rate)
             elif body.data is not None:
-                self._send_all(memoryview(body.data)[body.offset : body.offset + limit])
+                self._send_all(memoryview(body.data)[body.offset : body.offset + limit], rate)
         except OSError:
             self.close_connection = True
             record.bytes_sent = self._progress
@@ -1582,43 +1620,58 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_WR)
 
-    def _send_all(self, data: bytes | memoryview) -> None:
+    def _send_all(self, data: bytes | memoryview, rate: float | None = None) -> None:
         """Send all of ``data``, counting each piece as it goes out (sendall would
         not say how much left before the client hung up)."""
         view = memoryview(data)
-        sent = 0
-        while sent < len(view):
-            n = self.connection.send(view[sent:])
-            sent += n
-            self._progress += n
+        self._pump(lambda pos, n: self.connection.send(view[pos : pos + n]), len(view), rate)
 
-    def _sendfile(self, f: Any, offset: int, count: int) -> None:
+    def _sendfile(self, f: Any, offset: int, count: int, rate: float | None = None) -> None:
         # os.sendfile, not socket.sendfile: the latter loops internally and, when the
         # client hangs up midway, raises without saying how much was already sent.
         out = self.connection.fileno()
-        while self._progress < count:
-            try:
-                n = os.sendfile(out, f.fileno(), offset + self._progress, count - self._progress)
-            except BlockingIOError:
-                # the handler's timeout makes the socket non-blocking underneath
-                if not select.select([], [out], [], self.timeout)[1]:
-                    raise TimeoutError("client stopped reading") from None
-                continue
-            if n == 0:
+
+        def write(pos: int, n: int) -> int:
+            while True:
+                try:
+                    return os.sendfile(out, f.fileno(), offset + pos, n)
+                except BlockingIOError:
+                    # the handler's timeout makes the socket non-blocking underneath
+                    if not select.select([], [out], [], self.timeout)[1]:
+                        raise TimeoutError("client stopped reading") from None
+
+        self._pump(write, count, rate)
+
+    def _pump(self, write: Callable[[int, int], int], count: int, rate: float | None) -> None:
+        """Write ``count`` bytes with ``write(pos, n)`` (returns how many went out),
+        adding each to ``_progress`` as it goes, never ahead of ``rate`` bytes/s:
+        each piece waits (sleeps, no spinning) until the stream may have sent it."""
+        step = count if rate is None else max(16 << 10, int(rate / 500))  # ~2 ms pieces
+        start = time.monotonic()
+        pos = 0
+        while pos < count:
+            n = min(step, count - pos)
+            if rate is not None:
+                wait = start + (pos + n) / rate - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            written = write(pos, n)
+            if written == 0:
                 break
-            self._progress += n
+            pos += written
+            self._progress += written
 
     def _send_paced(
         self,
         body: Body,
         limit: int,
         *,
-        rate: int | None,
+        rate: float | None,
         stall_at: int | None,
         stall_for: float,
     ) -> None:
         """Send in small pieces: at ``rate`` bytes/s, and/or pausing at ``stall_at``."""
-        chunk = 16 << 10 if rate is None else max(1, min(16 << 10, rate // 20))
+        chunk = 16 << 10 if rate is None else max(1, min(16 << 10, int(rate // 20)))
         fd = None
         try:
             if body.path is not None:
