@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="immich_version",
         default="2.7.5",
         metavar="X.Y.Z",
-        help="Immich version to emulate (default 2.7.5; e.g. 1.135.3, 3.1.0)",
+        help="Immich version to emulate (default 2.7.5; e.g. 1.135.3, 3.1.0, 3.2.0)",
     )
     parser.add_argument("--photos", type=int, default=500, help="regular photos (default 500)")
     parser.add_argument("--videos", type=int, default=20, help="regular videos (default 20)")

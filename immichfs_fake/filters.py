@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from immichfs_fake import dto
+from immichfs_fake import dto, filter_tree
 from immichfs_fake.dto import JSON, Version
 from immichfs_fake.httpd import HttpError, Response
 from immichfs_fake.library import FakeAsset, FakeLibrary
@@ -40,8 +41,29 @@ def default_visibility(version: Version) -> tuple[str, ...]:
     return ("timeline",)
 
 
-def parse(srv: FakeImmich, body: JSON, *, paged: bool, default_size: int) -> JSON:
+def parse(
+    srv: FakeImmich, body: JSON, *, paged: bool, default_size: int, cursor: bool = False
+) -> JSON:
+    """A search body validated and normalised. ``cursor``: the endpoint takes
+    ``orderBy`` and ``cursor`` (``/search/metadata`` from 3.2); ``filter`` is
+    read from 3.2 on (older servers drop unknown fields)."""
     f = dict(body)
+    v2 = srv.version_info >= V2_SINCE
+    for name in ("filter", "orderBy", "cursor"):
+        if not v2 or (name != "filter" and not cursor):
+            f.pop(name, None)
+    if f.get("filter") is not None:
+        f["filter"] = filter_tree.parse(srv, f["filter"])
+    else:
+        f.pop("filter", None)
+    if cursor and v2:
+        f["orderBy"] = _order_by(srv, f)
+        if f.get("cursor") is not None:
+            if body.get("page") is not None:
+                raise filter_tree.invalid(
+                    ["cursor"], "custom", "cursor and page cannot be used together"
+                )
+            f["after"] = decode_cursor(f["cursor"], f["orderBy"])
     if paged:
         for name, default, low, high in (("page", 1, 1, None), ("size", default_size, 1, 1000)):
             value = f.get(name, default)
@@ -141,6 +163,122 @@ def parse(srv: FakeImmich, body: JSON, *, paged: bool, default_size: int) -> JSO
 
 
 def matcher(srv: FakeImmich, f: JSON) -> Callable[[FakeAsset], bool]:
+    """The predicate of a parsed search: flat fields, and from 3.2 the filter tree."""
+    tree = f.get("filter")
+    flat = _flat_matcher(srv, f, implicit=tree is None)
+    if tree is None:
+        return flat
+    branches = [
+        filter_tree.conjunction(srv, conditions, flat_scope(f))
+        for conditions in filter_tree.conjunctions(tree)
+    ]
+    return lambda a: flat(a) and any(branch(a) for branch in branches)
+
+
+def flat_scope(f: JSON) -> filter_tree.FlatScope:
+    """What the deprecated flat fields of a request already decide for the tree's
+    implicit conditions (visibility, trash, album scope)."""
+    return filter_tree.FlatScope(
+        visibility=f.get("visibility") is not None,
+        with_deleted=bool(f.get("withDeleted"))
+        or any(f.get(k) is not None for k in ("trashedAfter", "trashedBefore"))
+        or f.get("isOffline") is not None,
+        albums=bool(f.get("albumIds")),
+    )
+
+
+# -- order and cursors (search v2, Immich 3.2) --------------------------------------
+
+V2_SINCE = (3, 2, 0)
+ORDER_FIELDS = ("fileCreatedAt", "localDateTime", "fileSizeInBytes", "rating")
+SortKey = tuple[tuple[int, Any], str]
+
+
+def _order_by(srv: FakeImmich, f: JSON) -> tuple[str, str]:
+    """(field, direction): ``orderBy``, else the deprecated ``order`` by fileCreatedAt."""
+    order = f.get("orderBy")
+    if order is None:
+        return "fileCreatedAt", f.get("order") or "desc"
+    if not isinstance(order, dict):
+        raise filter_tree.invalid(["orderBy"], "invalid_type", "Invalid input: expected object")
+    field = order.get("field", "fileCreatedAt")
+    direction = order.get("direction", "desc")
+    if field not in ORDER_FIELDS:
+        raise filter_tree.invalid(
+            ["orderBy", "field"],
+            "invalid_value",
+            "Invalid option: expected one of " + "|".join(ORDER_FIELDS),
+        )
+    if direction not in ("asc", "desc"):
+        raise filter_tree.invalid(
+            ["orderBy", "direction"],
+            "invalid_value",
+            'Invalid option: expected one of "asc"|"desc"',
+        )
+    return field, direction
+
+
+def sort_key(a: FakeAsset, field: str) -> SortKey:
+    """Where ``a`` sorts by ``field`` ascending, ties by id; nulls sort last
+    ascending and first descending (PostgreSQL's default)."""
+    value: Any
+    if field == "fileCreatedAt":
+        value = a.file_created_at.timestamp()
+    elif field == "localDateTime":
+        value = a.local_date_time.replace(tzinfo=UTC).timestamp()
+    elif field == "fileSizeInBytes":
+        value = a.size
+    else:
+        value = a.rating
+    return ((1, 0) if value is None else (0, value)), a.id
+
+
+def ordered(srv: FakeImmich, order: tuple[str, str]) -> list[FakeAsset]:
+    field, direction = order
+    if field == "fileCreatedAt":  # the library keeps this order cached
+        assets = srv.library.sorted_assets()
+        return list(reversed(assets)) if direction == "desc" else list(assets)
+    return sorted(
+        srv.library.sorted_assets(),
+        key=lambda a: sort_key(a, field),
+        reverse=direction == "desc",
+    )
+
+
+def encode_cursor(a: FakeAsset, order: tuple[str, str]) -> str:
+    """An opaque cursor: the sort key of the last asset returned (never an offset, so
+    paging stays exact while assets come and go)."""
+    (null, value), asset_id = sort_key(a, order[0])
+    raw = json.dumps([order[0], order[1], null, value, asset_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: Any, order: tuple[str, str]) -> SortKey:
+    bad = filter_tree.invalid(["cursor"], "custom", "Invalid cursor")
+    if not isinstance(text, str) or not text:
+        raise bad
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        field, direction, null, value, asset_id = raw
+    except (ValueError, TypeError):
+        raise bad from None
+    if (field, direction) != order or null not in (0, 1) or not isinstance(asset_id, str):
+        raise bad  # a cursor continues the ordering it was made for
+    return (null, value), asset_id
+
+
+def after(key: SortKey, order: tuple[str, str]) -> Callable[[FakeAsset], bool]:
+    """Assets strictly past ``key`` in the ordering."""
+    field, direction = order
+    if direction == "asc":
+        return lambda a: sort_key(a, field) > key
+    return lambda a: sort_key(a, field) < key
+
+
+def _flat_matcher(srv: FakeImmich, f: JSON, *, implicit: bool) -> Callable[[FakeAsset], bool]:
+    """The flat fields' predicate. ``implicit``: with the conditions a request gets
+    without asking (default visibility, own assets only, no trash); without it
+    only what the flat fields ask (a filter tree decides the rest)."""
     lib = srv.library
     me = srv.user.id
     album_ids = [a.lower() for a in f.get("albumIds") or []]
@@ -204,14 +342,16 @@ def matcher(srv: FakeImmich, f: JSON) -> Callable[[FakeAsset], bool]:
     ]
 
     def match(a: FakeAsset) -> bool:
-        if a.visibility not in allowed_vis or a.visibility == "locked":
+        if a.visibility == "locked":  # an API key never gets an elevated session
+            return False
+        if (implicit or visibility) and a.visibility not in allowed_vis:
             return False
         if in_albums is not None:
             if a.id not in in_albums:
                 return False
-        elif a.owner_id != me:
+        elif implicit and a.owner_id != me:
             return False
-        if a.is_trashed and not with_deleted:
+        if implicit and a.is_trashed and not with_deleted:
             return False
         if f.get("type") and a.type != f["type"]:
             return False
@@ -265,8 +405,12 @@ def matcher(srv: FakeImmich, f: JSON) -> Callable[[FakeAsset], bool]:
 
 
 def page(srv: FakeImmich, f: JSON, ordered: Iterator[FakeAsset]) -> Response:
+    """One page of ``ordered``: by page number, or from 3.2 after ``f["after"]``
+    (a decoded cursor); ``nextCursor`` when ``f`` carries an ``orderBy``."""
     page, size = f["page"], f["size"]
-    skip = (page - 1) * size
+    by_cursor = f.get("after") is not None
+    order = f.get("orderBy")
+    skip = 0 if by_cursor else (page - 1) * size
     items: list[FakeAsset] = []
     for asset in ordered:
         if skip:
@@ -289,15 +433,23 @@ def page(srv: FakeImmich, f: JSON, ordered: Iterator[FakeAsset]) -> Response:
         )
         for a in items
     ]
+    assets: JSON = {}
+    if srv.version_info >= V2_SINCE:
+        # smart search takes no cursor: its nextCursor is always null
+        next_cursor = None
+        if has_next and order is not None:
+            next_cursor = encode_cursor(items[-1], order)
+        assets["nextCursor"] = next_cursor
     return srv.json_response(
         {
             "albums": {"total": 0, "count": 0, "items": [], "facets": []},
             "assets": {
+                **assets,
                 "total": len(dtos),
                 "count": len(dtos),
                 "items": dtos,
                 "facets": [],
-                "nextPage": str(page + 1) if has_next else None,
+                "nextPage": str(page + 1) if has_next and not by_cursor else None,
             },
         }
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from immichfs_fake.dto import Version
 from immichfs_fake.httpd import Request, Response
-from immichfs_fake.routes import albums, assets, people, search, server, timeline
+from immichfs_fake.routes import albums, asset_files, assets, people, search, server, timeline
 
 if TYPE_CHECKING:
     from immichfs_fake.server import FakeImmich
@@ -40,6 +40,7 @@ def _r(method: str, path: str, handler: Handler, permission: str | None, **kw: A
 
 
 _ID = r"(?P<id>[^/]+)"
+V3_2 = (3, 2, 0)
 _LEGACY = {"checked_before_137": False}
 
 #: in matching order (``/assets/statistics`` before ``/assets/{id}``)
@@ -49,6 +50,10 @@ ROUTES: list[Route] = [
     _r("GET", "/server/features", server.server_features, None),
     _r("GET", "/server/config", server.server_config, None),
     _r("GET", "/server/media-types", server.media_types, None),
+    _r("GET", "/config", server.config, "userConfig.read", since=V3_2),
+    _r("GET", "/config/defaults", server.config, "userConfig.read", since=V3_2),
+    _r("GET", "/public/config", server.public_config, None, since=V3_2),
+    _r("GET", "/public/config/defaults", server.public_config, None, since=V3_2),
     _r("GET", "/server/about", server.server_about, "server.about"),
     _r("GET", "/server/storage", server.server_storage, "server.storage"),
     _r("POST", "/auth/validateToken", server.validate_token, "", any_credential=True),
@@ -75,6 +80,15 @@ ROUTES: list[Route] = [
     _r("GET", f"/assets/{_ID}/thumbnail", assets.asset_thumbnail, "asset.view", **_LEGACY),
     _r("GET", f"/assets/{_ID}/video/playback", assets.asset_playback, "asset.view", **_LEGACY),
     _r("GET", f"/assets/{_ID}", assets.asset_info, "asset.read"),
+    _r("GET", "/asset-files", asset_files.search, "assetFile.read", since=V3_2),
+    _r("GET", f"/asset-files/{_ID}", asset_files.info, "assetFile.read", since=V3_2),
+    _r(
+        "GET",
+        f"/asset-files/{_ID}/download",
+        asset_files.download,
+        "assetFile.download",
+        since=V3_2,
+    ),
     _r("GET", "/albums", albums.albums, "album.read"),
     _r("GET", f"/albums/{_ID}", albums.album_info, "album.read"),
     _r("GET", "/people", people.people, "person.read"),

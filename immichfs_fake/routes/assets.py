@@ -78,8 +78,40 @@ def download_name(asset: FakeAsset, extension: str | None = None) -> str:
     return stem + (extension if extension is not None else asset.extension)
 
 
+def wants_edited(srv: FakeImmich, req: Request) -> bool:
+    """``edited=true`` (Immich 2.5+; older servers ignore the parameter)."""
+    return srv.version_info >= (2, 5, 0) and req.arg("edited") == "true"
+
+
+def edited_response(srv: FakeImmich, req: Request, asset: FakeAsset) -> Response:
+    """The edited rendition as ``res.sendFile`` sends it (a JPEG: the download name
+    takes the served file's extension)."""
+    lib = srv.library
+    size = asset.edited_size
+    assert size is not None and asset.edited_at is not None
+
+    def content() -> bytes | Path:
+        if size > FILE_THRESHOLD:
+            return lib.edited_content_path(asset.id)
+        return lib.edited_content(asset.id)
+
+    return send_file(
+        req,
+        size=size,
+        mtime=asset.edited_at,
+        content_type="image/jpeg",
+        download_name=download_name(asset, ".jpeg"),
+        cache_control=srv.cache_control(),
+        content=content,
+        version=srv.version_info,
+        faults=srv.faults,
+    )
+
+
 def asset_original(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
     asset = srv.asset_for(m["id"], "asset.download")
+    if asset.is_edited and wants_edited(srv, req):
+        return edited_response(srv, req, asset)
     return file_response(srv, req, asset, download_name(asset))
 
 
@@ -116,7 +148,8 @@ def asset_thumbnail(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response
         else:
             location = "thumbnail?" + "&".join(filter(None, [query, "size=preview"]))
         return Response(302, [("Location", location), ("Content-Length", "0")])
-    data, content_type = media.thumbnail(size, asset.uid)
+    edited = asset.is_edited and wants_edited(srv, req)
+    data, content_type = media.thumbnail(size, asset.edited_uid if edited else asset.uid)
     ext = ".webp" if content_type == "image/webp" else ".jpeg"
     stem = asset.original_file_name.rpartition(".")[0] or asset.original_file_name
     etag = f'W/"{len(data):x}-{int(asset.updated_at.timestamp() * 1000):x}"'

@@ -16,11 +16,19 @@ if TYPE_CHECKING:
 
 
 def search_metadata(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
-    f = filters.parse(srv, req.json(), paged=True, default_size=250)
+    f = filters.parse(srv, req.json(), paged=True, default_size=250, cursor=True)
     match = filters.matcher(srv, f)
-    ordered = srv.library.sorted_assets()
-    sequence = reversed(ordered) if f.get("order", "desc") == "desc" else iter(ordered)
-    return filters.page(srv, f, (a for a in sequence if match(a)))
+    order = f.get("orderBy")
+    if order is None:  # before 3.2: by fileCreatedAt, then id
+        ordered = srv.library.sorted_assets()
+        sequence = reversed(ordered) if f.get("order", "desc") == "desc" else iter(ordered)
+        return filters.page(srv, f, (a for a in sequence if match(a)))
+    past = filters.after(f["after"], order) if f.get("after") is not None else None
+    return filters.page(
+        srv,
+        f,
+        (a for a in filters.ordered(srv, order) if (past is None or past(a)) and match(a)),
+    )
 
 
 def search_statistics(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:

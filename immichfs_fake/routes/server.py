@@ -68,7 +68,60 @@ def server_config(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
         body["maintenanceMode"] = False
     if srv.version_info >= (3, 0, 0):
         body["minFaces"] = 3
+    if srv.version_info >= (3, 2, 0):
+        body["oauthAccountManagementUrl"] = ""
     return srv.json_response(body)
+
+
+def user_config(srv: FakeImmich) -> JSON:
+    """``UserConfigDto`` (3.2): the settings ``/server/config`` and ``/server/features``
+    gave, grouped as the admin config is (same values as those two)."""
+    return {
+        "ffmpeg": {
+            "realtime": {"enabled": False, "resolutions": [], "videoCodecs": []},
+        },
+        "image": {
+            "fullsize": {"enabled": False},
+            "preview": {"size": 1440},
+            "thumbnail": {"size": 250},
+        },
+        "machineLearning": {
+            "enabled": srv.smart_search,
+            "clip": {"enabled": srv.smart_search},
+            "duplicateDetection": {"enabled": srv.smart_search},
+            "facialRecognition": {"enabled": True, "minFaces": 3},
+            "ocr": {"enabled": False},
+        },
+        "map": {
+            "enabled": True,
+            "darkStyle": "https://tiles.immich.cloud/v1/style/dark.json",
+            "lightStyle": "https://tiles.immich.cloud/v1/style/light.json",
+        },
+        "oauth": {"enabled": False, "autoLaunch": False, "buttonText": "Login with OAuth"},
+        "passwordLogin": {"enabled": True},
+        "reverseGeocoding": {"enabled": True},
+        "server": {"externalDomain": "", "loginPageMessage": "", "publicUsers": True},
+        "theme": {"customCss": ""},
+        "trash": {"enabled": True, "days": 30},
+        "user": {"deleteDelay": 7},
+    }
+
+
+def config(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
+    """``GET /config`` and ``/config/defaults`` (3.2; the fake runs on defaults)."""
+    return srv.json_response(user_config(srv))
+
+
+def public_config(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
+    full = user_config(srv)
+    return srv.json_response(
+        {
+            "oauth": full["oauth"],
+            "passwordLogin": full["passwordLogin"],
+            "server": {"loginPageMessage": full["server"]["loginPageMessage"]},
+            "theme": full["theme"],
+        }
+    )
 
 
 def media_types(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
@@ -142,4 +195,4 @@ def api_key_me(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
 
 
 def users_me(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
-    return srv.json_response(dto.user_admin(srv.user, srv.library))
+    return srv.json_response(dto.user_admin(srv.user, srv.library, srv.version_info))
