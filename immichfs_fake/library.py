@@ -1114,6 +1114,15 @@ class FakeLibrary:
             asset.visibility = visibility
             self._touch(asset)
 
+    def set_rating(self, asset_id: str, rating: int | None) -> None:
+        """Rate the asset 1-5 (None: unrated)."""
+        if rating is not None and not 1 <= rating <= 5:
+            raise ValueError(f"a rating is 1-5 or None, not {rating}")
+        with self.lock:
+            asset = self._asset(asset_id)
+            asset.rating = rating
+            self._touch(asset)
+
     def rename(self, asset_id: str, name: str) -> None:
         with self.lock:
             asset = self._asset(asset_id)
