@@ -6,8 +6,11 @@
     with FakeImmich(lib, version="2.7.5") as srv:
         ...  # srv.url, srv.api_key, srv.faults, srv.requests
 
-See :mod:`immichfs_fake.library`, :mod:`immichfs_fake.server` and
-:mod:`immichfs_fake.faults`.
+Modules by concern: ``server`` (:class:`FakeImmich`: lifecycle, auth, dispatch),
+``httpd`` (sockets, parsing, sending, ranges), ``routes`` (endpoints per area),
+``filters`` (the search filter language), ``library`` (:class:`FakeLibrary`),
+``dto`` (JSON shapes per version), ``media`` (file bytes), ``faults`` (fault
+switches and the request log), ``cli`` (``immichfs fake-server``).
 """
 
 from __future__ import annotations
