@@ -6,7 +6,8 @@ Layers, bottom to top; a module imports only from its own layer or lower ones
 1. ``errors``, ``model``, ``logs``  the error tree, Immich's objects, key-scrubbing logs
 2. ``client/``       talking to Immich: URL/key validation, the JSON API (httpx),
                      the ranged-GET byte client (h11), the retry loop
-3. ``catalog/``      what is known about a library: TTL caches, single-flight, read-ahead
+3. ``catalog/``      what is known about a library: the Catalog (typed single-flight
+                     queries), TTL caches, read-ahead
 4. ``vfs/``          the tree users see: nodes, names, inodes, views, status, refresh
                      (no pyfuse3, no HTTP)
 5. ``options``       the one options table: flags, environment, TOML file

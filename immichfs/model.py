@@ -40,6 +40,11 @@ def parse_instant(value: Any) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def iso_instant(value: datetime) -> str:
+    """An aware datetime as ISO 8601 UTC with a ``Z`` (milliseconds, as Immich writes)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def parse_local(value: Any) -> datetime | None:
     """Immich's ``localDateTime``: wall-clock time serialised with a misleading ``Z``.
 
@@ -187,3 +192,97 @@ class Asset:
             people=people,
             tags=tags,
         )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Album:
+    """One album (``AlbumResponseDto``): what names and refreshes its directory."""
+
+    id: str
+    name: str
+    created_at: str  # as sent: only compared and ordered, never computed with
+    updated_at: datetime | None
+    asset_count: int | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Album | None:
+        """The album, or None for an entry without an id (ignored, as Immich's UI does)."""
+        album_id = _text(data.get("id")) if isinstance(data, Mapping) else ""
+        if not album_id:
+            return None
+        return cls(
+            id=album_id,
+            name=_text(data.get("albumName")),
+            created_at=_text(data.get("createdAt")),
+            updated_at=parse_instant(data.get("updatedAt")),
+            asset_count=_int_or_none(data.get("assetCount")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """One person (face cluster); ``name`` is empty for an unnamed one."""
+
+    id: str
+    name: str
+    is_hidden: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Person | None:
+        person_id = _text(data.get("id")) if isinstance(data, Mapping) else ""
+        if not person_id:
+            return None
+        return cls(person_id, _text(data.get("name")).strip(), data.get("isHidden") is True)
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """One tag; ``value`` is its full "/"-separated path ("Travel/Japan")."""
+
+    id: str
+    value: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tag | None:
+        if not isinstance(data, Mapping):
+            return None
+        tag_id = _text(data.get("id"))
+        value = (_text(data.get("value")) or _text(data.get("name"))).strip("/")
+        if not tag_id or not value:
+            return None
+        return cls(tag_id, value)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBucket:
+    """One month of the timeline (``/timeline/buckets``), by local capture date."""
+
+    year: int
+    month: int
+    count: int | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TimeBucket | None:
+        """The bucket ("YYYY-MM-01", or an ISO timestamp before v1.133); None if unreadable."""
+        if not isinstance(data, Mapping):
+            return None
+        text = _text(data.get("timeBucket"))
+        try:
+            year, month = int(text[0:4]), int(text[5:7])
+        except ValueError:
+            return None
+        if not 1 <= month <= 12:
+            return None
+        return cls(year, month, _int_or_none(data.get("count")))
+
+
+@dataclass(frozen=True, slots=True)
+class Thumbnail:
+    """A rendition's bytes and the Content-Type the server gave them."""
+
+    data: bytes = field(repr=False)
+    content_type: str

@@ -112,6 +112,10 @@ class SingleFlightCache(Generic[K, V]):
     def pop(self, key: K) -> None:
         self._cache.pop(key, None)
 
+    def keys(self) -> list[K]:
+        """The keys held now (expired ones may be among them until next touched)."""
+        return list(self._cache.keys())
+
     def clear(self) -> None:
         self._cache.clear()
 
@@ -186,24 +190,84 @@ class CacheSettings:
     file_info_ttl: float = 600.0
 
 
+class ThumbnailCache:
+    """Thumbnails: their bytes, and their (length, content type), filled by one fetch.
+
+    The bytes are bounded by size (``thumbnails``); what ``stat`` needs outlives
+    them (``thumbnail_info``, bounded by entries), so a listing of 100,000
+    thumbnails keeps exact sizes without keeping their bytes. Both are filled by
+    the same single-flight fetch: ``stat``, ``open`` and the format probe of
+    one thumbnail at the same moment make one request.
+    """
+
+    def __init__(self, *, max_bytes: int, max_entries: int, ttl: float, timer: Timer) -> None:
+        self.data: SingleFlightCache[tuple[str, str], tuple[bytes, str]] = SingleFlightCache(
+            "thumbnails",
+            maxsize=max_bytes,
+            ttl=ttl,
+            timer=timer,
+            getsizeof=lambda value: len(value[0]),
+        )
+        self.info: SingleFlightCache[tuple[str, str], tuple[int, str]] = SingleFlightCache(
+            "thumbnail_info", maxsize=max_entries, ttl=ttl, timer=timer
+        )
+
+    async def get(
+        self, key: tuple[str, str], load: Callable[[], Awaitable[tuple[bytes, str]]]
+    ) -> tuple[bytes, str]:
+        """(bytes, content type) of ``key``, from the cache or ``load()`` (once at a time)."""
+
+        async def fetch() -> tuple[bytes, str]:
+            data, content_type = await load()
+            self.info.put(key, (len(data), content_type))
+            return data, content_type
+
+        value: tuple[bytes, str] = await self.data.get(key, fetch)
+        return value
+
+    async def get_info(
+        self, key: tuple[str, str], load: Callable[[], Awaitable[tuple[bytes, str]]]
+    ) -> tuple[int, str]:
+        """(length, content type) of ``key``; fetches the thumbnail on first need."""
+
+        async def fetch() -> tuple[int, str]:
+            data, content_type = await self.get(key, load)
+            return len(data), content_type
+
+        info: tuple[int, str] = await self.info.get(key, fetch)
+        return info
+
+    def peek_info(self, key: tuple[str, str]) -> tuple[int, str] | None:
+        return self.info.peek(key)
+
+
 class MetadataCache:
     """All metadata caches of one mount.
 
+    - ``queries``: what a catalog query answered (a tuple of assets), keyed by the
+      query, for ``listing_ttl``; bounded by the total number of assets held.
     - ``listings``: directory key → listing, for ``listing_ttl``; bounded by the
       total number of entries across listings (``max_assets``).
-    - ``assets``: asset id → Asset, for ``asset_ttl``; filled by every listing,
+    - ``assets``: asset id → Asset, for ``asset_ttl``; filled by every query,
       so ``stat`` of a listed file needs no request.
     - ``sizes``: (asset id, checksum) → size learned with HEAD when Immich did not
       say (external libraries not yet scanned).
-    - ``thumbnail_info``: (size name, asset id) → (length, content type).
-    - ``thumbnails``: (size name, asset id) → bytes, bounded by bytes.
-    - ``misc``: small things such as server features and thumbnail formats.
+    - ``thumbnails``: a :class:`ThumbnailCache` (bytes and (length, content type)).
+    - ``misc``: small things such as server features, collection lists and
+      thumbnail formats.
     """
 
     def __init__(
         self, settings: CacheSettings | None = None, timer: Timer = time.monotonic
     ) -> None:
         self.settings = settings = settings or CacheSettings()
+        self.queries: SingleFlightCache[Hashable, Any] = SingleFlightCache(
+            "queries",
+            maxsize=settings.max_assets + settings.max_listings,
+            ttl=settings.listing_ttl,
+            timer=timer,
+            getsizeof=lambda assets: 1 + len(assets),
+        )
         self.listings: SingleFlightCache[Hashable, Any] = SingleFlightCache(
             "listings",
             maxsize=settings.max_assets + settings.max_listings,
@@ -217,20 +281,11 @@ class MetadataCache:
         self.sizes: SingleFlightCache[tuple[str, str], int] = SingleFlightCache(
             "sizes", maxsize=settings.max_assets, ttl=settings.file_info_ttl, timer=timer
         )
-        self.thumbnail_info: SingleFlightCache[tuple[str, str], tuple[int, str]] = (
-            SingleFlightCache(
-                "thumbnail_info",
-                maxsize=settings.max_assets,
-                ttl=settings.file_info_ttl,
-                timer=timer,
-            )
-        )
-        self.thumbnails: SingleFlightCache[tuple[str, str], bytes] = SingleFlightCache(
-            "thumbnails",
-            maxsize=settings.thumbnail_bytes,
+        self.thumbnails = ThumbnailCache(
+            max_bytes=settings.thumbnail_bytes,
+            max_entries=settings.max_assets,
             ttl=settings.file_info_ttl,
             timer=timer,
-            getsizeof=len,
         )
         self.misc: SingleFlightCache[Hashable, Any] = SingleFlightCache(
             "misc", maxsize=256, ttl=settings.listing_ttl, timer=timer
@@ -238,11 +293,12 @@ class MetadataCache:
 
     def all(self) -> list[SingleFlightCache[Any, Any]]:
         return [
+            self.queries,
             self.listings,
             self.assets,
             self.sizes,
-            self.thumbnail_info,
-            self.thumbnails,
+            self.thumbnails.info,
+            self.thumbnails.data,
             self.misc,
         ]
 

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import httpx
 
 from immichfs import __version__
+from immichfs.client import search
 from immichfs.client.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, ClientConfig
 from immichfs.client.http import (
     check_asset_id,
@@ -792,28 +793,21 @@ class ImmichConnector:
     ) -> list[dict[str, Any]]:
         """Assets matching a text ``query``, best first, at most ``size``.
 
-        With smart search enabled on the server (``/server/features``) this is CLIP
-        search. Otherwise it is metadata search: file names containing the query,
-        then descriptions containing it, then exact city, country, camera make and
-        model; merged in that order without repeats.
+        Smart (CLIP) search when the server has it, else metadata search over file
+        names, descriptions, city, country, camera make and model: the meaning
+        :func:`immichfs.client.search.search_assets` defines for the whole package.
         """
         if type not in _ASSET_TYPES:
             raise ValueError(f"type must be ALL, IMAGE or VIDEO, not {type!r}")
         _page_args(size, 0)
-        filters: dict[str, Any] = {"visibility": "timeline"}
-        if _ASSET_TYPES[type]:
-            filters["type"] = _ASSET_TYPES[type]
         features = self._features or await self.get_server_features()
-        if features.get("smartSearch") is True:
-            return await self.search_smart(query, size=size, filters=filters)
-        results: dict[str, dict[str, Any]] = {}
-        for field in ("originalFileName", "description", "city", "country", "make", "model"):
-            items, _ = await self.search_metadata({**filters, field: query}, size=size)
-            for item in items:
-                results.setdefault(str(item.get("id")), item)
-            if len(results) >= size:
-                break
-        return list(results.values())[:size]
+        return await search.search_assets(
+            self,
+            query,
+            size=size,
+            smart=features.get("smartSearch") is True,
+            asset_type=_ASSET_TYPES[type],
+        )
 
     # -- collections ------------------------------------------------------------
 

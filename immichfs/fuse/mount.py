@@ -1,7 +1,8 @@
 """The composition root of the filesystem: settings in, a served mount out.
 
-:func:`build_operations` wires the connector, caches, reader pool, tree and the
-FUSE adapter; :func:`serve` mounts with ``fsname=immichfs,subtype=immichfs,ro,
+:func:`build_mount` wires, explicitly and once, the connector, the catalog and
+its caches, the reader pool, the tree and its views, the FUSE adapter, the
+refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,subtype=immichfs,ro,
 default_permissions`` (plus ``allow_other`` only when asked), serves until
 SIGINT/SIGTERM or ``fusermount3 -u``, and runs ``pyfuse3.close(unmount=True)``
 in ``finally`` whatever happened, so a crash never leaves a dead mount
@@ -15,22 +16,23 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from immichfs import options
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
 from immichfs.client.connector import ImmichConnector
 from immichfs.errors import UserError
 from immichfs.fuse import kernel
 from immichfs.vfs.refresh import RefreshTask
-from immichfs.vfs.status import install_status, status_of
-from immichfs.vfs.tree import Directory, Key, Node, Tree, TreeSettings, VirtualFile
-from immichfs.vfs.views import ViewOptions, Views, install_views, views_of
+from immichfs.vfs.status import MountStatus, install_status
+from immichfs.vfs.tree import Tree, TreeSettings
+from immichfs.vfs.views import ViewOptions, ViewsExtension, install_views
 
 if TYPE_CHECKING:
     from immichfs.fuse.operations import Operations
@@ -38,6 +40,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GROUPS = ("server", "mount", "cache", "read", "logging")
+#: the settings ``/.immichfs/status`` shows (never a secret: no key, no token)
+SHOWN_SETTINGS = (
+    "listing_ttl",
+    "asset_ttl",
+    "kernel_ttl",
+    "refresh_interval",
+    "cache_entries",
+    "readahead_mb",
+    "readahead_budget_mb",
+    "max_connections",
+    "timeout",
+    "retry_budget",
+    "search_limit",
+    "show_trash",
+    "allow_other",
+)
 
 
 @dataclass(frozen=True)
@@ -58,14 +76,27 @@ class MountPlan:
         return flags
 
 
-def build_operations(
+@dataclass(frozen=True)
+class Mount:
+    """A filesystem ready to serve: the adapter and what runs beside it."""
+
+    operations: Operations
+    refresh: RefreshTask
+    status: MountStatus
+
+
+def build_mount(
     connector: ImmichConnector,
     settings: options.Settings,
     fetch: RangeFetcher | RangeIntoFetcher | None = None,
-) -> Operations:
-    """The filesystem over ``connector``: caches, reader pool, tree, FUSE adapter.
+    *,
+    mountpoint: str | None = None,
+) -> Mount:
+    """The filesystem over ``connector``: catalog, reader pool, tree and views, FUSE
+    adapter, refresh task and status file.
 
     ``fetch`` serves the bytes of originals (default: the connector's ranged stream).
+    The refresh task is built, not started (:func:`serve` runs it).
     """
     from immichfs.fuse.operations import Operations
 
@@ -76,15 +107,11 @@ def build_operations(
             max_assets=settings.cache_entries,
         )
     )
+    catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
     readers = ReaderPool(
         fetch or connector.stream_full_resolution_file, ReadaheadConfig.from_settings(settings)
     )
-    tree = Tree(
-        connector,
-        cache,
-        readers,
-        TreeSettings(search_limit=settings.search_limit, show_trash=settings.show_trash),
-    )
+    tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
     views = install_views(
         tree,
         ViewOptions(
@@ -92,7 +119,6 @@ def build_operations(
             by_date_days=settings.by_date_days,
         ),
     )
-    tree.add_extension(ViewsExtension(views))
     operations = Operations(
         tree,
         kernel_ttl=settings.kernel_ttl,
@@ -100,44 +126,33 @@ def build_operations(
         gid=settings.gid,
         ready_entries=settings.cache_entries,
     )
-    install_status(operations, connector, settings, fetch)  # /.immichfs/status
-    return operations
-
-
-class ViewsExtension:
-    """The views' virtual files (``.manifest.jsonl``) and extended attributes, as the
-    tree's :class:`~immichfs.vfs.tree.TreeExtension`."""
-
-    def __init__(self, views: Views) -> None:
-        self.views = views
-
-    def node(self, key: Key) -> VirtualFile | None:
-        return self.views.virtual_node(key)
-
-    def lookup(self, directory: Directory, name: str) -> VirtualFile | None:
-        return self.views.manifest(directory, name)
-
-    async def xattrs(self, node: Node) -> Mapping[str, bytes]:
-        return await self.views.xattrs(node)  # type: ignore[arg-type]
-
-    async def getxattr(self, node: Node, name: str) -> bytes | None:
-        return await self.views.getxattr(node, name)  # type: ignore[arg-type]
-
-
-def refresh_task(operations: Operations, settings: options.Settings) -> RefreshTask | None:
-    """The background refresh of ``operations``' views; changes reach the kernel too."""
-    views = views_of(operations.tree)
-    if views is None:
-        return None
-
-    async def on_change(keys: set[Key]) -> None:
-        await operations.invalidate(keys)
-
-    task = RefreshTask(
-        operations.tree, views, interval=settings.refresh_interval, on_change=on_change
+    # changes the refresh finds reach the kernel too
+    refresh = RefreshTask(
+        tree, views, interval=settings.refresh_interval, on_change=operations.invalidate
     )
-    views.refresh_hook = task.refresh_now  # getfattr -n user.immichfs.refresh MOUNTPOINT
-    return task
+    # getfattr -n user.immichfs.refresh MOUNTPOINT runs a refresh at once
+    tree.add_extension(ViewsExtension(views, refresh=refresh.refresh_now))
+    counters = getattr(fetch, "statistics", None)
+    shown: dict[str, Any] = {name: getattr(settings, name) for name in SHOWN_SETTINGS}
+    status = MountStatus(
+        operations,
+        connector,
+        shown,
+        counters if callable(counters) else None,
+        mountpoint=mountpoint,
+        refresh=refresh,
+    )
+    install_status(tree, status)  # /.immichfs/status
+    return Mount(operations, refresh, status)
+
+
+def build_operations(
+    connector: ImmichConnector,
+    settings: options.Settings,
+    fetch: RangeFetcher | RangeIntoFetcher | None = None,
+) -> Operations:
+    """The FUSE adapter of :func:`build_mount` (its refresh task not running)."""
+    return build_mount(connector, settings, fetch).operations
 
 
 async def check_server(connector: ImmichConnector) -> None:
@@ -176,7 +191,8 @@ async def serve(
         # the byte path: a lean ranged-GET client, the connector for what it cannot do
         fetch = RangeGetClient(connector.config, fallback=connector.stream_full_resolution_file)
         try:
-            operations = build_operations(connector, settings, fetch)
+            mount = build_mount(connector, settings, fetch, mountpoint=plan.mountpoint)
+            operations, refresh = mount.operations, mount.refresh
             # signals are caught from before the mount until after the unmount, so
             # a second SIGTERM cannot kill the process between the two
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -192,17 +208,12 @@ async def serve(
                     try:
                         ready(f"mounted {connector.url} at {plan.mountpoint}")
                         log.info("mounted %s at %s", connector.url, plan.mountpoint)
-                        refresh = refresh_task(operations, settings)
-                        status = status_of(operations.tree)
-                        if status is not None:
-                            status.mountpoint, status.refresh = plan.mountpoint, refresh
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_watch_signals, signals)
                             nursery.start_soon(_tune_kernel, plan.mountpoint)
-                            if refresh is not None:
-                                # it first takes the asset counts its renewal compares
-                                # with, before any listing is loaded (FUSE requests wait)
-                                await nursery.start(refresh.run)
+                            # it first takes the asset counts its renewal compares
+                            # with, before any listing is loaded (FUSE requests wait)
+                            await nursery.start(refresh.run)
                             await pyfuse3.main()
                             nursery.cancel_scope.cancel()
                         log.info("unmounted %s", plan.mountpoint)

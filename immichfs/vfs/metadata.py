@@ -33,10 +33,9 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from immichfs.model import Asset
+from immichfs.model import Asset, iso_instant
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +69,6 @@ class Membership:
 
 
 NO_MEMBERSHIP = Membership()
-
-
-def iso_instant(value: datetime) -> str:
-    """An aware datetime as ISO 8601 UTC with a ``Z`` (milliseconds, as Immich writes)."""
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: Any) -> str | None:

@@ -55,14 +55,13 @@ import math
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import trio
 
+from immichfs.catalog import catalog as answers
 from immichfs.catalog.cache import SingleFlightCache
-from immichfs.errors import ImmichError
 from immichfs.model import Asset
-from immichfs.vfs.metadata import iso_instant
 from immichfs.vfs.tree import AssetFile, Key, Listing, ThumbnailFile, Tree
 from immichfs.vfs.views import (
     ALBUMS_KEY,
@@ -75,23 +74,33 @@ from immichfs.vfs.views import (
     THUMBNAIL_KEYS,
     VIDEOS_KEY,
     Views,
-    ViewSource,
 )
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[set[Key]], Awaitable[None]]
-#: what the delta and full passes look at (hidden motion parts and locked assets are never shown)
-VISIBILITIES = ("timeline", "archive")
-#: listings whose every change a delta or the album check finds (see Renewal)
+OnChange = Callable[[set[Key]], Awaitable[object]]
+#: listings (and the catalog answers they are built from) whose every change a delta or
+#: the album check finds (see Renewal)
 _RENEWABLE = frozenset(
-    {PHOTOS_KEY, VIDEOS_KEY, FAVORITES_KEY, ARCHIVE_KEY, BY_DATE_KEY, ALBUMS_KEY, *THUMBNAIL_KEYS}
+    {
+        PHOTOS_KEY,
+        VIDEOS_KEY,
+        FAVORITES_KEY,
+        ARCHIVE_KEY,
+        BY_DATE_KEY,
+        ALBUMS_KEY,
+        *THUMBNAIL_KEYS,
+        answers.timeline_key("IMAGE"),
+        answers.timeline_key("VIDEO"),
+        answers.FAVORITES,
+        answers.ARCHIVE,
+    }
 )
 _RENEWABLE_KINDS = (("date",), ("month-assets",), ("album",))
 
 
 def renewable(key: Key) -> bool:
-    """Whether the refresh task keeps the listing of ``key`` current (see Renewal)."""
+    """Whether the refresh task keeps the listing or answer of ``key`` current (see Renewal)."""
     return key in _RENEWABLE or (isinstance(key, tuple) and key[:1] in _RENEWABLE_KINDS)
 
 
@@ -133,11 +142,8 @@ def held_assets(value: Any) -> Iterator[Asset]:
 
 
 def cached_keys(cache: SingleFlightCache[Any, Any]) -> list[Hashable]:
-    """The keys a cache holds now (``keys()`` when it has one)."""
-    keys = getattr(cache, "keys", None)
-    if callable(keys):
-        return list(keys())
-    return list(cache._cache.keys())
+    """The keys a cache holds now."""
+    return cache.keys()
 
 
 class RefreshTask:
@@ -156,7 +162,9 @@ class RefreshTask:
     ) -> None:
         self.tree = tree
         self.views = views
-        self.source = cast(ViewSource, tree.source)
+        self.catalog = tree.catalog
+        #: what holds what an asset change can touch: the catalog's answers, the listings
+        self._holders = (tree.cache.queries, tree.cache.listings)
         self.interval = interval
         self.full_interval = full_interval
         self.overlap = timedelta(seconds=overlap)
@@ -176,10 +184,10 @@ class RefreshTask:
         self._last_full = -math.inf
         #: the asset counts of the previous cycle (None: unknown)
         self._statistics: Any = None
-        #: listings cached when a cycle saw a change: key → id of that listing object
-        self._tainted: dict[Key, int] = {}
-        #: renewed listing → when its assets were last put back in the asset cache
-        self._assets_kept: dict[Key, float] = {}
+        #: (cache, key) of what was cached when a cycle saw a change → id of that value
+        self._tainted: dict[tuple[str, Key], int] = {}
+        #: renewed (cache, key) → when its assets were last put back in the asset cache
+        self._assets_kept: dict[tuple[str, Key], float] = {}
         self.renewed = 0
         self.cycles = 0
         self.last_result: RefreshResult | None = None
@@ -274,15 +282,9 @@ class RefreshTask:
         return result
 
     async def _count_assets(self) -> Any:
-        """``GET /assets/statistics``, or None (then nothing is renewed)."""
-        statistics = getattr(self.source, "get_asset_statistics", None)
-        counts = None
-        if statistics is not None:
-            try:
-                counts = await statistics()
-            except ImmichError as exc:  # e.g. a key without asset.statistics
-                log.debug("asset statistics unavailable, listings simply expire: %s", exc)
-        return counts
+        """``GET /assets/statistics``, or None (then nothing is renewed: listings simply
+        expire)."""
+        return await self.catalog.asset_statistics()
 
     async def _renew(self, result: RefreshResult) -> None:
         """Renew the listings this cycle vouches for, or taint them (see Renewal)."""
@@ -293,24 +295,32 @@ class RefreshTask:
             and not (result.changed or result.removed or result.albums)
         )
         self._statistics = counts
-        listings = self.tree.cache.listings
-        tainted: dict[Key, int] = {}
-        kept: dict[Key, float] = {}
+        tainted: dict[tuple[str, Key], int] = {}
+        kept: dict[tuple[str, Key], float] = {}
         seen: set[str] = set()  # assets already kept this cycle (views overlap)
-        for key in cached_keys(listings):
-            value = listings.peek(key)
-            if value is None or not renewable(key):
-                continue
-            if not quiet or self._tainted.get(key) == id(value):
-                # cached while something changed: it expires, then is loaded afresh
-                tainted[key] = id(value)
-            elif listings.renew(key):
-                self.renewed += 1
-                self._keep_assets(key, value, kept, seen)
+        for holder in self._holders:
+            for key in cached_keys(holder):
+                value = holder.peek(key)
+                if value is None or not renewable(key):
+                    continue
+                where = (holder.name, key)
+                if not quiet or self._tainted.get(where) == id(value):
+                    # cached while something changed: it expires, then is loaded afresh
+                    tainted[where] = id(value)
+                elif holder.renew(key):
+                    if holder is self.tree.cache.listings:
+                        self.renewed += 1
+                    self._keep_assets(where, value, kept, seen)
         self._tainted = tainted
         self._assets_kept = kept
 
-    def _keep_assets(self, key: Key, listing: Any, kept: dict[Key, float], seen: set[str]) -> None:
+    def _keep_assets(
+        self,
+        key: tuple[str, Key],
+        listing: Any,
+        kept: dict[tuple[str, Key], float],
+        seen: set[str],
+    ) -> None:
         """Keep a renewed listing's assets cached too, at most every half ``asset_ttl``.
 
         Opening or ``stat``-ing a file by inode looks its asset up in the asset cache;
@@ -330,24 +340,9 @@ class RefreshTask:
             if not assets.renew(asset.id):  # a newer copy from a delta stays
                 assets.put(asset.id, asset)
 
-    async def _search(self, filters: Mapping[str, Any]) -> list[Asset]:
-        assets = []
-        async for item in self.source.iter_search_metadata(
-            filters, page_size=self.tree.settings.page_size
-        ):
-            assets.append(Asset.from_json(item))
-        return assets
-
     async def _delta(self, result: RefreshResult) -> None:
-        since = iso_instant(self.watermark - self.overlap)
-        changed: dict[str, Asset] = {}
-        for visibility in VISIBILITIES:
-            for asset in await self._search(
-                {"updatedAfter": since, "withDeleted": True, "visibility": visibility}
-            ):
-                changed[asset.id] = asset
         fresh = []
-        for asset in changed.values():
+        for asset in await self.catalog.changed_since(self.watermark - self.overlap):
             updated = asset.updated_at
             if updated is not None:
                 if self._seen.get(asset.id) == updated:
@@ -369,9 +364,9 @@ class RefreshTask:
             old: Asset | None = cache.assets.peek(asset.id)
             if old is not None and old.updated_at == asset.updated_at and old == asset:
                 continue
-            keys |= self.views.keys_for(asset)
+            keys |= self.views.keys_for(asset) | self.catalog.query_keys_for(asset)
             if old is not None:
-                keys |= self.views.keys_for(old)
+                keys |= self.views.keys_for(old) | self.catalog.query_keys_for(old)
             cache.assets.put(asset.id, asset)
             keys.add(("asset", asset.id))
             result.changed += 1
@@ -379,36 +374,33 @@ class RefreshTask:
         self._drop(keys, result)
 
     def _listings_with(self, asset_ids: set[str]) -> set[Key]:
-        """Keys of cached listings that hold any of ``asset_ids``."""
+        """Keys of cached listings and answers that hold any of ``asset_ids``."""
         found: set[Key] = set()
         if not asset_ids:
             return found
-        listings = self.tree.cache.listings
-        for key in cached_keys(listings):
-            if any(a.id in asset_ids for a in held_assets(listings.peek(key))):
-                found.add(key)
-                if isinstance(key, tuple) and key[:1] == ("month-assets",):
-                    found.add(("date", *key[1:]))
+        for holder in self._holders:
+            for key in cached_keys(holder):
+                if any(a.id in asset_ids for a in held_assets(holder.peek(key))):
+                    found.add(key)
+                    if isinstance(key, tuple) and key[:1] == ("month-assets",):
+                        found.add(("date", *key[1:]))
         return found
 
     def _drop(self, keys: set[Key], result: RefreshResult) -> None:
         cache = self.tree.cache
         for key in keys:
-            cache.listings.pop(key)
+            for holder in self._holders:
+                holder.pop(key)
         if keys & {BY_DATE_KEY} or any(
             isinstance(k, tuple) and k[:1] == ("date",) and len(k) <= 2 for k in keys
         ):
-            cache.misc.pop(("buckets",))
+            cache.misc.pop(answers.BUCKETS)
         result.keys |= keys
 
     async def _check_albums(self, result: RefreshResult) -> None:
-        albums = await self.source.get_albums()
-        signature = {
-            str(a.get("id")): (a.get("updatedAt"), a.get("assetCount"), a.get("albumName"))
-            for a in albums
-        }
+        albums = await self.catalog.albums(fresh=True)
+        signature = {a.id: (a.updated_at, a.asset_count, a.name) for a in albums}
         previous, self._albums = self._albums, signature
-        self.tree.cache.misc.put(("albums",), albums)
         if previous is None:
             return
         keys: set[Key] = set()
@@ -423,19 +415,13 @@ class RefreshTask:
         self._drop(keys, result)
 
     async def _full_pass(self, result: RefreshResult) -> None:
-        present: set[str] = set()
-        for visibility in VISIBILITIES:
-            async for item in self.source.iter_search_metadata(
-                {"withDeleted": True, "visibility": visibility},
-                page_size=self.tree.settings.page_size,
-            ):
-                present.add(str(item.get("id")))
-        listings = self.tree.cache.listings
+        present = await self.catalog.present_ids()
         held: set[str] = set()
-        for key in cached_keys(listings):
-            if isinstance(key, tuple) and key[:1] == ("album",):
-                continue  # others' assets in shared albums: the album check covers them
-            held.update(a.id for a in held_assets(listings.peek(key)))
+        for holder in self._holders:
+            for key in cached_keys(holder):
+                if isinstance(key, tuple) and key[:1] == ("album",):
+                    continue  # others' assets in shared albums: the album check covers them
+                held.update(a.id for a in held_assets(holder.peek(key)))
         gone = held - present
         if gone:
             keys = self._listings_with(gone)
@@ -445,12 +431,13 @@ class RefreshTask:
             result.removed += len(gone)
             self._drop(keys, result)
         # people and tags change rarely: compared here, not every cycle
-        for name, key, load in (
-            ("people", PEOPLE_KEY, self.views.people),
-            ("tags", TAGS_KEY, self.views.tag_index),
+        with_hidden = self.views.options.show_hidden_people
+        misc = self.tree.cache.misc
+        people = misc.peek(answers.people_key(with_hidden))
+        if people is not None and people != await self.catalog.people(
+            with_hidden=with_hidden, fresh=True
         ):
-            before = self.tree.cache.misc.peek((name,))
-            self.tree.cache.misc.pop((name,))
-            now = await load()
-            if before is not None and before != now:
-                self._drop({key}, result)
+            self._drop({PEOPLE_KEY}, result)
+        tags = misc.peek(answers.TAGS)
+        if tags is not None and tags != await self.catalog.tags(fresh=True):
+            self._drop({TAGS_KEY}, result)

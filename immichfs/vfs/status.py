@@ -24,14 +24,12 @@ import json
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from immichfs import __version__
-from immichfs.options import Settings
 from immichfs.vfs.tree import (
     ROOT_KEY,
     Attributes,
@@ -57,22 +55,6 @@ DIRECTORY_KEY: Key = (KIND,)
 FILE_KEY: Key = (KIND, STATUS_FILE)
 #: bumped when a field changes meaning or disappears (new fields keep it)
 FORMAT_VERSION = 1
-#: the settings the report shows (never a secret: no key, no token)
-SHOWN_SETTINGS = (
-    "listing_ttl",
-    "asset_ttl",
-    "kernel_ttl",
-    "refresh_interval",
-    "cache_entries",
-    "readahead_mb",
-    "readahead_budget_mb",
-    "max_connections",
-    "timeout",
-    "retry_budget",
-    "search_limit",
-    "show_trash",
-    "allow_other",
-)
 
 
 class Filesystem(Protocol):
@@ -100,26 +82,28 @@ def hit_rate(hits: int, misses: int) -> float | None:
 class MountStatus:
     """Gathers one mount's counters into the status report.
 
-    ``mountpoint`` and ``refresh`` are set by the mount once known (the
-    filesystem is built before it is mounted).
+    ``settings`` are the values the report shows (never a secret: the mount
+    chooses them); ``byte_path`` the fetcher of originals' counters.
     """
 
     def __init__(
         self,
         filesystem: Filesystem,
         connector: ImmichConnector,
-        settings: Settings,
+        settings: Mapping[str, Any],
         byte_path: StatisticsSource | None = None,
         *,
+        mountpoint: str | None = None,
+        refresh: RefreshTask | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.filesystem = filesystem
         self.connector = connector
-        self.settings = settings
+        self.settings = dict(settings)
         self.byte_path = byte_path
-        self.mountpoint: str | None = None
-        self.refresh: RefreshTask | None = None
+        self.mountpoint = mountpoint
+        self.refresh = refresh
         self._clock = clock
         self.now = now
         self._started = clock()
@@ -153,11 +137,7 @@ class MountStatus:
             "started_at": _iso(self.started_at),
             "generated_at": _iso(self.now()),
             "uptime_seconds": round(self._clock() - self._started, 1),
-            "settings": {
-                name: getattr(self.settings, name)
-                for name in SHOWN_SETTINGS
-                if hasattr(self.settings, name)
-            },
+            "settings": dict(self.settings),
             "cache": {
                 name: self._cache_entry(asdict(cache))
                 for name, cache in stats.get("cache", {}).items()
@@ -274,33 +254,12 @@ class StatusExtension:
         return None
 
 
-_REGISTRY: weakref.WeakKeyDictionary[Tree, MountStatus] = weakref.WeakKeyDictionary()
-
-
-def install_status(
-    filesystem: Filesystem,
-    connector: ImmichConnector,
-    settings: Settings,
-    byte_path: object | None = None,
-) -> MountStatus:
-    """Add ``/.immichfs/status`` to ``filesystem``'s tree.
-
-    ``byte_path`` is the fetcher of originals; its ``statistics()``, if it has
-    one (:class:`~immichfs.client.originals.RangeGetClient`), is part of the report.
-    """
-    counters = getattr(byte_path, "statistics", None)
-    status = MountStatus(filesystem, connector, settings, counters if callable(counters) else None)
-    tree = filesystem.tree
+def install_status(tree: Tree, status: MountStatus) -> StatusExtension:
+    """Add ``/.immichfs/status`` (reporting ``status``) to ``tree``."""
     extension = StatusExtension(tree, status)
     tree.add_resolver(KIND, extension.resolve)
     tree.add_extension(extension)
-    _REGISTRY[tree] = status
-    return status
-
-
-def status_of(tree: Tree) -> MountStatus | None:
-    """The status installed on ``tree`` (None if :func:`install_status` was not called)."""
-    return _REGISTRY.get(tree)
+    return extension
 
 
 __all__ = [
@@ -311,5 +270,4 @@ __all__ = [
     "MountStatus",
     "StatusExtension",
     "install_status",
-    "status_of",
 ]

@@ -16,36 +16,25 @@ people, by-date, ...) is one more ``Directory`` subclass registered with
 resolver (:meth:`Tree.add_resolver`) — the adapter needs no change.
 
 Every asset is the node :class:`AssetFile` keyed ``("asset", id)`` wherever it
-appears, so it has one inode in all views. Listings come from
-:class:`~immichfs.catalog.cache.MetadataCache`; the assets a listing brings are cached
-one by one, so attributes of a listed file need no request.
+appears, so it has one inode in all views. Everything about the library comes
+from the :class:`~immichfs.catalog.catalog.Catalog` (no HTTP here); a listing
+is built from a catalog answer, kept in the catalog's listing cache and rebuilt
+whenever the catalog answers anew, so it is never older than the answer.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
 import mimetypes
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Hashable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol, Union, runtime_checkable
-
-import trio
+from typing import NamedTuple, Protocol, Union, runtime_checkable
 
 from immichfs.catalog.cache import MetadataCache
+from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
 from immichfs.errors import NotFound
 from immichfs.model import Asset
@@ -57,8 +46,6 @@ Key = Hashable
 ROOT_KEY: Key = ("dir", "/")
 
 THUMBNAIL_SIZES = ("preview", "thumbnail")
-#: what Immich serves by default, used until one thumbnail has been seen
-DEFAULT_THUMBNAIL_TYPES = {"preview": "image/jpeg", "thumbnail": "image/webp"}
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/webp": ".webp",
@@ -75,30 +62,6 @@ def extension_for(content_type: str) -> str:
     """File extension (with dot) for a thumbnail's Content-Type."""
     base = content_type.split(";")[0].strip().lower()
     return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
-
-
-class AssetSource(Protocol):
-    """What the tree needs from :class:`immichfs.client.connector.ImmichConnector`."""
-
-    def iter_search_metadata(
-        self, filters: Mapping[str, Any], *, page_size: int = ...
-    ) -> AsyncIterator[dict[str, Any]]: ...
-
-    async def search_metadata(
-        self, filters: Mapping[str, Any], *, page: int = ..., size: int = ...
-    ) -> tuple[list[dict[str, Any]], int | None]: ...
-
-    async def search_smart(
-        self, query: str, *, size: int = ..., filters: Mapping[str, Any] | None = ...
-    ) -> list[dict[str, Any]]: ...
-
-    async def get_server_features(self) -> dict[str, Any]: ...
-
-    async def get_asset_info(self, asset_id: str) -> dict[str, Any]: ...
-
-    async def head_original(self, asset_id: str) -> int: ...
-
-    async def get_thumbnail_response(self, asset_id: str, size: str = ...) -> tuple[bytes, str]: ...
 
 
 class OpenFile(Protocol):
@@ -196,13 +159,18 @@ class Listing:
 
     entries: tuple[tuple[str, Directory | FileNode], ...]
     newest: datetime | None = None
+    #: the catalog answer it was built from (None: none)
+    assets: Sequence[Asset] | None = field(default=None, repr=False, compare=False)
     index: dict[str, Directory | FileNode] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def build(
-        cls, items: Mapping[str, Directory | FileNode], newest: datetime | None = None
+        cls,
+        items: Mapping[str, Directory | FileNode],
+        newest: datetime | None = None,
+        assets: Sequence[Asset] | None = None,
     ) -> Listing:
-        return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest)
+        return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest, assets)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", dict(self.entries))
@@ -246,43 +214,6 @@ def name_assets(assets: Sequence[Asset], reserved: Sequence[str] = ()) -> dict[s
     return assign_names(
         (NameRequest(a.id, a.original_file_name, asset_order(a)) for a in assets), reserved
     )
-
-
-_gc_pauses = 0
-
-
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a listing loads.
-
-    A listing of 100,000 assets creates some two million objects, none of them in
-    reference cycles; the collector walks all of them again and again as the heap
-    grows (measured: a quarter of the load's time). Whatever cycles other tasks
-    leave meanwhile are collected once it runs again. Nested and concurrent loads
-    count, so the collector resumes when the last one ends.
-
-    Before it resumes, everything allocated meanwhile is moved to the oldest
-    generation (``freeze`` then ``unfreeze``: two list splices, no walk). Left
-    young, the next collections walked those two million objects three times
-    over (young, middle, then a full pass), half a second inside the first
-    ``readdir`` of the new listing. In the oldest generation they wait for the
-    next full collection, which Python runs only once enough new objects have
-    survived; cycles among them are still found then.
-    """
-    global _gc_pauses
-    if _gc_pauses == 0 and not gc.isenabled():
-        yield  # disabled by someone else: leave it so
-        return
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
-            gc.freeze()
-            gc.unfreeze()
-            gc.enable()
 
 
 # -- directories ----------------------------------------------------------------
@@ -332,40 +263,58 @@ class StaticDirectory(Directory):
         return len(self.children)
 
 
-AssetLoader = Callable[[], Awaitable[list[Asset]]]
+AssetLoader = Callable[[], Awaitable[Sequence[Asset]]]
+
+
+def asset_listing(
+    assets: Sequence[Asset],
+    directories: Mapping[str, Directory] | None = None,
+    *,
+    answer: Sequence[Asset] | None = None,
+) -> Listing:
+    """A listing of ``assets`` (each once) beside ``directories``; ``answer`` is the
+    catalog answer they were taken from (default: ``assets`` themselves)."""
+    directories = directories or {}
+    with cyclic_gc_paused():
+        names = name_assets(assets, reserved=list(directories))
+        items: dict[str, Directory | FileNode] = dict(directories)
+        for asset in assets:
+            items[names[asset.id]] = AssetFile(asset)
+        newest = max((a.file_modified_at for a in assets), default=None)
+        return Listing.build(items, newest, assets if answer is None else answer)
+
+
+async def derived_listing(
+    directory: Directory, assets: Sequence[Asset], build: Callable[[], Listing]
+) -> Listing:
+    """``directory``'s cached listing if it was built from ``assets`` (the catalog's
+    current answer), else ``build()``, cached."""
+    listings = directory.tree.cache.listings
+
+    async def load() -> Listing:
+        return build()
+
+    listing: Listing = await listings.get(directory.key, load)
+    if listing.assets is not assets:  # built from an older answer
+        listings.pop(directory.key)
+        listing = await listings.get(directory.key, load)
+    return listing
 
 
 class AssetDirectory(Directory):
-    """A flat directory of assets produced by a query (timeline type, search, ...)."""
+    """A flat directory of the assets a catalog query answers (timeline type, search, ...)."""
 
     def __init__(self, tree: Tree, key: Key, parent: Key, load: AssetLoader) -> None:
         super().__init__(tree, key, parent)
         self._load_assets = load
 
     async def listing(self) -> Listing:
-        listing: Listing = await self.tree.cache.listings.get(self.key, self._load)
-        return listing
+        assets = await self._load_assets()
+        return await derived_listing(self, assets, lambda: asset_listing(assets))
 
     def cached_listing(self) -> Listing | None:
         listing: Listing | None = self.tree.cache.listings.peek(self.key)
         return listing
-
-    async def _load(self) -> Listing:
-        with _cyclic_gc_paused():
-            return await self._build()
-
-    async def _build(self) -> Listing:
-        assets = await self._load_assets()
-        unique: dict[str, Asset] = {}
-        cached = self.tree.cache.assets
-        for asset in assets:
-            # offset paging over a changing library can repeat an asset
-            unique.setdefault(asset.id, asset)
-            if cached.peek(asset.id) is not asset:  # the timeline put it there already
-                cached.put(asset.id, asset)
-        names = name_assets(list(unique.values()))
-        newest = max((a.file_modified_at for a in unique.values()), default=None)
-        return Listing.build({names[i]: AssetFile(a) for i, a in unique.items()}, newest)
 
 
 class ThumbnailDirectory(Directory):
@@ -391,7 +340,7 @@ class ThumbnailDirectory(Directory):
         built = self._built
         if (
             built is not None
-            and built[1] == self.tree.cache.misc.peek(("thumbnail-type", self.size))
+            and built[1] == self.tree.catalog.known_thumbnail_type(self.size)
             and all(a is b for a, b in zip(built[0], listings, strict=True))
         ):
             return built[2]  # every lookup comes here: no work per entry
@@ -400,7 +349,7 @@ class ThumbnailDirectory(Directory):
             for _, node in listing.entries:
                 if isinstance(node, AssetFile):
                     assets.setdefault(node.asset.id, node.asset)
-        content_type = await self.tree.thumbnail_type(self.size, list(assets.values()))
+        content_type = await self.tree.catalog.thumbnail_type(self.size, list(assets.values()))
         extension = extension_for(content_type)
         requests = []
         for asset in assets.values():
@@ -435,7 +384,7 @@ class SearchDirectory(Directory):
         directory = self._queries.get(query)
         if directory is None:
             directory = AssetDirectory(
-                self.tree, ("search", query), self.key, lambda: self.tree.search(query)
+                self.tree, ("search", query), self.key, lambda: self.tree.catalog.search(query)
             )
         if remember:
             self._queries[query] = directory
@@ -466,9 +415,8 @@ class SearchDirectory(Directory):
 
 @dataclass(frozen=True)
 class TreeSettings:
-    search_limit: int = 250
+    #: searches listed in ``/search`` (each lookup of a name there runs one)
     max_search_queries: int = 256
-    page_size: int = 1000
     show_trash: bool = False
 
 
@@ -477,15 +425,13 @@ class Tree:
 
     def __init__(
         self,
-        source: AssetSource,
-        cache: MetadataCache,
+        catalog: Catalog,
         readers: ReaderPool,
         settings: TreeSettings | None = None,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.source = source
-        self.cache = cache
+        self.catalog = catalog
         self.readers = readers
         self.settings = settings or TreeSettings()
         self.mounted_at = now()
@@ -497,10 +443,12 @@ class Tree:
         self._register(self.root)
 
         photos = self.add_view(
-            "photos", lambda key: AssetDirectory(self, key, ROOT_KEY, self._timeline("IMAGE"))
+            "photos",
+            lambda key: AssetDirectory(self, key, ROOT_KEY, lambda: catalog.timeline("IMAGE")),
         )
         videos = self.add_view(
-            "videos", lambda key: AssetDirectory(self, key, ROOT_KEY, self._timeline("VIDEO"))
+            "videos",
+            lambda key: AssetDirectory(self, key, ROOT_KEY, lambda: catalog.timeline("VIDEO")),
         )
         assert isinstance(photos, AssetDirectory) and isinstance(videos, AssetDirectory)
         thumbs = self.add_view("thumbs", lambda key: StaticDirectory(self, key, ROOT_KEY))
@@ -512,7 +460,7 @@ class Tree:
             thumbs.children[size] = child
             self._register(child)
         if self.settings.show_trash:
-            self.add_view("trash", lambda key: AssetDirectory(self, key, ROOT_KEY, self._trash))
+            self.add_view("trash", lambda key: AssetDirectory(self, key, ROOT_KEY, catalog.trash))
         search = self.add_view(
             "search",
             lambda key: SearchDirectory(self, key, ROOT_KEY, self.settings.max_search_queries),
@@ -526,6 +474,11 @@ class Tree:
                 else None
             ),
         )
+
+    @property
+    def cache(self) -> MetadataCache:
+        """The catalog's caches (listings are kept there too)."""
+        return self.catalog.cache
 
     # -- structure
 
@@ -564,9 +517,9 @@ class Tree:
             return directory
         if isinstance(key, tuple) and len(key) >= 2:
             if key[0] == "asset":
-                return AssetFile(await self.asset(str(key[1])))
+                return AssetFile(await self.catalog.asset(str(key[1])))
             if key[0] == "thumbnail" and len(key) == 3:
-                return ThumbnailFile(await self.asset(str(key[2])), str(key[1]))
+                return ThumbnailFile(await self.catalog.asset(str(key[2])), str(key[1]))
         for extension in self._extensions:
             virtual = extension.node(key)
             if virtual is not None:
@@ -592,147 +545,6 @@ class Tree:
             raise NotFound(f"no directory {directory_key!r}")
         return await directory.listing()
 
-    # -- data
-
-    async def asset(self, asset_id: str) -> Asset:
-        async def load() -> Asset:
-            return Asset.from_json(await self.source.get_asset_info(asset_id))
-
-        asset: Asset = await self.cache.assets.get(asset_id, load)
-        return asset
-
-    def _timeline(self, asset_type: str) -> AssetLoader:
-        async def load() -> list[Asset]:
-            filters = {"type": asset_type, "visibility": "timeline"}
-            assets: list[Asset] = []
-
-            async def parse(items: list[dict[str, Any]]) -> None:
-                cached = self.cache.assets
-                for index, item in enumerate(items):
-                    asset = Asset.from_json(item)
-                    if not asset.is_trashed:
-                        assets.append(asset)
-                        cached.put(asset.id, asset)  # now, while the next page is fetched
-                    if index % 100 == 99:
-                        # let the request for the next page go out while this one is parsed
-                        await trio.lowlevel.checkpoint()
-
-            await self._each_page(filters, parse)
-            log.debug("listed %d %s assets", len(assets), asset_type)
-            return assets
-
-        return load
-
-    async def _each_page(
-        self,
-        filters: Mapping[str, Any],
-        handle: Callable[[list[dict[str, Any]]], Awaitable[None]],
-    ) -> None:
-        """Hand the assets of a search to ``handle`` a page at a time, the next page
-        fetched meanwhile: parsing here and the server preparing the next page overlap
-        instead of taking turns (a listing of 100,000 assets is 100 pages). Errors are
-        raised as themselves, never as an ExceptionGroup."""
-        size = self.settings.page_size
-        send, receive = trio.open_memory_channel[list[dict[str, Any]]](math.inf)
-        failures: list[Exception] = []
-
-        async def fetch() -> None:
-            try:
-                batch: list[dict[str, Any]] = []
-                async for item in self.source.iter_search_metadata(filters, page_size=size):
-                    batch.append(item)
-                    if len(batch) >= size:
-                        send.send_nowait(batch)  # no checkpoint: on to the next page
-                        batch = []
-                if batch:
-                    send.send_nowait(batch)
-            except Exception as exc:
-                failures.append(exc)
-            finally:
-                send.close()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch)
-            try:
-                with receive:
-                    async for batch in receive:
-                        await handle(batch)
-            except Exception as exc:
-                failures.insert(0, exc)
-                nursery.cancel_scope.cancel()
-        if failures:
-            raise failures[0]
-
-    async def _trash(self) -> list[Asset]:
-        # any trashedAfter makes Immich include trashed assets, and only those
-        filters = {"trashedAfter": "1970-01-01T00:00:00.000Z", "visibility": "timeline"}
-        assets = []
-        async for item in self.source.iter_search_metadata(
-            filters, page_size=self.settings.page_size
-        ):
-            asset = Asset.from_json(item)
-            if asset.is_trashed:
-                assets.append(asset)
-        return assets
-
-    async def features(self) -> Mapping[str, Any]:
-        features: Mapping[str, Any] = await self.cache.misc.get(
-            ("features",), self.source.get_server_features
-        )
-        return features
-
-    async def search(self, query: str) -> list[Asset]:
-        """Smart search when the server has it, else file names containing ``query``."""
-        limit = max(self.settings.search_limit, 1)
-        if (await self.features()).get("smartSearch") is True:
-            items = await self.source.search_smart(query, size=limit)
-        else:
-            items = []
-            page: int | None = 1
-            while page is not None and len(items) < limit:
-                batch, page = await self.source.search_metadata(
-                    {"originalFileName": query}, page=page, size=min(1000, limit)
-                )
-                items.extend(batch)
-        assets = [Asset.from_json(item) for item in items[:limit]]
-        return [a for a in assets if not a.is_trashed]
-
-    async def thumbnail_type(self, size: str, assets: Sequence[Asset]) -> str:
-        """The Content-Type the server serves for ``size``, learned from one asset."""
-
-        async def probe() -> str:
-            for asset in sorted(assets, key=lambda a: a.id)[:3]:
-                try:
-                    _, content_type = await self.thumbnail_info(ThumbnailFile(asset, size))
-                except NotFound:
-                    continue  # not generated yet: try another
-                return content_type
-            return DEFAULT_THUMBNAIL_TYPES.get(size, "image/jpeg")
-
-        content_type: str = await self.cache.misc.get(("thumbnail-type", size), probe)
-        return content_type
-
-    async def _fetch_thumbnail(self, node: ThumbnailFile) -> tuple[int, str]:
-        data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
-        self.cache.thumbnails.put((node.size, node.asset.id), data)
-        return len(data), content_type
-
-    async def thumbnail_info(self, node: ThumbnailFile) -> tuple[int, str]:
-        """(length, content type) of a rendition; fetched (and kept) on first need."""
-        info: tuple[int, str] = await self.cache.thumbnail_info.get(
-            (node.size, node.asset.id), lambda: self._fetch_thumbnail(node)
-        )
-        return info
-
-    async def original_size(self, asset: Asset) -> int:
-        """The original's size: Immich's ``fileSizeInByte``, else HEAD (never a download)."""
-        if asset.size is not None:
-            return asset.size
-        size: int = await self.cache.sizes.get(
-            (asset.id, asset.checksum), lambda: self.source.head_original(asset.id)
-        )
-        return size
-
     # -- attributes
 
     def cached_attributes(self, node: Directory | FileNode) -> Attributes:
@@ -750,11 +562,9 @@ class Tree:
         asset = node.asset
         size: int | None
         if isinstance(node, AssetFile):
-            size = asset.size
-            if size is None:
-                size = self.cache.sizes.peek((asset.id, asset.checksum))
+            size = self.catalog.known_size(asset)
         else:
-            info = self.cache.thumbnail_info.peek((node.size, asset.id))
+            info = self.catalog.known_thumbnail_info(asset.id, node.size)
             size = info[0] if info is not None else None
         return Attributes(
             False,
@@ -769,9 +579,9 @@ class Tree:
         """Exact attributes; may fetch a thumbnail or HEAD an original to learn a size."""
         if isinstance(node, AssetFile):
             if node.asset.size is None:
-                await self.original_size(node.asset)
+                await self.catalog.original_size(node.asset)
         elif isinstance(node, ThumbnailFile):
-            await self.thumbnail_info(node)
+            await self.catalog.thumbnail_info(node.asset.id, node.size)
         elif not isinstance(node, Directory):
             return await node.attributes()
         return self.cached_attributes(node)
@@ -806,14 +616,9 @@ class Tree:
     async def open(self, node: FileNode | VirtualFile) -> OpenFile:
         """An open handle on a file's bytes."""
         if isinstance(node, AssetFile):
-            size = await self.original_size(node.asset)
+            size = await self.catalog.original_size(node.asset)
             return self.readers.open(node.asset.id, size)
         if not isinstance(node, ThumbnailFile):
             return await node.open()
-        key = (node.size, node.asset.id)
-        data = self.cache.thumbnails.peek(key)
-        if data is None:
-            data, content_type = await self.source.get_thumbnail_response(node.asset.id, node.size)
-            self.cache.thumbnails.put(key, data)
-            self.cache.thumbnail_info.put(key, (len(data), content_type))
-        return BytesFile(data)
+        thumbnail = await self.catalog.thumbnail(node.asset.id, node.size)
+        return BytesFile(thumbnail.data)

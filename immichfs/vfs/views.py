@@ -29,6 +29,9 @@ Names: album and person names are not unique and may hold ``/``; they go
 through :func:`immichfs.vfs.names.assign_names` ordered by creation time then id
 (albums) or id (people), so the same album keeps the bare name on every mount.
 
+All data comes from the tree's :class:`~immichfs.catalog.catalog.Catalog`; a
+directory holding assets is rebuilt whenever the catalog answers anew.
+
 Also here, because they are derived from the same listings: the
 ``.manifest.jsonl`` of each asset directory (:class:`ManifestFile`), the
 membership index behind ``user.immich.albums/people/tags``, and the rules that
@@ -39,17 +42,17 @@ from __future__ import annotations
 
 import json
 import logging
-import weakref
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol, cast
+from datetime import date
+from typing import Any
 
 import trio
 
-from immichfs.model import Asset, parse_instant
+from immichfs.catalog.catalog import Catalog, local_day
+from immichfs.model import Album, Asset, Person, Tag
 from immichfs.vfs import metadata
 from immichfs.vfs.metadata import Membership
 from immichfs.vfs.names import NameRequest, assign_names
@@ -57,14 +60,16 @@ from immichfs.vfs.tree import (
     ROOT_KEY,
     AssetDirectory,
     AssetFile,
-    AssetSource,
     Attributes,
     Directory,
     FileNode,
     Key,
     Listing,
+    Node,
     Tree,
-    name_assets,
+    VirtualFile,
+    asset_listing,
+    derived_listing,
 )
 
 log = logging.getLogger(__name__)
@@ -90,18 +95,6 @@ MAX_MANIFEST_SNAPSHOTS = 256
 REFRESH_COALESCE = 2.0
 
 
-class ViewSource(AssetSource, Protocol):
-    """What the views need from the connector beyond :class:`~immichfs.vfs.tree.AssetSource`."""
-
-    async def get_albums(self) -> list[dict[str, Any]]: ...
-
-    async def get_people(self, *, with_hidden: bool = ...) -> list[dict[str, Any]]: ...
-
-    async def get_tags(self) -> list[dict[str, Any]]: ...
-
-    async def get_timeline_buckets(self, **filters: Any) -> list[dict[str, Any]]: ...
-
-
 @dataclass(frozen=True)
 class ViewOptions:
     """Choices about what the views show."""
@@ -117,45 +110,6 @@ class ViewOptions:
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _id(value: Mapping[str, Any]) -> str:
-    return _text(value.get("id"))
-
-
-async def search_assets(tree: Tree, filters: Mapping[str, Any]) -> list[Asset]:
-    """Every non-trashed asset matching ``filters`` (paged ``/search/metadata``)."""
-    assets = []
-    async for item in tree.source.iter_search_metadata(filters, page_size=tree.settings.page_size):
-        asset = Asset.from_json(item)
-        if not asset.is_trashed:
-            assets.append(asset)
-    return assets
-
-
-def asset_listing(
-    tree: Tree, assets: Iterable[Asset], directories: Mapping[str, Directory] | None = None
-) -> Listing:
-    """A listing of ``assets`` (named by the tree's rules) beside ``directories``.
-
-    The assets are also put in the asset cache, so ``stat`` of a listed file
-    makes no request.
-    """
-    unique: dict[str, Asset] = {}
-    for asset in assets:
-        unique.setdefault(asset.id, asset)  # offset paging can repeat an asset
-        tree.cache.assets.put(asset.id, asset)
-    directories = directories or {}
-    names = name_assets(list(unique.values()), reserved=list(directories))
-    items: dict[str, Directory | FileNode] = dict(directories)
-    for asset_id, asset in unique.items():
-        items[names[asset_id]] = AssetFile(asset)
-    newest = max((a.file_modified_at for a in unique.values()), default=None)
-    return Listing.build(items, newest)
 
 
 class CachedDirectory(Directory):
@@ -194,14 +148,9 @@ class AlbumsDirectory(CachedDirectory):
         albums = await self.views.albums()
         names = self.views.album_names(albums)
         items: dict[str, Directory | FileNode] = {
-            names[_id(album)]: self.views.album_directory(_id(album))
-            for album in albums
-            if _id(album)
+            names[album.id]: self.views.album_directory(album.id) for album in albums
         }
-        newest = max(
-            (t for t in (parse_instant(a.get("updatedAt")) for a in albums) if t is not None),
-            default=None,
-        )
+        newest = max((a.updated_at for a in albums if a.updated_at is not None), default=None)
         return Listing.build(items, newest)
 
     def subdirectories(self) -> int:
@@ -240,12 +189,8 @@ class TagIndex:
     parents: Mapping[str, str | None]  # tag id → parent id
 
     @classmethod
-    def build(cls, tags: Iterable[Mapping[str, Any]]) -> TagIndex:
-        values: dict[str, str] = {}
-        for tag in tags:
-            tag_id, value = _id(tag), _text(tag.get("value")) or _text(tag.get("name"))
-            if tag_id and value:
-                values[tag_id] = value.strip("/")
+    def build(cls, tags: Iterable[Tag]) -> TagIndex:
+        values = {tag.id: tag.value for tag in tags}
         by_value = {value: tag_id for tag_id, value in sorted(values.items())}
         parents: dict[str, str | None] = {}
         children: dict[str | None, list[str]] = {}
@@ -300,44 +245,23 @@ class TagDirectory(CachedDirectory):
         self.views = views
         self.tag_id = tag_id
 
-    async def build(self) -> Listing:
+    async def listing(self) -> Listing:
         index = await self.views.tag_index()
+        assets = await self.tree.catalog.tag_assets(self.tag_id)
+        return await derived_listing(self, assets, lambda: self._make(index, assets))
+
+    async def build(self) -> Listing:
+        return await self.listing()
+
+    def _make(self, index: TagIndex, assets: Sequence[Asset]) -> Listing:
         names = index.child_names(self.tag_id)
         children: dict[str, Directory] = {
             name: self.views.tag_directory(tag_id) for tag_id, name in names.items()
         }
-        assets = await search_assets(self.tree, {"tagIds": [self.tag_id], "visibility": "timeline"})
-        return asset_listing(self.tree, assets, children)
+        return asset_listing(assets, children)
 
 
 # -- by date -------------------------------------------------------------------------
-
-
-def month_window(year: int, month: int) -> tuple[str, str]:
-    """(takenAfter, takenBefore) covering a local month: a day wider on each side.
-
-    ``localDateTime`` is at most ±14 h from the UTC instant the search compares.
-    """
-    first = datetime(year, month, 1, tzinfo=UTC)
-    following = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-    after = first - timedelta(days=1)
-    before = following + timedelta(days=1)
-    return metadata.iso_instant(after), metadata.iso_instant(before)
-
-
-def local_day(asset: Asset) -> date:
-    """The asset's local capture date (UTC date if the server gave no local time)."""
-    moment = asset.local_datetime or asset.file_created_at.replace(tzinfo=None)
-    return moment.date()
-
-
-def parse_bucket(value: Any) -> tuple[int, int] | None:
-    """(year, month) of a ``timeBucket`` ("YYYY-MM-01", or an ISO timestamp before v1.133)."""
-    text = _text(value)
-    try:
-        return int(text[0:4]), int(text[5:7])
-    except ValueError:
-        return None
 
 
 class ByDateDirectory(CachedDirectory):
@@ -348,8 +272,8 @@ class ByDateDirectory(CachedDirectory):
         self.views = views
 
     async def build(self) -> Listing:
-        buckets = await self.views.buckets()
-        years = sorted({year for year, _ in buckets})
+        buckets = await self.tree.catalog.buckets()
+        years = sorted({bucket.year for bucket in buckets})
         return Listing.build({f"{y:04d}": YearDirectory(self.views, y) for y in years})
 
 
@@ -362,8 +286,8 @@ class YearDirectory(CachedDirectory):
         self.year = year
 
     async def build(self) -> Listing:
-        buckets = await self.views.buckets()
-        months = sorted(m for y, m in buckets if y == self.year)
+        buckets = await self.tree.catalog.buckets()
+        months = sorted(b.month for b in buckets if b.year == self.year)
         return Listing.build({f"{m:02d}": MonthDirectory(self.views, self.year, m) for m in months})
 
 
@@ -376,13 +300,20 @@ class MonthDirectory(CachedDirectory):
         self.year = year
         self.month = month
 
+    async def listing(self) -> Listing:
+        assets = await self.tree.catalog.month_assets(self.year, self.month)
+        return await derived_listing(self, assets, lambda: self._make(assets))
+
     async def build(self) -> Listing:
-        assets = await self.views.month_assets(self.year, self.month)
+        return await self.listing()
+
+    def _make(self, assets: Sequence[Asset]) -> Listing:
         if not self.views.options.by_date_days:
-            return asset_listing(self.tree, assets)
+            return asset_listing(assets)
         days = sorted({local_day(a).day for a in assets})
         return Listing.build(
-            {f"{d:02d}": DayDirectory(self.views, self.year, self.month, d) for d in days}
+            {f"{d:02d}": DayDirectory(self.views, self.year, self.month, d) for d in days},
+            assets=assets,
         )
 
 
@@ -394,9 +325,17 @@ class DayDirectory(CachedDirectory):
         self.views = views
         self.day = date(year, month, day)
 
+    async def listing(self) -> Listing:
+        assets = await self.tree.catalog.month_assets(self.day.year, self.day.month)
+
+        return await derived_listing(
+            self,
+            assets,
+            lambda: asset_listing([a for a in assets if local_day(a) == self.day], answer=assets),
+        )
+
     async def build(self) -> Listing:
-        assets = await self.views.month_assets(self.day.year, self.day.month)
-        return asset_listing(self.tree, [a for a in assets if local_day(a) == self.day])
+        return await self.listing()
 
 
 # -- manifest ------------------------------------------------------------------------
@@ -486,14 +425,6 @@ class ManifestFile:
 
 # -- the views ---------------------------------------------------------------------
 
-_REGISTRY: weakref.WeakKeyDictionary[Tree, Views] = weakref.WeakKeyDictionary()
-
-
-def views_of(tree: Tree) -> Views | None:
-    """The views installed on ``tree`` (None if :func:`install_views` was not called)."""
-    return _REGISTRY.get(tree)
-
-
 RefreshHook = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
@@ -502,135 +433,79 @@ class Views:
 
     def __init__(self, tree: Tree, options: ViewOptions) -> None:
         self.tree = tree
+        self.catalog: Catalog = tree.catalog
         self.options = options
-        self.source = cast(ViewSource, tree.source)
+        #: the tag list the index was last built from, and that index
+        self._tag_index: tuple[Sequence[Tag], TagIndex] | None = None
         #: tag id → parent key, kept from the last tag list (for ``..`` of a tag directory)
         self._tag_parents: dict[str, Key] = {}
         #: directory key → (listing, membership, manifest size) last computed (bounded)
         self.manifest_sizes: OrderedDict[Key, tuple[Listing, Mapping[str, Membership], int]] = (
             OrderedDict()
         )
-        #: set by the mount: runs a refresh now (``getfattr -n user.immichfs.refresh``)
-        self.refresh_hook: RefreshHook | None = None
-        self._last_refresh: tuple[float, bytes] | None = None
 
-    # -- collection lists (small, unpaginated or few pages; cached for the listing TTL)
+    # -- collection lists (the catalog's, with the views' options)
 
-    async def albums(self) -> list[dict[str, Any]]:
-        albums: list[dict[str, Any]] = await self.tree.cache.misc.get(
-            ("albums",), self.source.get_albums
-        )
-        return albums
+    async def albums(self) -> tuple[Album, ...]:
+        return await self.catalog.albums()
 
-    async def people(self) -> list[dict[str, Any]]:
-        async def load() -> list[dict[str, Any]]:
-            return await self.source.get_people(with_hidden=self.options.show_hidden_people)
-
-        people: list[dict[str, Any]] = await self.tree.cache.misc.get(("people",), load)
-        return people
+    async def people(self) -> tuple[Person, ...]:
+        return await self.catalog.people(with_hidden=self.options.show_hidden_people)
 
     async def tag_index(self) -> TagIndex:
-        async def load() -> TagIndex:
-            index = TagIndex.build(await self.source.get_tags())
-            self._tag_parents = {
-                tag_id: (("tag", parent) if parent is not None else TAGS_KEY)
-                for tag_id, parent in index.parents.items()
-            }
-            return index
-
-        index: TagIndex = await self.tree.cache.misc.get(("tags",), load)
+        """The tags as a tree (rebuilt when the catalog's tag list is a new one)."""
+        tags = await self.catalog.tags()
+        built = self._tag_index
+        if built is not None and built[0] is tags:
+            return built[1]
+        index = TagIndex.build(tags)
+        self._tag_parents = {
+            tag_id: (("tag", parent) if parent is not None else TAGS_KEY)
+            for tag_id, parent in index.parents.items()
+        }
+        self._tag_index = (tags, index)
         return index
-
-    async def buckets(self) -> list[tuple[int, int]]:
-        """(year, month) of every month with timeline assets (``/timeline/buckets``)."""
-
-        async def load() -> list[tuple[int, int]]:
-            buckets = await self.source.get_timeline_buckets(visibility="timeline")
-            found = []
-            for bucket in buckets:
-                parsed = parse_bucket(bucket.get("timeBucket"))
-                count = bucket.get("count")
-                if parsed is not None and (not isinstance(count, int) or count > 0):
-                    found.append(parsed)
-            return sorted(set(found))
-
-        buckets: list[tuple[int, int]] = await self.tree.cache.misc.get(("buckets",), load)
-        return buckets
-
-    async def month_assets(self, year: int, month: int) -> tuple[Asset, ...]:
-        """The timeline assets whose local capture date is in the month (one search window)."""
-
-        async def load() -> tuple[Asset, ...]:
-            after, before = month_window(year, month)
-            assets = await search_assets(
-                self.tree, {"takenAfter": after, "takenBefore": before, "visibility": "timeline"}
-            )
-            inside = tuple(
-                a for a in assets if (local_day(a).year, local_day(a).month) == (year, month)
-            )
-            log.debug(
-                "%04d-%02d: %d of %d assets in the window", year, month, len(inside), len(assets)
-            )
-            return inside
-
-        assets: tuple[Asset, ...] = await self.tree.cache.listings.get(
-            ("month-assets", year, month), load
-        )
-        return assets
 
     # -- names
 
     @staticmethod
-    def album_names(albums: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    def album_names(albums: Iterable[Album]) -> dict[str, str]:
         """album id → directory name (the oldest album keeps a shared name)."""
         return assign_names(
-            NameRequest(
-                _id(album),
-                _text(album.get("albumName")),
-                (_text(album.get("createdAt")), _id(album)),
-            )
-            for album in albums
-            if _id(album)
+            NameRequest(album.id, album.name, (album.created_at, album.id)) for album in albums
         )
 
-    def person_names(self, people: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    def person_names(self, people: Iterable[Person]) -> dict[str, str]:
         """person id → directory name, for the people shown."""
         requests = []
         for person in people:
-            person_id = _id(person)
-            if not person_id:
+            if person.is_hidden and not self.options.show_hidden_people:
                 continue
-            if person.get("isHidden") is True and not self.options.show_hidden_people:
-                continue
-            name = _text(person.get("name")).strip()
+            name = person.name
             if not name:
                 if not self.options.show_unnamed_people:
                     continue
-                name = UNNAMED_PREFIX + person_id[:8]
-            requests.append(NameRequest(person_id, name, person_id))
+                name = UNNAMED_PREFIX + person.id[:8]
+            requests.append(NameRequest(person.id, name, person.id))
         return assign_names(requests)
 
     # -- directories from keys
 
     def album_directory(self, album_id: str) -> AssetDirectory:
-        async def load() -> list[Asset]:
-            # an album's page (and assetCount) shows its archived assets too
-            assets = []
-            for visibility in ("timeline", "archive"):
-                assets += await search_assets(
-                    self.tree, {"albumIds": [album_id], "visibility": visibility}
-                )
-            return assets
-
-        return AssetDirectory(self.tree, ("album", album_id), ALBUMS_KEY, load)
+        return AssetDirectory(
+            self.tree,
+            ("album", album_id),
+            ALBUMS_KEY,
+            lambda: self.catalog.album_assets(album_id),
+        )
 
     def person_directory(self, person_id: str) -> AssetDirectory:
-        async def load() -> list[Asset]:
-            return await search_assets(
-                self.tree, {"personIds": [person_id], "visibility": "timeline"}
-            )
-
-        return AssetDirectory(self.tree, ("person", person_id), PEOPLE_KEY, load)
+        return AssetDirectory(
+            self.tree,
+            ("person", person_id),
+            PEOPLE_KEY,
+            lambda: self.catalog.person_assets(person_id),
+        )
 
     def tag_directory(self, tag_id: str) -> TagDirectory:
         return TagDirectory(self, tag_id, self._tag_parents.get(tag_id, TAGS_KEY))
@@ -681,21 +556,15 @@ class Views:
         people: dict[str, list[str]] = {}
         tags: dict[str, list[str]] = {}
         for album in await self.albums():
-            album_id = _id(album)
-            if not album_id:
-                continue
-            listing = await self.album_directory(album_id).listing()
-            for asset_id in _asset_ids(listing):
-                albums.setdefault(asset_id, []).append(_text(album.get("albumName")))
+            for asset in await self.catalog.album_assets(album.id):
+                albums.setdefault(asset.id, []).append(album.name)
         for person_id, name in self.person_names(await self.people()).items():
-            listing = await self.person_directory(person_id).listing()
-            for asset_id in _asset_ids(listing):
-                people.setdefault(asset_id, []).append(name)
+            for asset in await self.catalog.person_assets(person_id):
+                people.setdefault(asset.id, []).append(name)
         index = await self.tag_index()
         for tag_id, value in index.values.items():
-            listing = await self.tag_directory(tag_id).listing()
-            for asset_id in _asset_ids(listing):
-                tags.setdefault(asset_id, []).append(value)
+            for asset in await self.catalog.tag_assets(tag_id):
+                tags.setdefault(asset.id, []).append(value)
         result: dict[str, Membership] = {}
         for asset_id in albums.keys() | people.keys() | tags.keys():
             result[asset_id] = Membership(
@@ -717,9 +586,7 @@ class Views:
 
     def known_size(self, asset: Asset) -> int | None:
         """The size known without a request (Immich's, or one learned before)."""
-        if asset.size is not None:
-            return asset.size
-        return self.tree.cache.sizes.peek((asset.id, asset.checksum))
+        return self.catalog.known_size(asset)
 
     def manifest(self, directory: Directory, name: str) -> ManifestFile | None:
         """The manifest found by ``name`` in ``directory`` (None if it has none)."""
@@ -745,18 +612,7 @@ class Views:
         return self.tree.xattrs(node)
 
     async def getxattr(self, node: Directory | FileNode | ManifestFile, name: str) -> bytes | None:
-        """One extended attribute (None when absent); the refresh trigger on the root."""
-        if name == REFRESH_XATTR and isinstance(node, Directory) and node.key == ROOT_KEY:
-            if self.refresh_hook is None:
-                return None
-            last = self._last_refresh
-            if last is not None and trio.current_time() - last[0] < REFRESH_COALESCE:
-                # getfattr asks twice (size, then value): one refresh serves both
-                return last[1]
-            summary = await self.refresh_hook()
-            value = json.dumps(dict(summary), sort_keys=True).encode("utf-8")
-            self._last_refresh = (trio.current_time(), value)
-            return value
+        """One extended attribute (None when absent)."""
         if isinstance(node, AssetFile) and name.removeprefix(metadata.PREFIX) not in (
             "people",
             "tags",
@@ -769,7 +625,9 @@ class Views:
     # -- what an asset change touches (for the refresh task)
 
     def keys_for(self, asset: Asset) -> set[Key]:
-        """Listings whose contents depend on ``asset`` in its present state.
+        """Directories whose contents depend on ``asset`` in its present state
+        (the catalog's :meth:`~immichfs.catalog.catalog.Catalog.query_keys_for` names
+        the answers they are built from).
 
         Albums, people and tags are not known from the asset alone: they are
         found by scanning cached listings (and by the album list's ``updatedAt``).
@@ -796,17 +654,10 @@ class Views:
                 BY_DATE_KEY,
                 ("date", day.year),
                 ("date", day.year, day.month),
-                ("month-assets", day.year, day.month),
                 ("date", day.year, day.month, day.day),
             }
         )
         return keys
-
-
-def _asset_ids(listing: Listing) -> Iterator[str]:
-    for _, node in listing.entries:
-        if isinstance(node, AssetFile):
-            yield node.asset.id
 
 
 def _most_specific(values: Iterable[str]) -> tuple[str, ...]:
@@ -815,32 +666,60 @@ def _most_specific(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(v for v in unique if not any(o.startswith(v + "/") for o in unique))
 
 
+class ViewsExtension:
+    """The views' virtual files (``.manifest.jsonl``) and extended attributes, as the
+    tree's :class:`~immichfs.vfs.tree.TreeExtension`.
+
+    ``refresh``, when given, runs a refresh at once: reading the root's
+    ``user.immichfs.refresh`` attribute calls it and answers its summary as JSON.
+    """
+
+    def __init__(self, views: Views, refresh: RefreshHook | None = None) -> None:
+        self.views = views
+        self.refresh = refresh
+        self._last_refresh: tuple[float, bytes] | None = None
+
+    def node(self, key: Key) -> VirtualFile | None:
+        return self.views.virtual_node(key)
+
+    def lookup(self, directory: Directory, name: str) -> VirtualFile | None:
+        return self.views.manifest(directory, name)
+
+    async def xattrs(self, node: Node) -> Mapping[str, bytes]:
+        return await self.views.xattrs(node)  # type: ignore[arg-type]
+
+    async def getxattr(self, node: Node, name: str) -> bytes | None:
+        if name == REFRESH_XATTR and isinstance(node, Directory) and node.key == ROOT_KEY:
+            if self.refresh is None:
+                return None
+            last = self._last_refresh
+            if last is not None and trio.current_time() - last[0] < REFRESH_COALESCE:
+                # getfattr asks twice (size, then value): one refresh serves both
+                return last[1]
+            summary = await self.refresh()
+            value = json.dumps(dict(summary), sort_keys=True).encode("utf-8")
+            self._last_refresh = (trio.current_time(), value)
+            return value
+        return await self.views.getxattr(node, name)  # type: ignore[arg-type]
+
+
 def install_views(tree: Tree, options: ViewOptions | None = None) -> Views:
     """Add ``/albums``, ``/people``, ``/tags``, ``/by-date``, ``/favorites`` and ``/archive``.
 
-    ``/trash`` is the tree's own (``show_trash``). Idempotent per tree.
+    ``/trash`` is the tree's own (``show_trash``). The views' virtual files and
+    extended attributes are added by the caller (:class:`ViewsExtension`), which
+    may hand them the refresh task.
     """
-    existing = _REGISTRY.get(tree)
-    if existing is not None:
-        return existing
     views = Views(tree, options or ViewOptions())
-
+    catalog = tree.catalog
     tree.add_view("albums", lambda key: AlbumsDirectory(views, key))
     tree.add_view("people", lambda key: PeopleDirectory(views, key))
     tree.add_view("tags", lambda key: TagsDirectory(views, key))
     tree.add_view("by-date", lambda key: ByDateDirectory(views, key))
-
-    async def favorites() -> list[Asset]:
-        return await search_assets(tree, {"isFavorite": True, "visibility": "timeline"})
-
-    async def archive() -> list[Asset]:
-        return await search_assets(tree, {"visibility": "archive"})
-
-    tree.add_view("favorites", lambda key: AssetDirectory(tree, key, ROOT_KEY, favorites))
-    tree.add_view("archive", lambda key: AssetDirectory(tree, key, ROOT_KEY, archive))
+    tree.add_view("favorites", lambda key: AssetDirectory(tree, key, ROOT_KEY, catalog.favorites))
+    tree.add_view("archive", lambda key: AssetDirectory(tree, key, ROOT_KEY, catalog.archive))
     for kind in ("album", "person", "tag", "date"):
         tree.add_resolver(kind, views.resolve)
-    _REGISTRY[tree] = views
     log.debug("views installed: %s", options)
     return views
 
@@ -851,6 +730,6 @@ __all__ = [
     "ManifestFile",
     "ViewOptions",
     "Views",
+    "ViewsExtension",
     "install_views",
-    "views_of",
 ]

@@ -161,7 +161,15 @@ async def test_cancellation_is_not_swallowed() -> None:
 def test_metadata_cache_statistics_names_every_cache() -> None:
     caches = MetadataCache(CacheSettings(listing_ttl=1, asset_ttl=2, max_assets=10))
     stats = caches.statistics()
-    assert set(stats) == {"listings", "assets", "sizes", "thumbnail_info", "thumbnails", "misc"}
+    assert set(stats) == {
+        "queries",
+        "listings",
+        "assets",
+        "sizes",
+        "thumbnail_info",
+        "thumbnails",
+        "misc",
+    }
     assert caches.listings.ttl == 1 and caches.assets.ttl == 2
 
 

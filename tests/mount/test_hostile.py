@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from immichfs import errors
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.reader import ReaderPool
 from immichfs.client import connector as connector_module
 from immichfs.client.connector import ImmichConnector
@@ -198,10 +199,9 @@ def hostile_library() -> Iterator[tuple[FakeLibrary, list[str]]]:
 async def tree_over(server: FakeImmich, **tree_settings: Any) -> AsyncIterator[Tree]:
     async with ImmichConnector(server.url, server.api_key) as immich:
         yield Tree(
-            immich,
-            MetadataCache(CacheSettings()),
+            Catalog(immich, MetadataCache(CacheSettings()), CatalogSettings(**tree_settings)),
             ReaderPool(immich.stream_full_resolution_file),
-            TreeSettings(**tree_settings),
+            TreeSettings(),
         )
 
 

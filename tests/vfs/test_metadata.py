@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog
 from immichfs.catalog.reader import ReaderPool
 from immichfs.client.connector import ImmichConnector
-from immichfs.model import Asset
+from immichfs.model import Asset, iso_instant
 from immichfs.vfs import metadata
 from immichfs.vfs.metadata import ManifestStream, Membership
 from immichfs.vfs.tree import AssetFile, Directory, Tree, TreeSettings
@@ -142,7 +143,9 @@ def test_manifest_stream_reads_any_offset(size: int) -> None:
 
 def build(connector: ImmichConnector) -> tuple[Tree, Views]:
     cache = MetadataCache(CacheSettings(listing_ttl=300, asset_ttl=300))
-    tree = Tree(connector, cache, ReaderPool(connector.stream_full_resolution_file), TreeSettings())
+    tree = Tree(
+        Catalog(connector, cache), ReaderPool(connector.stream_full_resolution_file), TreeSettings()
+    )
     return tree, install_views(tree)
 
 
@@ -189,7 +192,7 @@ async def test_xattrs_of_a_photo_and_a_video(
         "user.immich.id": kyoto.id,
         "user.immich.checksum": fake_library.checksum(kyoto.id),
         "user.immich.type": "IMAGE",
-        "user.immich.created": metadata.iso_instant(kyoto.file_created_at),
+        "user.immich.created": iso_instant(kyoto.file_created_at),
         "user.immich.width": str(kyoto.width),
         "user.immich.height": str(kyoto.height),
         "user.immich.orientation": "1",
@@ -258,7 +261,7 @@ async def test_manifest_of_ten_thousand_assets_makes_no_per_asset_request() -> N
         assert record["size"] == item["exifInfo"]["fileSizeInByte"]
         assert record["checksum"] == item["checksum"]
         assert record["type"] == item["type"]
-        assert record["taken"] == metadata.iso_instant(
+        assert record["taken"] == iso_instant(
             datetime.fromisoformat(item["fileCreatedAt"]).astimezone(UTC)
         )
         assert (record.get("width"), record.get("height")) == (

@@ -13,11 +13,19 @@ import pytest
 import trio
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog
 from immichfs.catalog.reader import ReaderPool
 from immichfs.client.connector import ImmichConnector
 from immichfs.vfs.refresh import RefreshTask
 from immichfs.vfs.tree import AssetFile, Key, Tree, TreeSettings
-from immichfs.vfs.views import FAVORITES_KEY, PEOPLE_KEY, PHOTOS_KEY, Views, install_views
+from immichfs.vfs.views import (
+    FAVORITES_KEY,
+    PEOPLE_KEY,
+    PHOTOS_KEY,
+    Views,
+    ViewsExtension,
+    install_views,
+)
 from immichfs_fake import FakeImmich, FakeLibrary
 from immichfs_fake.library import FakeAsset
 
@@ -29,8 +37,7 @@ async def setup(
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
         cache = MetadataCache(CacheSettings(listing_ttl=300, asset_ttl=300))
         tree = Tree(
-            client,
-            cache,
+            Catalog(client, cache),
             ReaderPool(client.stream_full_resolution_file),
             TreeSettings(show_trash=True),
         )
@@ -196,12 +203,12 @@ async def test_refresh_now_summary(
     setup: tuple[Tree, Views, RefreshTask, list[set[Key]]], mutable_library: FakeLibrary
 ) -> None:
     tree, views, task, _ = setup
-    views.refresh_hook = task.refresh_now
+    extension = ViewsExtension(views, refresh=task.refresh_now)
     await tree.listdir(PHOTOS_KEY)
     mutable_library.add_asset("forced.jpg")
     root = tree.directory(("dir", "/"))
     assert root is not None
-    value = await views.getxattr(root, "user.immichfs.refresh")
+    value = await extension.getxattr(root, "user.immichfs.refresh")
     assert value is not None
     import json
 
@@ -301,7 +308,9 @@ def timed_tree(
 ) -> tuple[Tree, RefreshTask]:
     """A tree whose caches run on ``clock`` (listings live 20 s), and its refresh task."""
     cache = MetadataCache(CacheSettings(listing_ttl=20, asset_ttl=asset_ttl), timer=clock)
-    tree = Tree(client, cache, ReaderPool(client.stream_full_resolution_file), TreeSettings())
+    tree = Tree(
+        Catalog(client, cache), ReaderPool(client.stream_full_resolution_file), TreeSettings()
+    )
     return tree, RefreshTask(tree, install_views(tree), interval=interval)
 
 

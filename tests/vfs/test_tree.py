@@ -1,19 +1,15 @@
-"""The tree over an in-memory asset source: names, caching, attributes, searches.
+"""The tree over the in-memory source: names, caching, attributes, searches.
 
-The source here is a small stand-in for the connector (its method names and
-return shapes), so tree logic is checked without sockets; the real connector
-against the fake server is exercised in test_ops.py and test_mount.py.
+The source (``tests/memory_source.py``) stands in for the connector, so tree
+logic is checked without sockets; the real connector against the fake server
+is exercised in test_ops.py and test_mount.py.
 """
 
 from __future__ import annotations
 
-import base64
 import gc
-import hashlib
 import unicodedata
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +18,11 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from memory_source import MemorySource, make_asset
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog, CatalogSettings
+from immichfs.catalog.catalog import cyclic_gc_paused as _cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
 from immichfs.errors import NotFound, ServerError
 from immichfs.vfs.names import is_valid
@@ -36,115 +35,8 @@ from immichfs.vfs.tree import (
     ThumbnailFile,
     Tree,
     TreeSettings,
-    _cyclic_gc_paused,
     extension_for,
 )
-
-
-def make_asset(
-    n: int,
-    name: str,
-    *,
-    kind: str = "IMAGE",
-    size: int | None = 1000,
-    created: str = "2020-01-01T00:00:00.000Z",
-    uploaded: str | None = None,
-    trashed: bool = False,
-) -> dict[str, Any]:
-    content = bytes([n % 256]) * (size or 777)
-    asset: dict[str, Any] = {
-        "id": f"{n:08d}-0000-4000-8000-000000000000",
-        "type": kind,
-        "originalFileName": name,
-        "checksum": base64.b64encode(hashlib.sha1(content).digest()).decode(),
-        "fileCreatedAt": created,
-        "fileModifiedAt": "2021-06-01T12:00:00.000Z",
-        "localDateTime": created,
-        "isTrashed": trashed,
-        "visibility": "timeline",
-        "exifInfo": {"fileSizeInByte": size} if size is not None else {},
-    }
-    if uploaded:
-        asset["createdAt"] = uploaded
-    return asset
-
-
-class MemorySource:
-    """Connector-shaped source over a list of asset dicts, counting calls."""
-
-    def __init__(self, assets: list[dict[str, Any]], smart: bool = False) -> None:
-        self.assets = assets
-        self.smart = smart
-        self.calls: Counter[str] = Counter()
-        self.thumbnail_type = {"preview": "image/jpeg", "thumbnail": "image/webp"}
-        self.gate: trio.Event | None = None
-
-    def content(self, asset_id: str) -> bytes:
-        asset = next(a for a in self.assets if a["id"] == asset_id)
-        n = int(asset_id[:8])
-        return bytes([n % 256]) * (asset["exifInfo"].get("fileSizeInByte") or 777)
-
-    async def iter_search_metadata(
-        self, filters: Mapping[str, Any], *, page_size: int = 1000
-    ) -> AsyncIterator[dict[str, Any]]:
-        self.calls["search_metadata"] += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        for asset in self.assets:
-            if "trashedAfter" in filters:
-                if asset["isTrashed"]:
-                    yield asset
-            elif asset["type"] == filters.get("type") and not asset["isTrashed"]:
-                yield asset
-
-    async def search_metadata(
-        self, filters: Mapping[str, Any], *, page: int = 1, size: int = 1000
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        self.calls["search_metadata"] += 1
-        needle = str(filters.get("originalFileName", "")).lower()
-        found = [a for a in self.assets if needle in a["originalFileName"].lower()]
-        return found[(page - 1) * size : page * size], (
-            page + 1 if len(found) > page * size else None
-        )
-
-    async def search_smart(
-        self, query: str, *, size: int = 100, filters: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        self.calls["search_smart"] += 1
-        return self.assets[:size]
-
-    async def get_server_features(self) -> dict[str, Any]:
-        self.calls["features"] += 1
-        return {"smartSearch": self.smart}
-
-    async def get_asset_info(self, asset_id: str) -> dict[str, Any]:
-        self.calls["asset_info"] += 1
-        for asset in self.assets:
-            if asset["id"] == asset_id:
-                return asset
-        raise NotFound(f"asset {asset_id}")
-
-    async def head_original(self, asset_id: str) -> int:
-        self.calls["head"] += 1
-        return len(self.content(asset_id))
-
-    async def get_thumbnail_response(
-        self, asset_id: str, size: str = "preview"
-    ) -> tuple[bytes, str]:
-        self.calls[f"thumbnail:{size}"] += 1
-        return (size.encode() + asset_id.encode()) * 3, self.thumbnail_type[size]
-
-    @asynccontextmanager
-    async def stream(
-        self, asset_id: str, start: int, end: int
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        self.calls["range"] += 1
-        data = self.content(asset_id)[start : end + 1]
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield data
-
-        yield chunks()
 
 
 class Clock:
@@ -161,9 +53,8 @@ def build(
     source = MemorySource(list(assets), smart=smart)
     clock = Clock()
     cache = MetadataCache(CacheSettings(listing_ttl=10, asset_ttl=30), timer=clock)
-    tree = Tree(
-        source, cache, ReaderPool(source.stream), TreeSettings(search_limit=limit, show_trash=trash)
-    )
+    catalog = Catalog(source, cache, CatalogSettings(search_limit=limit))
+    tree = Tree(catalog, ReaderPool(source.stream), TreeSettings(show_trash=trash))
     return tree, source, clock
 
 
@@ -434,7 +325,7 @@ async def test_a_listing_of_many_pages_is_whole_and_errors_surface_as_themselves
             raise ServerError("502 from the proxy", status=502)
 
     tree, _, _ = build(many)
-    tree.source = Failing(many)
+    tree.catalog.source = Failing(many)
     with pytest.raises(ServerError):  # not an ExceptionGroup: the errno mapping needs it
         await tree.listdir(("dir", "photos"))
 

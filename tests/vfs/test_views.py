@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
+from immichfs.catalog.catalog import Catalog, month_window
 from immichfs.catalog.reader import ReaderPool
 from immichfs.client.connector import ImmichConnector
+from immichfs.model import Album, Person
 from immichfs.vfs.names import is_valid
 from immichfs.vfs.tree import ROOT_KEY, AssetFile, Directory, Tree, TreeSettings
 from immichfs.vfs.views import (
@@ -30,8 +32,6 @@ from immichfs.vfs.views import (
     ViewOptions,
     Views,
     install_views,
-    month_window,
-    views_of,
 )
 from immichfs_fake import FakeImmich, FakeLibrary
 from immichfs_fake.library import FakeAsset
@@ -59,7 +59,7 @@ class RecordingSource:
 def build(source: Any, options: ViewOptions | None = None, **tree: Any) -> tuple[Tree, Views]:
     cache = MetadataCache(CacheSettings(listing_ttl=300, asset_ttl=300))
     readers = ReaderPool(source.stream_full_resolution_file)
-    built = Tree(source, cache, readers, TreeSettings(**tree))
+    built = Tree(Catalog(source, cache), readers, TreeSettings(**tree))
     return built, install_views(built, options)
 
 
@@ -105,8 +105,7 @@ async def test_views_are_top_level_directories(source: RecordingSource) -> None:
     names = set((await subdirs(tree, ROOT_KEY)).keys())
     assert {"albums", "people", "tags", "by-date", "favorites", "archive"} <= names
     assert "trash" not in names  # the tree's own, only with show_trash
-    assert views_of(tree) is views
-    assert install_views(tree) is views  # idempotent: no second set of views
+    assert views.tree is tree
 
     with_trash, _ = build(source, show_trash=True)
     assert "trash" in await subdirs(with_trash, ROOT_KEY)
@@ -173,7 +172,7 @@ async def test_album_change_seen_after_its_listing_is_dropped(
         assert await asset_ids(tree, ("album", album.id)) == {}
         photo = timeline(mutable_library)[0]
         mutable_library.add_to_album(album.id, [photo.id])
-        tree.cache.listings.pop(("album", album.id))
+        tree.cache.queries.pop(("album", album.id))  # the catalog's answer (the refresh drops it)
         assert set(await asset_ids(tree, ("album", album.id))) == {photo.id}
 
 
@@ -379,6 +378,7 @@ async def test_directories_resolve_from_their_keys(
 
 
 def test_tag_index_nests_by_path() -> None:
+    from immichfs.model import Tag
     from immichfs.vfs.views import TagIndex
 
     tags = [
@@ -389,7 +389,7 @@ def test_tag_index_nests_by_path() -> None:
         {"id": "t4", "name": "Lyon", "value": "Travel/France/Lyon"},
         {"id": "t5", "name": "", "value": ""},  # nothing to name it by: left out
     ]
-    index = TagIndex.build(tags)
+    index = TagIndex.build(t for t in map(Tag.from_json, tags) if t is not None)
     assert index.child_names(None) == {"t1": "Travel"}
     assert index.child_names("t1") == {"t2": "Japan", "t4": "France/Lyon".replace("/", "\u2215")}
     assert index.child_names("t2") == {"t3": "Kyoto"}
@@ -398,14 +398,14 @@ def test_tag_index_nests_by_path() -> None:
 
 async def test_person_names(source: RecordingSource) -> None:
     _, views = build(source)
-    people = [
+    people: list[dict[str, Any]] = [
         {"id": "b" * 36, "name": "Sam"},
         {"id": "a" * 36, "name": "Sam"},  # the lower id keeps the plain name
         {"id": "c" * 36, "name": "A/B"},
         {"id": "d" * 36, "name": ""},
         {"id": "e" * 36, "name": "Shy", "isHidden": True},
     ]
-    assert views.person_names(people) == {
+    assert views.person_names(p for p in map(Person.from_json, people) if p) == {
         "a" * 36: "Sam",
         "b" * 36: "Sam~bbbbbbbb",
         "c" * 36: "A\u2215B",
@@ -418,6 +418,7 @@ def test_album_names_ignore_listing_order() -> None:
         {"id": "2", "albumName": "Trip", "createdAt": "2020-01-01T00:00:00.000Z"},
         {"id": "1", "albumName": "Trip", "createdAt": "2021-01-01T00:00:00.000Z"},
     ]
-    first = Views.album_names(albums)
-    assert first == Views.album_names(list(reversed(albums)))
+    values = [a for a in map(Album.from_json, albums) if a is not None]
+    first = Views.album_names(values)
+    assert first == Views.album_names(list(reversed(values)))
     assert first == {"2": "Trip", "1": "Trip~1"}  # the older album keeps the name
