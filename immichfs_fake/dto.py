@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 Version = tuple[int, int, int]
 JSON = dict[str, Any]
 
+#: ``AssetVisibility``, ``AssetTypeEnum`` and ``AssetFileType`` of the specs
+VISIBILITIES = ("archive", "timeline", "hidden", "locked")
+ASSET_TYPES = ("IMAGE", "VIDEO", "AUDIO", "OTHER")
+ASSET_FILE_TYPES = ("fullsize", "preview", "thumbnail", "sidecar", "encoded_video")
+
 
 def iso(value: datetime) -> str:
     """Immich's instant format: UTC with milliseconds and ``Z``."""

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import base64
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from immichfs_fake.dto import JSON
+from immichfs_fake.dto import ASSET_TYPES, JSON, VISIBILITIES, Version
 from immichfs_fake.httpd import HttpError
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ Path = list[str | int]
 Condition = tuple[str, JSON]  # (field, {operator: normalised value})
 Predicate = Callable[["FakeAsset"], bool]
 
-_TYPES = ("IMAGE", "VIDEO", "AUDIO", "OTHER")
-_VISIBILITIES = ("archive", "timeline", "hidden", "locked")
 
 #: field -> filter kind (the spec's ``*Filter`` schemas)
 FIELDS: dict[str, str] = {
@@ -126,6 +125,19 @@ OPERATORS: dict[str, dict[str, str]] = {
 _REQUIRED = {"bool": "eq", "similarity": "matches"}
 
 
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form, as Immich's ``f_unaccent`` + ILIKE."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def default_visibility(version: Version) -> tuple[str, ...]:
+    """What a search lists when it does not constrain visibility."""
+    if version >= (3, 0, 0):
+        return ("timeline", "archive", "hidden")
+    return ("timeline",)
+
+
 @dataclass(frozen=True, slots=True)
 class FlatScope:
     """Implicit conditions the deprecated flat fields of the same request already decide."""
@@ -184,7 +196,7 @@ def _value(srv: FakeImmich, kind: str, value: Any, path: Path) -> Any:
         if not isinstance(value, str):
             raise invalid(path, "invalid_type", "Invalid input: expected string")
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    allowed = _TYPES if kind == "type" else _VISIBILITIES
+    allowed = ASSET_TYPES if kind == "type" else VISIBILITIES
     if value not in allowed:
         raise invalid(path, "invalid_value", "Invalid option: expected one of " + "|".join(allowed))
     return value
@@ -262,8 +274,6 @@ def conjunctions(tree: JSON) -> list[list[Condition]]:
 
 
 def _like(pattern: str) -> re.Pattern[str]:
-    from immichfs_fake.filters import fold
-
     parts = ["%" if c == "%" else "_" if c == "_" else re.escape(c) for c in fold(pattern)]
     regex = "".join(".*" if p == "%" else "." if p == "_" else p for p in parts)
     return re.compile(f"^{regex}$", re.S)
@@ -271,8 +281,6 @@ def _like(pattern: str) -> re.Pattern[str]:
 
 def _operator(op: str, x: Any) -> Callable[[Any], bool]:
     """``op`` against ``x`` for one value ``v`` (None: SQL NULL)."""
-    from immichfs_fake.filters import fold
-
     if op == "eq":
         return (lambda v: v is None) if x is None else (lambda v: v is not None and v == x)
     if op == "ne":
@@ -317,8 +325,6 @@ def _checksum_bytes(text: str) -> bytes:
 
 def conjunction(srv: FakeImmich, conditions: list[Condition], flat: FlatScope) -> Predicate:
     """The predicate of one AND of conditions, with its implicit conditions."""
-    from immichfs_fake.filters import default_visibility
-
     lib = srv.library
     me = srv.user.id
     fields = {name for name, _ in conditions}

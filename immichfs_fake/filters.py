@@ -1,9 +1,11 @@
 """The search filter language of ``/search/metadata``, ``/search/statistics`` and ``/search/smart``.
 
 :func:`parse` validates a request body (class-validator messages before v3,
-zod issues from v3), :func:`matcher` turns it into a predicate over assets,
-:func:`page` answers one page of a search; :func:`smart_rank` orders assets
-for a smart search without a model (word overlap, deterministic ties).
+zod issues from v3), :func:`matcher` turns it into a predicate over assets
+(the flat fields, and from 3.2 the filter tree of :mod:`immichfs_fake.filter_tree`),
+:func:`ordered`/:func:`after` order and resume a 3.2 search at a cursor,
+:func:`page` answers one page; :func:`smart_rank` orders assets for a smart
+search without a model (word overlap, deterministic ties).
 """
 
 from __future__ import annotations
@@ -12,33 +14,18 @@ import base64
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from immichfs_fake import dto, filter_tree
-from immichfs_fake.dto import JSON, Version
+from immichfs_fake.dto import JSON
+from immichfs_fake.filter_tree import default_visibility, fold
 from immichfs_fake.httpd import HttpError, Response
 from immichfs_fake.library import FakeAsset, FakeLibrary
 
 if TYPE_CHECKING:
     from immichfs_fake.server import FakeImmich
-
-VISIBILITIES = ("archive", "timeline", "hidden", "locked")
-TYPES = ("IMAGE", "VIDEO", "AUDIO", "OTHER")
-
-
-def fold(text: str) -> str:
-    """Case- and accent-insensitive form, as Immich's ``f_unaccent`` + ILIKE."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-def default_visibility(version: Version) -> tuple[str, ...]:
-    if version >= (3, 0, 0):
-        return ("timeline", "archive", "hidden")
-    return ("timeline",)
 
 
 def parse(
@@ -93,8 +80,8 @@ def parse(
                 )
             f[name] = value
     for name, allowed in (
-        ("type", TYPES),
-        ("visibility", VISIBILITIES),
+        ("type", dto.ASSET_TYPES),
+        ("visibility", dto.VISIBILITIES),
         ("order", ("asc", "desc")),
     ):
         value = f.get(name)

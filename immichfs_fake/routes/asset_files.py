@@ -17,8 +17,6 @@ from immichfs_fake.library import FakeAssetFile
 if TYPE_CHECKING:
     from immichfs_fake.server import FakeImmich
 
-TYPES = ("fullsize", "preview", "thumbnail", "sidecar", "encoded_video")
-
 
 def _bool_arg(srv: FakeImmich, req: Request, name: str) -> bool | None:
     raw = req.arg(name)
@@ -39,10 +37,10 @@ def search(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
         )
     asset = srv.asset_for(srv.check_id(raw_id, "assetId"), "assetFile.read")
     type_ = req.arg("type")
-    if type_ is not None and type_ not in TYPES:
+    if type_ is not None and type_ not in dto.ASSET_FILE_TYPES:
         raise srv.validation(
             "type",
-            "type must be one of the following values: " + ", ".join(TYPES),
+            "type must be one of the following values: " + ", ".join(dto.ASSET_FILE_TYPES),
             "invalid_value",
             "Invalid option",
         )

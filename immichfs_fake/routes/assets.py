@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from immichfs_fake import dto, media
-from immichfs_fake.filters import VISIBILITIES
 from immichfs_fake.httpd import Body, HttpError, Request, Response, http_date, send_file
 from immichfs_fake.library import FILE_THRESHOLD, FakeAsset
 
@@ -18,10 +17,10 @@ if TYPE_CHECKING:
 
 def asset_statistics(srv: FakeImmich, req: Request, m: re.Match[str]) -> Response:
     visibility = req.arg("visibility")
-    if visibility is not None and visibility not in VISIBILITIES:
+    if visibility is not None and visibility not in dto.VISIBILITIES:
         raise srv.validation(
             "visibility",
-            "visibility must be one of the following values: " + ", ".join(VISIBILITIES),
+            "visibility must be one of the following values: " + ", ".join(dto.VISIBILITIES),
             "invalid_value",
             "Invalid option",
         )

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from immichfs_fake import dto
 from immichfs_fake.dto import JSON
-from immichfs_fake.filters import VISIBILITIES
 from immichfs_fake.httpd import HttpError, Request, Response
 from immichfs_fake.library import FakeAsset
 
@@ -18,10 +17,10 @@ if TYPE_CHECKING:
 def timeline_assets(srv: FakeImmich, req: Request) -> list[FakeAsset]:
     lib, me = srv.library, srv.user.id
     visibility = req.arg("visibility")
-    if visibility is not None and visibility not in VISIBILITIES:
+    if visibility is not None and visibility not in dto.VISIBILITIES:
         raise srv.validation(
             "visibility",
-            "visibility must be one of the following values: " + ", ".join(VISIBILITIES),
+            "visibility must be one of the following values: " + ", ".join(dto.VISIBILITIES),
             "invalid_value",
             "Invalid option",
         )
