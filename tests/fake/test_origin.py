@@ -75,10 +75,11 @@ def test_latency_can_be_changed_while_running(fake_immich: FakeImmich) -> None:
 
 
 def timed_download(api: httpx.Client, path: str, headers: dict[str, str] | None = None) -> float:
+    # from before the request: the server's pacing clock starts later than this,
+    # and the last byte reaches us later than it leaves
     start = time.monotonic()
     with api.stream("GET", path, headers=headers) as r:
         assert r.status_code in (200, 206)
-        start = time.monotonic()  # from the first byte: the cap is on the body
         total = sum(len(chunk) for chunk in r.iter_raw())
         assert total == int(r.headers["content-length"])
     return time.monotonic() - start
@@ -99,9 +100,8 @@ def test_the_stream_cap_bounds_a_large_download_without_spinning(
         ranged = timed_download(
             api, f"/assets/{large.id}/original", {"range": f"bytes=0-{4 * MIB - 1}"}
         )
-    # the first piece may leave before the clock started here: allow one 2 ms piece
-    assert elapsed >= large.size / (rate * MIB) - 0.01, elapsed
-    assert ranged >= 4 / rate - 0.01, ranged
+    assert elapsed >= large.size / (rate * MIB), elapsed
+    assert ranged >= 4 / rate, ranged
     # pacing sleeps: this process (server and client) used far less CPU than a spin
     assert cpu < 0.6 * wall, (cpu, wall)
 
@@ -115,7 +115,7 @@ def test_the_stream_cap_applies_to_json_bodies(fake_library: FakeLibrary) -> Non
     assert r.status_code == 200
     assert "content-encoding" not in r.headers
     assert len(r.content) > 64 << 10  # enough to measure
-    assert elapsed >= len(r.content) / (rate * MIB) - 0.01, (len(r.content), elapsed)
+    assert elapsed >= len(r.content) / (rate * MIB), (len(r.content), elapsed)
 
 
 def test_the_cap_is_per_stream(fake_library: FakeLibrary) -> None:
@@ -139,7 +139,7 @@ def test_the_cap_is_per_stream(fake_library: FakeLibrary) -> None:
         sent = srv.bytes_sent("/api/assets/")
     assert len(times) == 2 and sent == 2 * large.size
     for elapsed in times:
-        assert elapsed >= large.size / (rate * MIB) - 0.01
+        assert elapsed >= large.size / (rate * MIB)
 
 
 def test_realistic_preset(fake_library: FakeLibrary) -> None:
