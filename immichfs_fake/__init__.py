@@ -16,13 +16,30 @@ switches and the request log), ``cli`` (``immichfs fake-server``).
 from __future__ import annotations
 
 from immichfs_fake.faults import Faults, RequestLog, RequestRecord
-from immichfs_fake.library import FakeAlbum, FakeAsset, FakeLibrary, FakePerson, FakeTag, FakeUser
-from immichfs_fake.server import KEY_PREFIX, FakeImmich, parse_version
+from immichfs_fake.library import (
+    FakeAlbum,
+    FakeAsset,
+    FakeAssetFile,
+    FakeLibrary,
+    FakePerson,
+    FakeTag,
+    FakeUser,
+)
+from immichfs_fake.server import (
+    KEY_PREFIX,
+    REALISTIC_LATENCY_MS,
+    REALISTIC_STREAM_MIB_S,
+    FakeImmich,
+    parse_version,
+)
 
 __all__ = [
     "KEY_PREFIX",
+    "REALISTIC_LATENCY_MS",
+    "REALISTIC_STREAM_MIB_S",
     "FakeAlbum",
     "FakeAsset",
+    "FakeAssetFile",
     "FakeImmich",
     "FakeLibrary",
     "FakePerson",
