@@ -9,7 +9,7 @@ silent on the semantics, so the fake assumes SQL's (see ``README.md`` here):
   ``or`` of its own. Several operators on one field are ANDed.
 - comparisons never match a null value (``ne``/``notIn`` included, as in SQL);
   ``eq: null`` is ``IS NULL`` and ``ne: null`` is ``IS NOT NULL``.
-- ``like``/``notLike`` take SQL ``LIKE`` patterns (``%``, ``_``);
+- ``like``/``notLike`` take SQL ``LIKE`` patterns (``%``, ``_``, ``\\`` escapes);
   ``like``, ``notLike``, ``startsWith`` and ``endsWith`` are case- and
   accent-insensitive like the flat text fields; ``eq``/``ne``/``in``/``notIn``
   are exact.
@@ -274,9 +274,20 @@ def conjunctions(tree: JSON) -> list[list[Condition]]:
 
 
 def _like(pattern: str) -> re.Pattern[str]:
-    parts = ["%" if c == "%" else "_" if c == "_" else re.escape(c) for c in fold(pattern)]
-    regex = "".join(".*" if p == "%" else "." if p == "_" else p for p in parts)
-    return re.compile(f"^{regex}$", re.S)
+    """A LIKE pattern as a regex: ``%`` any run, ``_`` one character, ``\\`` escapes
+    the next character (PostgreSQL's default escape)."""
+    out: list[str] = []
+    chars = iter(fold(pattern))
+    for c in chars:
+        if c == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif c == "%":
+            out.append(".*")
+        elif c == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(c))
+    return re.compile("^" + "".join(out) + "$", re.S)
 
 
 def _operator(op: str, x: Any) -> Callable[[Any], bool]:

@@ -6,6 +6,7 @@ Over real HTTP on loopback; expected values are computed from the library.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -400,3 +401,73 @@ def test_config_and_deprecated_server_config(fake_library: FakeLibrary) -> None:
         config = api.get("/config").json()
         assert config["trash"] == {"enabled": True, "days": 30}
         assert api.get("/users/me").json()["clusterGroupId"]
+
+
+def _table(lib: FakeLibrary) -> list[tuple[dict[str, Any], Any]]:
+    """(filter, the same condition in Python) over the default listing."""
+    in_albums = {i for album in lib.albums.values() for i in album.asset_ids}
+    alice = next(p.id for p in lib.people.values() if p.name == "Alice")
+    some = sorted(lib.assets.values(), key=lambda a: a.id)[3]
+    checksum = lib.checksum(some.id)
+    return [
+        ({"personIds": {"none": [alice]}}, lambda a: alice not in a.person_ids),
+        ({"personIds": {"all": [alice]}}, lambda a: alice in a.person_ids),
+        ({"hasAlbums": {"eq": False}}, lambda a: a.id not in in_albums),
+        ({"hasPeople": {"eq": True}}, lambda a: bool(a.person_ids)),
+        ({"hasTags": {"eq": False}}, lambda a: not a.tag_ids),
+        ({"id": {"ne": some.id}}, lambda a: a.id != some.id),
+        ({"checksum": {"in": [checksum]}}, lambda a: a.id == some.id),
+        ({"type": {"notIn": ["IMAGE"]}}, lambda a: a.type != "IMAGE"),
+        ({"visibility": {"ne": "timeline"}}, lambda a: a.visibility in ("archive", "hidden")),
+        ({"isMotion": {"eq": True}}, lambda a: a.live_photo_video_id is not None),
+        (
+            {"originalFileName": {"like": "IMG\\_000_.JPG"}},  # \_ is a literal _
+            lambda a: re.fullmatch(r"img_000.\.jpg", a.original_file_name.lower()) is not None,
+        ),
+        ({"originalFileName": {"like": "IMG\\%"}}, lambda a: False),
+        (
+            {"originalFileName": {"like": "img_000_.jpg"}},
+            lambda a: (
+                len(a.original_file_name) == 12
+                and a.original_file_name.upper().startswith("IMG")
+                and a.original_file_name[4:7] == "000"
+                and a.original_file_name.upper().endswith(".JPG")
+            ),
+        ),
+        (
+            {"originalFileName": {"notLike": "%.jpg"}},
+            lambda a: not a.original_file_name.lower().endswith(".jpg"),
+        ),
+        (
+            {"originalFileName": {"startsWith": "screenshot"}},
+            lambda a: a.original_file_name.startswith("Screenshot"),
+        ),
+        (
+            {"description": {"eq": "Christmas dinner"}},
+            lambda a: a.description == "Christmas dinner",
+        ),
+        ({"make": {"in": ["Canon", "Apple"]}}, lambda a: a.make in ("Canon", "Apple")),
+        ({"lensModel": {"ne": None}}, lambda a: a.lens_model is not None),
+        ({"rating": {"ne": None}}, lambda a: a.rating is not None),
+        (
+            {"fileSizeInBytes": {"gte": 50_000, "lt": 200_000}},
+            lambda a: 50_000 <= a.size < 200_000,
+        ),
+        (
+            {"createdAt": {"lt": "2020-01-01T00:00:00.000Z"}},
+            lambda a: a.created_at < datetime(2020, 1, 1, tzinfo=UTC),
+        ),
+        ({"isEncoded": {"eq": True}}, lambda a: False),
+        ({"ocr": {"matches": "receipt"}}, lambda a: False),
+        ({"libraryId": {"eq": None}}, lambda a: True),
+    ]
+
+
+def test_every_operator(api32: httpx.Client, fake_library: FakeLibrary) -> None:
+    visible = listed(fake_library)
+    nonempty = 0
+    for tree, condition in _table(fake_library):
+        want = by_taken_desc([a for a in visible if condition(a)])
+        assert ids_of(api32, {"filter": tree}) == want, tree
+        nonempty += bool(want) and len(want) < len(visible)
+    assert nonempty >= 15  # most rows tell matching from non-matching assets
