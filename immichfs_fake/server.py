@@ -109,9 +109,9 @@ class FakeImmich:
             latency_ms = REALISTIC_LATENCY_MS if latency_ms is None else latency_ms
             stream_mib_s = REALISTIC_STREAM_MIB_S if stream_mib_s is None else stream_mib_s
         if latency_ms is not None and latency_ms < 0:
-            raise ValueError(f"latency_ms must be >= 0, not {latency_ms}")
+            raise ValueError(f"the latency must be >= 0 ms, not {latency_ms:g}")
         if stream_mib_s is not None and stream_mib_s < 0:
-            raise ValueError(f"stream_mib_s must be >= 0, not {stream_mib_s}")
+            raise ValueError(f"the stream cap must be >= 0 MiB/s, not {stream_mib_s:g}")
         #: first byte of every response no earlier than this after its request (ms)
         self.latency_ms = latency_ms or 0.0
         #: per-response body throughput cap in MiB/s (None: as fast as the socket)

@@ -150,7 +150,7 @@ def test_realistic_preset(fake_library: FakeLibrary) -> None:
     assert (tuned.latency_ms, tuned.stream_mib_s) == (1, None)
     plain = FakeImmich(fake_library)
     assert (plain.latency_ms, plain.stream_mib_s) == (0, None)
-    with pytest.raises(ValueError, match="latency_ms"):
+    with pytest.raises(ValueError, match="latency must be >= 0 ms"):
         FakeImmich(fake_library, latency_ms=-1)
     with srv, client(srv) as api:
         assert api.get("/users/me").status_code == 200
@@ -196,6 +196,6 @@ def test_cli_rejects_a_negative_latency(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--latency-ms", "-3")
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
-    assert "latency_ms must be >= 0" in err
+    assert "the latency must be >= 0 ms, not -3" in err
     assert len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "ready")
