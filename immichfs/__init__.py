@@ -18,4 +18,63 @@ Layers, bottom to top; a module imports only from its own layer or lower ones
 The fake Immich server is the separate top-level package ``immichfs_fake``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from immichfs.errors import (
+    AuthenticationError,
+    BadRequest,
+    ConfigError,
+    ConnectError,
+    ImmichError,
+    ImmichfsError,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    StaleAsset,
+    TransientError,
+    TruncatedBody,
+    UnsupportedVersion,
+    UserError,
+)
+
+if TYPE_CHECKING:
+    from immichfs.client.connector import ImmichConnector
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequest",
+    "ConfigError",
+    "ConnectError",
+    "ImmichConnector",
+    "ImmichError",
+    "ImmichfsError",
+    "NotFound",
+    "PermissionDenied",
+    "ProtocolError",
+    "RateLimited",
+    "RequestTimeout",
+    "ServerError",
+    "StaleAsset",
+    "TransientError",
+    "TruncatedBody",
+    "UnsupportedVersion",
+    "UserError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # the connector pulls in httpx: imported on first use, so `immichfs --help` and the
+    # commands that need no HTTP start without it
+    if name == "ImmichConnector":
+        from immichfs.client.connector import ImmichConnector
+
+        return ImmichConnector
+    raise AttributeError(f"module 'immichfs' has no attribute {name!r}")

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from immichfs.client.config import DEFAULT_TIMEOUT, ClientConfig
+from immichfs.client.http import read_key_file, warn_if_readable
+from immichfs.client.retry import RetryPolicy
 from immichfs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "timeout",
         float,
-        30.0,
+        DEFAULT_TIMEOUT,
         "seconds to wait for the server per request; no operation waits longer than this "
         "plus the retry budget",
         "IMMICHFS_TIMEOUT",
@@ -100,7 +102,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "retry_budget",
         float,
-        30.0,
+        RetryPolicy.budget,
         "total seconds spent retrying transient failures (5xx, 429, resets) before EIO",
         "IMMICHFS_RETRY_BUDGET",
         group="server",
@@ -313,8 +315,8 @@ class Settings:
     api_key_file: Path | None = None
     ca_cert: Path | None = None
     insecure: bool = False
-    timeout: float = 30.0
-    retry_budget: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
+    retry_budget: float = RetryPolicy.budget
     max_connections: int = 16
     allow_other: bool = False
     uid: int | None = None
@@ -455,35 +457,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def warn_if_readable(path: Path) -> None:
-    """A secret file that others can read deserves a warning (not a refusal: containers)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
-        log.warning(
-            "%s is readable by group or others (mode %s); run: chmod 600 %s",
-            path,
-            oct(stat.S_IMODE(mode)),
-            path,
-        )
-
-
-def read_key_file(path: Path) -> str:
-    """The API key stored in ``path`` (surrounding whitespace stripped)."""
-    warn_if_readable(path)
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"API key file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read API key file {path}: {exc}") from None
-    if not key:
-        raise ConfigError(f"API key file {path} is empty")
-    return key
-
-
 def load_settings(
     args: argparse.Namespace | Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -557,6 +530,32 @@ def source_name(settings: Settings, name: str) -> str:
     if origin == "file":
         return f"{name} in the config file"
     return option.env or name
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry policy of ``settings`` (``retry_budget``; 0 turns retries off)."""
+    budget = settings.retry_budget
+    return RetryPolicy(budget=budget, attempts=1 if budget <= 0 else RetryPolicy.attempts)
+
+
+def client_config(settings: Settings, *, retry: bool = True) -> ClientConfig:
+    """The client configuration of ``settings``; a ConfigError names where a bad value
+    came from (a flag, a variable, the config file).
+
+    ``retry=False`` reports the first failure at once (a diagnosis or a pre-mount
+    check: a person waits for it); otherwise transient failures are retried within
+    ``settings.retry_budget``.
+    """
+    return ClientConfig.create(
+        settings.url,
+        settings.api_key,
+        timeout=settings.timeout,
+        verify=settings.verify,
+        max_connections=settings.max_connections,
+        retry_policy=retry_policy(settings) if retry else None,
+        url_source=source_name(settings, "url"),
+        key_source=source_name(settings, "api_key"),
+    )
 
 
 def options_markdown() -> str:

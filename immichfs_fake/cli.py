@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="immich_version",
         default="2.7.5",
         metavar="X.Y.Z",
-        help="Immich version to emulate (default 2.7.5; e.g. 1.135.3, 3.1.0)",
+        help="Immich version to emulate (default 2.7.5; e.g. 1.135.3, 3.1.0, 3.2.0)",
     )
     parser.add_argument("--photos", type=int, default=500, help="regular photos (default 500)")
     parser.add_argument("--videos", type=int, default=20, help="regular videos (default 20)")
@@ -57,6 +57,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="write the IMMICH_URL/IMMICH_API_KEY lines here once listening",
+    )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="an Immich-like origin: --latency-ms 5 and --stream-mib-s 350 unless given",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        metavar="MS",
+        help="delay before every response's first byte (default 0; 5 with --realistic)",
+    )
+    parser.add_argument(
+        "--stream-mib-s",
+        type=float,
+        metavar="MIB_S",
+        help="cap on each response's throughput in MiB/s (default none; 350 with --realistic)",
     )
     parser.add_argument(
         "--no-extra",
@@ -100,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
             smart_search=args.smart_search,
             host=args.host,
             port=args.port,
+            latency_ms=args.latency_ms,
+            stream_mib_s=args.stream_mib_s,
+            realistic=args.realistic,
         )
         server.start()
     except ValueError as exc:
@@ -121,9 +141,13 @@ def run(args: argparse.Namespace) -> int:
         tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
         tmp.write_text(lines)
         os.replace(tmp, args.ready_file)
+    origin = ""
+    if server.latency_ms or server.stream_mib_s:
+        cap = f"{server.stream_mib_s:g} MiB/s" if server.stream_mib_s else "no cap"
+        origin = f" ({server.latency_ms:g} ms before the first byte, {cap} per stream)"
     print(
         f"fake Immich v{args.immich_version}: {len(library.assets)} assets, "
-        f"{len(library.albums)} albums; Ctrl-C to stop",
+        f"{len(library.albums)} albums{origin}; Ctrl-C to stop",
         file=sys.stderr,
     )
     threading.Thread(target=_warm, args=(library,), daemon=True).start()

@@ -16,12 +16,26 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from immichfs_fake.library import FakeAlbum, FakeAsset, FakeLibrary, FakePerson, FakeTag, FakeUser
+from immichfs_fake.library import (
+    FakeAlbum,
+    FakeAsset,
+    FakeAssetFile,
+    FakeLibrary,
+    FakePerson,
+    FakeTag,
+    FakeUser,
+    make_uuid,
+)
 
 log = logging.getLogger(__name__)
 
 Version = tuple[int, int, int]
 JSON = dict[str, Any]
+
+#: ``AssetVisibility``, ``AssetTypeEnum`` and ``AssetFileType`` of the specs
+VISIBILITIES = ("archive", "timeline", "hidden", "locked")
+ASSET_TYPES = ("IMAGE", "VIDEO", "AUDIO", "OTHER")
+ASSET_FILE_TYPES = ("fullsize", "preview", "thumbnail", "sidecar", "encoded_video")
 
 
 def iso(value: datetime) -> str:
@@ -62,9 +76,9 @@ def user(u: FakeUser) -> JSON:
     }
 
 
-def user_admin(u: FakeUser, lib: FakeLibrary) -> JSON:
+def user_admin(u: FakeUser, lib: FakeLibrary, version: Version = (0, 0, 0)) -> JSON:
     usage = sum(a.size for a in lib.sorted_assets() if a.owner_id == u.id)
-    return {
+    dto: JSON = {
         **user(u),
         "isAdmin": u.is_admin,
         "storageLabel": "admin" if u.is_admin else None,
@@ -78,6 +92,10 @@ def user_admin(u: FakeUser, lib: FakeLibrary) -> JSON:
         "status": "active",
         "license": None,
     }
+    if version >= (3, 2, 0):
+        # required and not nullable in the 3.2 spec: every user is in a cluster group
+        dto["clusterGroupId"] = make_uuid(lib.seed, "cluster-group", u.id)
+    return dto
 
 
 def _offset_zone(minutes: int) -> str:
@@ -210,7 +228,7 @@ def asset(
     if version >= (1, 140, 0):
         dto["createdAt"] = iso(a.created_at)
     if version >= (2, 5, 0):
-        dto["isEdited"] = False
+        dto["isEdited"] = a.is_edited
         dto["width"] = a.width
         dto["height"] = a.height
     if with_exif or full:
@@ -256,9 +274,16 @@ def album(
         "order": "desc",
     }
     if live:
-        dates = [a.file_created_at for a in live]
-        dto["startDate"] = iso(min(dates))
-        dto["endDate"] = iso(max(dates))
+        if version >= (3, 2, 0):
+            # "UTC representation of (local) start date": local wall-clock time with a Z,
+            # as localDateTime is written
+            local = [a.local_date_time for a in live]
+            dto["startDate"] = iso_local(min(local))
+            dto["endDate"] = iso_local(max(local))
+        else:
+            dates = [a.file_created_at for a in live]
+            dto["startDate"] = iso(min(dates))
+            dto["endDate"] = iso(max(dates))
         dto["lastModifiedAssetTimestamp"] = iso(max(a.updated_at for a in live))
     if version >= (3, 0, 0):
         dto["albumUsers"] = [{"user": user(owner), "role": "owner"}, *album_users]
@@ -275,3 +300,17 @@ def album(
             {"userId": uid, "assetCount": n} for uid, n in sorted(counts.items())
         ]
     return dto
+
+
+def asset_file(f: FakeAssetFile) -> JSON:
+    """``AssetFileResponseDto`` (3.2): no asset id, no byte size."""
+    return {
+        "id": f.id,
+        "type": f.type,
+        "path": f.path,
+        "isEdited": f.is_edited,
+        "isProgressive": False,
+        "isTransparent": False,
+        "createdAt": iso(f.created_at),
+        "updatedAt": iso(f.updated_at),
+    }

@@ -170,6 +170,10 @@ class RequestRecord:
     bytes_sent: int  # body bytes actually written
     range: str | None
     time: float = field(default_factory=time.time)
+    #: ``time.monotonic()`` when the request had been read, and when its response's
+    #: first byte (the status line) was about to go out
+    received: float = 0.0
+    first_byte: float = 0.0
 
 
 class RequestLog:

@@ -14,6 +14,7 @@ tests can watch a library change under a running server.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import logging
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
+from xml.sax.saxutils import escape as xml_escape
 
 from immichfs_fake import media
 
@@ -163,6 +165,13 @@ class FakeAsset:
     tag_ids: list[str] = field(default_factory=list)
     revision: int = 0
     checksum_raw: bytes | None = None  # SHA-1 of the current bytes, once computed
+    #: the edited rendition (a JPEG, Immich >= 2.5): its size, None when not edited
+    edited_size: int | None = None
+    edit_revision: int = 0  # bumped by every edit: the edited bytes change with it
+    edited_at: datetime | None = None
+    #: the XMP sidecar: its revision, None when the asset has none
+    sidecar_revision: int | None = None
+    sidecar_at: datetime | None = None
 
     @property
     def local_date_time(self) -> datetime:
@@ -174,6 +183,34 @@ class FakeAsset:
     @property
     def is_trashed(self) -> bool:
         return self.deleted_at is not None
+
+    @property
+    def is_edited(self) -> bool:
+        return self.edited_size is not None
+
+    @property
+    def has_sidecar(self) -> bool:
+        return self.sidecar_revision is not None
+
+    @property
+    def edited_uid(self) -> bytes:
+        """Identity written into the edited rendition: changes with every edit."""
+        return f"{self.id}#edit{self.edit_revision}".encode()
+
+    @property
+    def sidecar_path(self) -> str:
+        return self.original_path + ".xmp"
+
+    def file_path(self, type_: str, edited: bool) -> str:
+        """Where Immich keeps a generated file of this asset (``asset_file.path``)."""
+        ext = {"thumbnail": ".webp", "sidecar": ".xmp"}.get(type_, ".jpeg")
+        if type_ == "sidecar":
+            return self.sidecar_path
+        suffix = "_edited" if edited else ""
+        return (
+            f"/data/thumbs/{self.owner_id}/{self.id[:2]}/{self.id[2:4]}/"
+            f"{self.id}_{type_}{suffix}{ext}"
+        )
 
     @property
     def original_path(self) -> str:
@@ -202,6 +239,30 @@ class FakeAsset:
             model=self.model or "F-100",
             description=self.description,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FakeAssetFile:
+    """One generated file of an asset (``/asset-files``, Immich 3.2), derived from the
+    asset's state: its thumbnail and preview, the edited fullsize/preview/thumbnail
+    when edited, the XMP sidecar when it has one. The id is stable per (asset,
+    type, edited): regenerating a file updates it in place, as Immich upserts."""
+
+    id: str
+    asset_id: str
+    type: str  # thumbnail | preview | fullsize | sidecar (encoded_video: never, no transcodes)
+    is_edited: bool
+    path: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def mime_type(self) -> str:
+        if self.type == "thumbnail":
+            return "image/webp"
+        if self.type == "sidecar":
+            return "application/octet-stream"  # `send` has no type for .xmp
+        return "image/jpeg"
 
 
 @dataclass(slots=True, eq=False)
@@ -287,6 +348,7 @@ class FakeLibrary:
         self._memory_bytes = 0
         self._file_locks: dict[tuple[str, int], threading.Lock] = {}
         self._cache_dir: Path | None = None
+        self._file_index: tuple[int, dict[str, FakeAssetFile]] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
     # -- construction -----------------------------------------------------------
@@ -301,6 +363,8 @@ class FakeLibrary:
         extra: bool = True,
         photo_bytes: tuple[int, int] = (16 << 10, 400 << 10),
         video_bytes: tuple[int, int] = (64 << 10, 2 << 20),
+        edited_share: float = 0.05,
+        sidecar_share: float = 0.1,
     ) -> FakeLibrary:
         """A deterministic sample library.
 
@@ -311,6 +375,12 @@ class FakeLibrary:
         names, NFC/NFD unicode, a name with ``/``, a name longer than 255
         bytes, archived, trashed and locked assets, a live photo and another
         user's photos seen through a shared album.
+
+        About ``edited_share`` of the photos carry an edit (an edited rendition
+        of another size, served from Immich 2.5) and ``sidecar_share`` of the
+        assets an XMP sidecar (listed from 3.2); with ``extra``,
+        ``Kinkaku-ji.jpg`` has both. Drawn from their own random stream: the
+        rest of the library is the same whatever the shares.
         """
         lib = cls(seed)
         rng = random.Random(seed)
@@ -407,8 +477,31 @@ class FakeLibrary:
             big.description = "A very large video file"
             lib._store(big)
         lib._add_albums(rng)
+        lib._add_renditions(edited_share, sidecar_share)
         lib._sorted = None
         return lib
+
+    def _add_renditions(self, edited_share: float, sidecar_share: float) -> None:
+        rng = random.Random(f"{self.seed}/renditions")
+        featured = {a.id for a in self.assets.values() if a.original_file_name == "Kinkaku-ji.jpg"}
+        for asset in sorted(self.assets.values(), key=lambda a: a.id):
+            edit, sidecar = rng.random(), rng.random()
+            if asset.type == "IMAGE" and (edit < edited_share or asset.id in featured):
+                asset.edit_revision = 1
+                asset.edited_size = self._edited_size(asset, rng.uniform(0.5, 0.9))
+                asset.edited_at = min(
+                    asset.created_at + timedelta(days=1 + rng.randrange(30)),
+                    GENERATED_AT - timedelta(minutes=30),
+                )
+                asset.updated_at = max(asset.updated_at, asset.edited_at)
+            if sidecar < sidecar_share or asset.id in featured:
+                asset.sidecar_revision = 1
+                asset.sidecar_at = asset.created_at
+
+    @staticmethod
+    def _edited_size(asset: FakeAsset, ratio: float, size: int | None = None) -> int:
+        wanted = media.adjust_size("jpeg", size if size is not None else int(asset.size * ratio))
+        return wanted if wanted != asset.size else wanted + 1024  # always another size
 
     def _person(
         self, name: str, *, birth: str | None = None, hidden: bool = False, favorite: bool = False
@@ -770,6 +863,136 @@ class FakeLibrary:
                     asset.checksum_raw = digest.digest()
         return path
 
+    # -- edits, sidecars and asset files ----------------------------------------------
+
+    def _edited_info(self, asset: FakeAsset) -> media.MediaInfo:
+        return dataclasses.replace(asset.media_info(), uid=asset.edited_uid)
+
+    def edited_content(self, asset_id: str) -> bytes:
+        """The edited rendition's bytes (a JPEG of ``asset.edited_size`` bytes)."""
+        asset = self._asset(asset_id)
+        size = asset.edited_size
+        if size is None:
+            raise KeyError(f"{asset_id} is not edited")
+        if size > FILE_THRESHOLD:
+            return self.edited_content_path(asset_id).read_bytes()
+        key = (asset.id + "#edit", asset.edit_revision)
+        with self.lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                return data
+        data = media.render("jpeg", self._edited_info(asset), size, asset.salt ^ 0x5EED)
+        with self.lock:
+            if key not in self._memory and asset.edit_revision == key[1]:
+                self._memory[key] = data
+                self._memory_bytes += len(data)
+                while self._memory_bytes > MEMORY_BUDGET and len(self._memory) > 1:
+                    _, old = self._memory.popitem(last=False)
+                    self._memory_bytes -= len(old)
+        return data
+
+    def edited_content_path(self, asset_id: str) -> Path:
+        """A file holding the edited rendition (written on first use)."""
+        asset = self._asset(asset_id)
+        size = asset.edited_size
+        if size is None:
+            raise KeyError(f"{asset_id} is not edited")
+        path = self.cache_dir / f"{asset.id}.edit{asset.edit_revision}.jpeg"
+        with self.lock:
+            file_lock = self._file_locks.setdefault((path.name, 0), threading.Lock())
+        with file_lock:
+            if not path.exists():
+                tmp = path.with_suffix(".tmp")
+                with tmp.open("wb") as f:
+                    for piece in media.iter_content(
+                        "jpeg", self._edited_info(asset), size, asset.salt ^ 0x5EED
+                    ):
+                        f.write(piece)
+                tmp.rename(path)
+        return path
+
+    def edited_sha1(self, asset_id: str) -> str:
+        """SHA-1 (hex) of the edited rendition."""
+        return hashlib.sha1(self.edited_content(asset_id)).hexdigest()
+
+    def sidecar_content(self, asset_id: str) -> bytes:
+        """The asset's XMP sidecar (changes with every :meth:`set_sidecar`)."""
+        asset = self._asset(asset_id)
+        if asset.sidecar_revision is None:
+            raise KeyError(f"{asset_id} has no sidecar")
+        rating = f"\n   <xmp:Rating>{asset.rating}</xmp:Rating>" if asset.rating else ""
+        local = asset.local_date_time.strftime("%Y-%m-%dT%H:%M:%S")
+        sign = "+" if asset.local_offset_minutes >= 0 else "-"
+        hours, minutes = divmod(abs(asset.local_offset_minutes), 60)
+        text = (
+            '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="immichfs fake">\n'
+            ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+            '  <rdf:Description rdf:about=""\n'
+            '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+            '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+            '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
+            '    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/">\n'
+            f"   <xmpMM:DocumentID>{asset.id}#{asset.sidecar_revision}</xmpMM:DocumentID>\n"
+            f"   <exif:DateTimeOriginal>{local}{sign}{hours:02d}:{minutes:02d}"
+            "</exif:DateTimeOriginal>\n"
+            f"   <dc:description>{xml_escape(asset.description)}</dc:description>{rating}\n"
+            "  </rdf:Description>\n"
+            " </rdf:RDF>\n"
+            "</x:xmpmeta>\n"
+            '<?xpacket end="w"?>\n'
+        )
+        return text.encode()
+
+    def asset_files(self, asset_id: str) -> list[FakeAssetFile]:
+        """The files Immich keeps for the asset (see :class:`FakeAssetFile`)."""
+        asset = self._asset(asset_id)
+
+        def file(type_: str, edited: bool, created: datetime) -> FakeAssetFile:
+            return FakeAssetFile(
+                id=make_uuid(self.seed, "asset-file", asset.id, type_, edited),
+                asset_id=asset.id,
+                type=type_,
+                is_edited=edited,
+                path=asset.file_path(type_, edited),
+                created_at=created,
+                updated_at=created,
+            )
+
+        files = [
+            file("preview", False, asset.created_at),
+            file("thumbnail", False, asset.created_at),
+        ]
+        if asset.edited_at is not None and asset.is_edited:
+            files += [file(t, True, asset.edited_at) for t in ("fullsize", "preview", "thumbnail")]
+        if asset.sidecar_at is not None and asset.has_sidecar:
+            files.append(file("sidecar", False, asset.sidecar_at))
+        return files
+
+    def asset_file(self, file_id: str) -> FakeAssetFile | None:
+        """The asset file with this id, if its asset has it now."""
+        with self.lock:
+            cached = self._file_index
+            if cached is None or cached[0] != self.generation:
+                index = {
+                    f.id: f for a in list(self.assets.values()) for f in self.asset_files(a.id)
+                }
+                cached = self._file_index = (self.generation, index)
+        return cached[1].get(file_id)
+
+    def file_content(self, file: FakeAssetFile) -> bytes | Path:
+        """An asset file's bytes, or the file holding them when large."""
+        asset = self._asset(file.asset_id)
+        if file.type == "sidecar":
+            return self.sidecar_content(asset.id)
+        if file.type == "fullsize":  # only edited assets have one (fullsize generation off)
+            if (asset.edited_size or 0) > FILE_THRESHOLD:
+                return self.edited_content_path(asset.id)
+            return self.edited_content(asset.id)
+        uid = asset.edited_uid if file.is_edited else asset.uid
+        return media.thumbnail(file.type, uid)[0]
+
     def checksum_raw(self, asset_id: str) -> bytes:
         asset = self._asset(asset_id)
         raw = asset.checksum_raw
@@ -891,6 +1114,15 @@ class FakeLibrary:
             asset.visibility = visibility
             self._touch(asset)
 
+    def set_rating(self, asset_id: str, rating: int | None) -> None:
+        """Rate the asset 1-5 (None: unrated)."""
+        if rating is not None and not 1 <= rating <= 5:
+            raise ValueError(f"a rating is 1-5 or None, not {rating}")
+        with self.lock:
+            asset = self._asset(asset_id)
+            asset.rating = rating
+            self._touch(asset)
+
     def rename(self, asset_id: str, name: str) -> None:
         with self.lock:
             asset = self._asset(asset_id)
@@ -930,6 +1162,48 @@ class FakeLibrary:
             if size is not None:
                 asset.size = media.adjust_size(asset.kind, size)
             asset.file_modified_at = now().replace(microsecond=0)
+            self._touch(asset)
+            return asset
+
+    def edit(self, asset_id: str, size: int | None = None) -> FakeAsset:
+        """Edit a photo now (as in Immich's editor): a new edited rendition, a JPEG
+        of ``size`` bytes (default: about 70% of the original; never its size)."""
+        with self.lock:
+            asset = self._asset(asset_id)
+            if asset.type != "IMAGE":
+                raise ValueError(f"only photos are edited, not a {asset.type.lower()}")
+            if self._cache_dir is not None:
+                for path in self._cache_dir.glob(f"{asset.id}.edit*"):
+                    path.unlink(missing_ok=True)
+            asset.edit_revision += 1
+            asset.edited_size = self._edited_size(asset, 0.7, size)
+            asset.edited_at = now()
+            self._touch(asset)
+            return asset
+
+    def remove_edit(self, asset_id: str) -> FakeAsset:
+        """Undo every edit: the asset serves its original again."""
+        with self.lock:
+            asset = self._asset(asset_id)
+            asset.edited_size = None
+            asset.edited_at = None
+            self._touch(asset)
+            return asset
+
+    def set_sidecar(self, asset_id: str) -> FakeAsset:
+        """Write (or rewrite: new bytes) the asset's XMP sidecar now."""
+        with self.lock:
+            asset = self._asset(asset_id)
+            asset.sidecar_revision = (asset.sidecar_revision or 0) + 1
+            asset.sidecar_at = now()
+            self._touch(asset)
+            return asset
+
+    def remove_sidecar(self, asset_id: str) -> FakeAsset:
+        with self.lock:
+            asset = self._asset(asset_id)
+            asset.sidecar_revision = None
+            asset.sidecar_at = None
             self._touch(asset)
             return asset
 

@@ -42,7 +42,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported, to add its arguments
+    (``None``: every command's, as the docs generator and tests want)."""
     parser = argparse.ArgumentParser(
         prog="immichfs",
         description="Immich photo library as read-only files, connector and REST gateway.",
@@ -52,13 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
-        module = importlib.import_module(module_name)
-        module.add_arguments(command_parser)
+        if command is None or command == name:
+            importlib.import_module(module_name).add_arguments(command_parser)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (its first word that is no option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:

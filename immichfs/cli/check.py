@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.client.connector import ImmichConnector
 from immichfs.errors import (
     AuthenticationError,
@@ -54,7 +54,7 @@ NEEDED_PERMISSIONS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config.add_arguments(parser, groups=["server", "logging"])
+    options.add_arguments(parser, groups=["server", "logging"])
 
 
 def exit_code(error: BaseException) -> int:
@@ -65,7 +65,7 @@ def exit_code(error: BaseException) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = config.load_settings(args)
+    settings = options.load_settings(args)
     setup_logging(
         logging.DEBUG if settings.debug else logging.WARNING,
         log_file=str(settings.log_file) if settings.log_file else None,
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         # a diagnosis shows the first failure, at once
-        connector = ImmichConnector.from_settings(settings, retry=False)
+        connector = ImmichConnector(config=options.client_config(settings, retry=False))
     except ConfigError as exc:
         raise UserError(str(exc), 2) from None
     return trio.run(_check, connector, _printer())

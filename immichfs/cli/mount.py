@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.cli import preflight, sdnotify
 from immichfs.client.connector import ImmichConnector
 from immichfs.errors import UserError
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint", help="an existing, empty directory")
-    config.add_arguments(parser, GROUPS)
+    options.add_arguments(parser, GROUPS)
     parser.add_argument(
         "-f",
         "--foreground",
@@ -55,10 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _check_only(settings: config.Settings) -> bool:
+async def _check_only(settings: options.Settings) -> bool:
     """The server and key are fine (True), or the server is unreachable but an earlier
     mount saved a catalog to mount offline from (False, after one warning line)."""
-    async with ImmichConnector.from_settings(settings, retry=False) as connector:
+    async with ImmichConnector(config=options.client_config(settings, retry=False)) as connector:
         try:
             await check_server(connector)
         except UNREACHABLE as exc:
@@ -139,7 +139,7 @@ def _daemonize(plan: MountPlan) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = config.load_settings(args)
+    settings = options.load_settings(args)
     setup_logging(
         logging.DEBUG if settings.debug else logging.INFO,
         log_file=str(settings.log_file) if settings.log_file else None,

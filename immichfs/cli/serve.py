@@ -7,7 +7,7 @@ import logging
 
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.errors import UserError
 from immichfs.gateway.serve import _bind, _main, build_gateway, is_loopback
 from immichfs.logs import setup_logging
@@ -25,7 +25,7 @@ EPILOG = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    config.add_arguments(parser, groups=["server", "logging", "gateway"])
+    options.add_arguments(parser, groups=["server", "logging", "gateway"])
     parser.add_argument(
         "--host",
         dest="gateway_host",
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = config.load_settings(args)
+    settings = options.load_settings(args)
     setup_logging(
         logging.DEBUG if settings.debug else logging.INFO,
         log_file=str(settings.log_file) if settings.log_file else None,

@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import re
 import socket
 import ssl
 import time
@@ -45,38 +43,32 @@ from contextlib import (
     contextmanager,
     suppress,
 )
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio
 import httpx
 
 from immichfs import __version__
 from immichfs.client import search
+from immichfs.client.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, ClientConfig
 from immichfs.client.http import (
+    check_asset_id,
+    check_content_range,
     expect_json_list,
     expect_json_object,
-    normalise_url,
-    parse_content_range,
     status_error,
-    validate_key,
 )
 from immichfs.client.retry import RetryPolicy
 from immichfs.errors import (
-    ConfigError,
     ConnectError,
     ImmichError,
     NotFound,
     PermissionDenied,
     ProtocolError,
     RequestTimeout,
-    TransientError,
     TruncatedBody,
     UnsupportedVersion,
 )
-from immichfs.logs import register_secret
-from immichfs.options import Settings, read_key_file, source_name
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +87,6 @@ _MAX_ERROR_BYTES = 64 * 1024
 #: the policy the filesystem uses by default (the ``retry_budget`` setting's default)
 DEFAULT_RETRY_POLICY = RetryPolicy()
 #: ids go into URL paths: refuse anything that could change the path
-_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _THUMBNAIL_SIZES = ("thumbnail", "preview", "fullsize")
 _ASSET_TYPES = {"ALL": None, "IMAGE": "IMAGE", "VIDEO": "VIDEO"}
 
@@ -125,7 +116,9 @@ class ImmichConnector:
     ``verify`` is httpx's: ``True``, ``False`` (no TLS checks) or a CA bundle path.
     ``env`` replaces ``os.environ`` (for tests and embedding). ``retry_policy``
     governs retries of idempotent calls (``None``, the default, or ``attempts=1``:
-    none).
+    none). ``config``, a :class:`~immichfs.client.config.ClientConfig`, replaces all
+    of these at once (the mount, the gateway and ``immichfs check`` build one from
+    their settings).
     """
 
     def __init__(
@@ -133,37 +126,29 @@ class ImmichConnector:
         url: str | None = None,
         api_key: str | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 16,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         env: Mapping[str, str] | None = None,
         retry_policy: RetryPolicy | None = None,
+        config: ClientConfig | None = None,
     ) -> None:
-        env = os.environ if env is None else env
-        if url is None:
-            self.url = normalise_url(env.get("IMMICH_URL"), "IMMICH_URL")
-        else:
-            self.url = normalise_url(url, "the url argument")
-        if api_key is not None:
-            key = validate_key(api_key, "the api_key argument")
-        elif env.get("IMMICH_API_KEY"):
-            key = validate_key(env.get("IMMICH_API_KEY"), "IMMICH_API_KEY")
-        elif env.get("IMMICH_API_KEY_FILE"):
-            path = Path(env["IMMICH_API_KEY_FILE"]).expanduser()
-            key = validate_key(read_key_file(path), f"the key in {path}")
-        else:
-            key = validate_key(None, "IMMICH_API_KEY")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if isinstance(max_connections, bool) or max_connections < 1:
-            raise ConfigError(f"max_connections must be at least 1, not {max_connections!r}")
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            raise ConfigError(f"retry_policy must be a RetryPolicy or None, not {retry_policy!r}")
-        self.retry_policy = retry_policy if retry_policy and retry_policy.enabled else None
-        register_secret(key)
-        self.__key = key
-        self.timeout = float(timeout)
+        if config is None:
+            config = ClientConfig.from_env(
+                env,
+                url=url,
+                api_key=api_key,
+                timeout=timeout,
+                verify=verify,
+                max_connections=max_connections,
+                retry_policy=retry_policy,
+            )
+        self.config = config
+        self.url = config.url
+        self.retry_policy = config.retry_policy
+        self.__key = config.api_key
+        self.timeout = config.timeout
         self.server_version: Version | None = None
         self._features: dict[str, Any] | None = None
         #: API requests sent, those answered with an error or not at all, body bytes
@@ -175,10 +160,11 @@ class ImmichConnector:
         self._client = httpx.AsyncClient(
             base_url=self.url + "/api",
             timeout=httpx.Timeout(self.timeout),
-            verify=self._ssl_context(verify),
+            verify=config.ssl_context(),
             transport=transport,
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
             ),
             headers={
                 "User-Agent": f"immichfs/{__version__}",
@@ -192,37 +178,9 @@ class ImmichConnector:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, retry: bool = True) -> ImmichConnector:
-        """A connector from resolved settings; ConfigError names where a bad value came from.
-
-        ``retry=False`` reports the first failure at once (a diagnosis or a
-        pre-mount check: a person waits for it); otherwise transient failures
-        are retried within ``settings.retry_budget``.
-        """
-        return cls(
-            normalise_url(settings.url, source_name(settings, "url")),
-            validate_key(settings.api_key, source_name(settings, "api_key")),
-            timeout=settings.timeout,
-            verify=settings.verify,
-            max_connections=settings.max_connections,
-            retry_policy=RetryPolicy.from_settings(settings) if retry else None,
-        )
-
-    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> ImmichConnector:
         """A connector configured only from the environment (``IMMICH_URL``, ...)."""
         return cls(None, None, env=env, **kwargs)
-
-    @staticmethod
-    def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
-        if isinstance(verify, bool | ssl.SSLContext):
-            return verify
-        try:
-            if os.path.isdir(verify):
-                return ssl.create_default_context(capath=verify)
-            return ssl.create_default_context(cafile=verify)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot use CA certificate {verify}: {exc}") from None
 
     def __repr__(self) -> str:
         version = ".".join(map(str, self.server_version)) if self.server_version else "?"
@@ -465,9 +423,7 @@ class ImmichConnector:
             raise TruncatedBody(f"{what}: the body ended after {got} of {expected} bytes")
 
     def _asset_path(self, asset_id: str, suffix: str = "") -> str:
-        if not isinstance(asset_id, str) or not _ID.match(asset_id):
-            raise NotFound(f"{asset_id!r} is not an Immich asset id")
-        return f"/assets/{asset_id}{'/' + suffix if suffix else ''}"
+        return f"/assets/{check_asset_id(asset_id)}{'/' + suffix if suffix else ''}"
 
     # -- server -----------------------------------------------------------------
 
@@ -696,11 +652,13 @@ class ImmichConnector:
                     )
                 content_type = content_type or "application/octet-stream"
                 if response.status_code == 206:
-                    parsed = parse_content_range(response.headers.get("content-range"))
-                    if parsed is None or parsed[2] is None or parsed[0] != 0:
-                        raise ProtocolError(f"{what}: 206 without a usable Content-Range")
+                    _, _, total = check_content_range(
+                        response.headers.get("content-range"), 0, 0, what
+                    )
+                    if total is None:
+                        raise ProtocolError(f"{what}: 206 without the total length")
                     await response.aread()  # the one byte: the connection stays reusable
-                    return parsed[2], content_type, None
+                    return total, content_type, None
                 chunks = self._chunks(response, _length(response), what)
                 data = b"".join([c async for c in chunks])
                 return len(data), content_type, data
@@ -795,18 +753,9 @@ class ImmichConnector:
                 "refusing to treat the whole file as the range",
                 status=response.status_code,
             )
-        parsed = parse_content_range(response.headers.get("content-range"))
-        if parsed is None:
-            raise ProtocolError(f"{what}: 206 without a valid Content-Range")
-        got_first, got_last, total = parsed
-        # the server may end the range early only at the end of the file
-        at_eof = total is not None and got_last == total - 1
-        if got_first != first or not (
-            got_last == end or (at_eof and (end is None or end > got_last))
-        ):
-            raise ProtocolError(
-                f"{what}: the server sent bytes {got_first}-{got_last}, not the range asked for"
-            )
+        got_first, got_last, _ = check_content_range(
+            response.headers.get("content-range"), first, end, what
+        )
         return got_last - got_first + 1
 
     # -- search -----------------------------------------------------------------
@@ -1076,31 +1025,3 @@ def _decoded(decoder: Any, data: bytes, most: int, what: str) -> Iterator[bytes]
 def _length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length")
     return int(value) if value is not None and value.isdigit() else None
-
-
-async def retry(
-    call: Callable[[], Awaitable[T]],
-    *,
-    attempts: int = 3,
-    base_delay: float = 0.5,
-    max_delay: float = 10.0,
-) -> T:
-    """Run ``call`` again after a TransientError, up to ``attempts`` times in all.
-
-    Waits with jittered exponential backoff, or as long as the server's
-    ``Retry-After`` says (at most ``max_delay``). Works under trio and asyncio.
-    Anything not transient is raised at once.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return await call()
-        except TransientError as exc:
-            if attempt == attempts:
-                raise
-            delay = exc.retry_after
-            if delay is None:
-                delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            delay = min(delay, max_delay)
-            log.info("attempt %d failed (%s); retrying in %.1f s", attempt, exc, delay)
-            await anyio.sleep(delay)
-    raise AssertionError("unreachable")

@@ -11,9 +11,11 @@ import email.utils
 import json
 import logging
 import re
+import stat
 import string
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 _KEY_CHARS = frozenset(string.ascii_letters + string.digits + "-_.~+/=:")
 _PERMISSION = re.compile(r"Missing required permission:\s*([A-Za-z0-9_.]+)")
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$")
+#: Immich ids are UUIDs; a little wider, never a path separator or dot
+_ASSET_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
@@ -172,6 +176,33 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
     return first, last, total
 
 
+def check_asset_id(asset_id: object) -> str:
+    """``asset_id`` if it can be an Immich asset id (a UUID), else NotFound: an id that
+    cannot exist must never be spliced into a request path."""
+    if not isinstance(asset_id, str) or not _ASSET_ID.match(asset_id):
+        raise NotFound(f"{asset_id!r} is not an Immich asset id")
+    return asset_id
+
+
+def check_content_range(
+    value: str | None, first: int, end: int | None, what: str
+) -> tuple[int, int, int | None]:
+    """(first, last, total) of a 206's ``Content-Range``, checked against the range
+    asked for: it starts at ``first`` and ends at ``end`` (inclusive; None: the end
+    of the file), or earlier only where the file ends. Anything else is a
+    ProtocolError: a byte of another range must never pass for ours."""
+    parsed = parse_content_range(value)
+    if parsed is None:
+        raise ProtocolError(f"{what}: 206 without a valid Content-Range")
+    got_first, got_last, total = parsed
+    at_eof = total is not None and got_last == total - 1
+    if got_first != first or not (got_last == end or (at_eof and (end is None or end > got_last))):
+        raise ProtocolError(
+            f"{what}: the server sent bytes {got_first}-{got_last}, not the range asked for"
+        )
+    return parsed
+
+
 def status_error(
     *,
     status: int,
@@ -256,3 +287,32 @@ def expect_json_list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
         raise ProtocolError(f"{what}: expected a JSON array, got {type(value).__name__}")
     return value
+
+
+def warn_if_readable(path: Path) -> None:
+    """A secret file that others can read deserves a warning (not a refusal: containers)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
+        log.warning(
+            "%s is readable by group or others (mode %s); run: chmod 600 %s",
+            path,
+            oct(stat.S_IMODE(mode)),
+            path,
+        )
+
+
+def read_key_file(path: Path) -> str:
+    """The API key stored in ``path`` (surrounding whitespace stripped)."""
+    warn_if_readable(path)
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"API key file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read API key file {path}: {exc}") from None
+    if not key:
+        raise ConfigError(f"API key file {path} is empty")
+    return key

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import select
 import ssl
 import time
@@ -45,23 +44,25 @@ import h11
 import trio
 
 from immichfs import __version__
-from immichfs.catalog.reader import RangeFetcher
-from immichfs.client.http import normalise_url, parse_content_range, status_error, validate_key
+from immichfs.client.config import ClientConfig
+from immichfs.client.http import (
+    check_asset_id,
+    check_content_range,
+    parse_content_range,
+    status_error,
+)
+from immichfs.client.retry import RangeFetcher
 from immichfs.errors import (
-    ConfigError,
     ConnectError,
     ImmichError,
-    NotFound,
     ProtocolError,
     RequestTimeout,
     StaleAsset,
     TruncatedBody,
 )
-from immichfs.logs import register_secret
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _HEAD_READ = 64 * 1024  # bytes asked of the socket while the response head arrives
 _TLS_READ = 256 * 1024  # bytes asked of a TLS stream per receive
 _YIELD_EVERY = 1024 * 1024  # bytes read from a busy socket between scheduler turns
@@ -290,22 +291,14 @@ class RangeGetClient:
 
     def __init__(
         self,
-        url: str,
-        api_key: str,
+        config: ClientConfig,
         *,
-        verify: bool | str | ssl.SSLContext = True,
-        timeout: float = 30.0,
-        max_connections: int = 16,
         fallback: RangeFetcher | None = None,
     ) -> None:
-        self.url = normalise_url(url, "the url argument")
-        key = validate_key(api_key, "the api_key argument")
-        register_secret(key)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if max_connections < 1:
-            raise ConfigError(f"max_connections must be at least 1, not {max_connections!r}")
-        self.timeout = float(timeout)
+        self.url = config.url
+        self.timeout = config.timeout
+        max_connections = config.max_connections
+        key = config.api_key
         parts = urlsplit(self.url)
         self._tls = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -313,7 +306,7 @@ class RangeGetClient:
         self._host_header = parts.netloc.encode("idna" if not parts.netloc.isascii() else "ascii")
         # a reverse proxy's path prefix, percent-encoded once (it may hold any character)
         self._prefix = quote(parts.path, safe="/%:@!$&'()*+,;=-._~")
-        self._ssl: ssl.SSLContext | None = self._ssl_context(verify) if self._tls else None
+        self._ssl: ssl.SSLContext | None = self._tls_context(config) if self._tls else None
         self._headers = [
             (b"Host", self._host_header),
             (b"User-Agent", f"immichfs/{__version__}".encode()),
@@ -339,22 +332,8 @@ class RangeGetClient:
     __str__ = __repr__
 
     @staticmethod
-    def _ssl_context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
-        if isinstance(verify, ssl.SSLContext):
-            return verify
-        try:
-            if verify is True:
-                context = ssl.create_default_context()
-            elif verify is False:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif os.path.isdir(verify):
-                context = ssl.create_default_context(capath=verify)
-            else:
-                context = ssl.create_default_context(cafile=verify)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot use CA certificate {verify}: {exc}") from None
+    def _tls_context(config: ClientConfig) -> ssl.SSLContext:
+        context = config.ssl_context()
         context.set_alpn_protocols(["http/1.1"])
         return context
 
@@ -456,8 +435,7 @@ class RangeGetClient:
     async def _exchange(
         self, asset_id: str, start: int, end: int, total: int | None, etag: str | None
     ) -> AsyncGenerator[_Exchange, None]:
-        if not isinstance(asset_id, str) or not _ID.match(asset_id):
-            raise NotFound(f"{asset_id!r} is not an Immich asset id")
+        check_asset_id(asset_id)
         if start < 0 or end < start:
             raise ValueError(f"bad range {start}-{end}")
         if total is not None and end >= total:
@@ -630,17 +608,16 @@ class RangeGetClient:
         encoding = (self._header(response, b"content-encoding") or "identity").lower()
         if encoding not in ("", "identity"):
             raise ProtocolError(f"{what}: the server sent it {encoding}-encoded")
-        parsed = parse_content_range(self._header(response, b"content-range"))
-        if parsed is None:
-            raise ProtocolError(f"{what}: 206 without a valid Content-Range")
-        first, last, size = parsed
+        content_range = self._header(response, b"content-range")
+        size = (parse_content_range(content_range) or (0, 0, None))[2]
         if total is not None and size is not None and size != total:
             raise StaleAsset(f"{what}: the file is now {size} bytes, not {total}")
         if etag is not None:
             got = self._header(response, b"etag")
             if got is not None and got != etag:
                 raise StaleAsset(f"{what}: the file changed on the server (ETag {got})")
-        if first != start or last != end:
+        first, last, _ = check_content_range(content_range, start, end, what)
+        if last != end:  # ranges asked for here lie within the file: no early end
             raise ProtocolError(f"{what}: the server sent bytes {first}-{last} instead")
         length = self._header(response, b"content-length")
         if length is None:

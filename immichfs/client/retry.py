@@ -88,12 +88,6 @@ class RetryPolicy:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number ≥ 0, not {value!r}")
 
-    @classmethod
-    def from_settings(cls, settings: Any) -> RetryPolicy:
-        """From ``immichfs.options.Settings`` (``retry_budget``; 0 disables retries)."""
-        budget = float(getattr(settings, "retry_budget", cls.budget))
-        return cls(budget=budget, attempts=1 if budget <= 0 else cls.attempts)
-
     @property
     def enabled(self) -> bool:
         return self.attempts > 1 and self.budget > 0
@@ -126,20 +120,29 @@ class RetryPolicy:
         fn: Callable[[], Awaitable[T]],
         *,
         what: str = "request",
+        progress: Callable[[], int] | None = None,
         sleep: Sleep | None = None,
         clock: Clock | None = None,
         random: Random | None = None,
     ) -> T:
         """``await fn()``, again after each retryable failure, within the policy's bounds.
 
-        Works under trio and asyncio (anyio's sleep and clock by default, so
-        trio's autojump clock drives it in tests). Cancellation is never caught.
+        This is the one retry loop of immichfs. ``progress``, when given, tells how
+        far the operation got (bytes received): a try that moved it forward
+        renews the tries and the budget (:meth:`Retrying.progressed`), so a long
+        download resumed at the offset reached is not failed for cuts spread
+        over hours. Works under trio and asyncio (anyio's sleep and clock by
+        default, so trio's autojump clock drives it in tests). Cancellation is
+        never caught.
         """
         state = self.start(sleep=sleep, clock=clock, random=random)
         while True:
+            before = progress() if progress is not None else 0
             try:
                 return await fn()
             except TransientError as exc:
+                if progress is not None and progress() > before:
+                    state.progressed()
                 await state.failed(exc, what)
 
 
@@ -228,8 +231,9 @@ def resuming(
     consumer sees exactly the bytes of ``[start, end]`` once, in order, or an
     exception. A base stream that ends early without an error counts as a
     truncated body; one that sends more than asked for is a ProtocolError (not
-    retried): no byte past ``end`` is ever yielded. The retry count and budget
-    start again whenever bytes arrived since the last failure.
+    retried): no byte past ``end`` is ever yielded. The tries and the budget
+    start again whenever bytes arrived since the last failure. The retrying is
+    :meth:`RetryPolicy.call`'s; a task hands the chunks over one at a time.
     """
 
     @asynccontextmanager
@@ -238,25 +242,14 @@ def resuming(
     ) -> AsyncGenerator[AsyncIterator[bytes], None]:
         if start < 0 or end < start:
             raise ValueError(f"bad range {start}-{end} (end is inclusive)")
-        chunks = _resumed(
-            fetch, policy.start(sleep=sleep, clock=clock, random=random), asset_id, start, end
-        )
-        try:
-            yield chunks
-        finally:
-            await chunks.aclose()
+        # no buffer: a chunk is fetched only once the consumer took the one before
+        send, receive = anyio.create_memory_object_stream[bytes](0)
+        offset = start
 
-    return fetcher
-
-
-async def _resumed(
-    fetch: RangeFetcher, state: Retrying, asset_id: str, start: int, end: int
-) -> AsyncGenerator[bytes, None]:
-    offset = start
-    while offset <= end:
-        what = f"asset {asset_id}: bytes {offset}-{end}"
-        at_failure = offset
-        try:
+        async def one_try() -> None:
+            nonlocal offset
+            if offset > start:
+                log.debug("asset %s: resuming at offset %d", asset_id, offset)
             async with fetch(asset_id, offset, end) as chunks:
                 try:
                     async for chunk in chunks:
@@ -267,8 +260,8 @@ async def _resumed(
                                 f"asset {asset_id}: the server sent more bytes than bytes "
                                 f"{start}-{end} (at offset {offset})"
                             )
+                        await send.send(chunk)
                         offset += len(chunk)
-                        yield chunk
                 finally:
                     # close an abandoned body now, not when the garbage collector runs
                     aclose = getattr(chunks, "aclose", None)
@@ -278,9 +271,51 @@ async def _resumed(
                 raise TruncatedBody(
                     f"asset {asset_id}: the answer ended at offset {offset}, before {end + 1}"
                 )
-        except TransientError as exc:
-            if offset > at_failure:
-                state.progressed()
-            await state.failed(exc, what)
-            if offset > start:
-                log.debug("asset %s: resuming at offset %d", asset_id, offset)
+
+        async def produce() -> None:
+            async with send:
+                await policy.call(
+                    one_try,
+                    what=f"asset {asset_id}: bytes {start}-{end}",
+                    progress=lambda: offset,
+                    sleep=sleep,
+                    clock=clock,
+                    random=random,
+                )
+
+        failure: list[BaseException] = []
+
+        async def guarded() -> None:
+            try:
+                await produce()
+            except Exception as exc:  # handed to the consumer as itself, not in a group
+                failure.append(exc)
+                send.close()
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            async with receive:
+                async for chunk in receive:
+                    yield chunk
+            if failure:
+                raise failure[0]
+
+        error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(guarded)
+                stream = chunks()
+                try:
+                    yield stream
+                finally:
+                    await stream.aclose()
+                    group.cancel_scope.cancel()
+        except BaseExceptionGroup as grouped:
+            # the producer never raises (guarded), so this is the consumer's own error:
+            # raised as itself, its cause kept
+            if len(grouped.exceptions) != 1:
+                raise
+            error = grouped.exceptions[0]
+        if error is not None:
+            raise error
+
+    return fetcher

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.cachedir import default_root
 from immichfs.catalog.catalog import Catalog, CatalogSettings
@@ -76,7 +76,7 @@ SHOWN_SETTINGS = (
 class MountPlan:
     """Everything needed to mount, decided before forking."""
 
-    settings: config.Settings
+    settings: options.Settings
     mountpoint: str
     demo: bool = False
     debug_fuse: bool = False
@@ -85,12 +85,12 @@ class MountPlan:
     offline: bool = False
 
     def fuse_options(self) -> set[str]:
-        options = {"fsname=immichfs", "subtype=immichfs", "ro", "default_permissions"}
+        flags = {"fsname=immichfs", "subtype=immichfs", "ro", "default_permissions"}
         if self.settings.allow_other:
-            options.add("allow_other")
+            flags.add("allow_other")
         if self.debug_fuse:
-            options.add("debug")
-        return options
+            flags.add("debug")
+        return flags
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,12 @@ class Mount:
 UNREACHABLE = (ConnectError, RequestTimeout, ServerError)
 
 
-def cache_root(settings: config.Settings) -> Path:
+def cache_root(settings: options.Settings) -> Path:
     """``--cache-dir`` or its default."""
     return settings.cache_dir or default_root()
 
 
-def offline_possible(settings: config.Settings, url: str) -> bool:
+def offline_possible(settings: options.Settings, url: str) -> bool:
     """A catalog saved by an earlier mount of ``url`` with this key exists."""
     if settings.api_key is None:
         return False
@@ -123,7 +123,7 @@ def offline_possible(settings: config.Settings, url: str) -> bool:
 
 
 async def open_local_cache(
-    connector: ImmichConnector, settings: config.Settings, reachability: Reachability
+    connector: ImmichConnector, settings: options.Settings, reachability: Reachability
 ) -> LocalCache | None:
     """The mount's cache directory, catalog and content cache (None: none usable).
 
@@ -158,7 +158,7 @@ async def open_local_cache(
 
 def build_mount(
     connector: ImmichConnector,
-    settings: config.Settings,
+    settings: options.Settings,
     fetch: RangeFetcher | RangeIntoFetcher | None = None,
     *,
     mountpoint: str | None = None,
@@ -244,7 +244,7 @@ def build_mount(
 
 def build_operations(
     connector: ImmichConnector,
-    settings: config.Settings,
+    settings: options.Settings,
     fetch: RangeFetcher | RangeIntoFetcher | None = None,
 ) -> Operations:
     """The FUSE adapter of :func:`build_mount` (its refresh task not running)."""
@@ -261,7 +261,7 @@ async def _watch_server(
     connector: ImmichConnector,
     reachability: Reachability,
     refresh: RefreshTask,
-    settings: config.Settings,
+    settings: options.Settings,
 ) -> None:
     """Keep ``reachability`` true to the server: probe it while it is away or while
     the refresh fails (every few seconds), and catch up at once when it is back."""
@@ -312,7 +312,7 @@ async def serve(
     from immichfs.client.originals import RangeGetClient
 
     settings = plan.settings
-    async with ImmichConnector.from_settings(settings) as connector:
+    async with ImmichConnector(config=options.client_config(settings)) as connector:
         reachability = Reachability()
         if plan.offline:
             reachability.set(False, "unreachable at mount time")
@@ -324,20 +324,12 @@ async def serve(
                     raise
                 log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
                 reachability.set(False, str(exc))
-        assert settings.api_key is not None  # the connector refused to start otherwise
         # the catalog is kept even with --cache-size-mb 0 (no bytes then)
         local = await open_local_cache(connector, settings, reachability)
         if local is None and not reachability.online:
             raise UserError(f"cannot reach {connector.url} and there is no catalog to mount")
         # the byte path: a lean ranged-GET client, the connector for what it cannot do
-        fetch = RangeGetClient(
-            connector.url,
-            settings.api_key,
-            verify=settings.verify,
-            timeout=settings.timeout,
-            max_connections=settings.max_connections,
-            fallback=connector.stream_full_resolution_file,
-        )
+        fetch = RangeGetClient(connector.config, fallback=connector.stream_full_resolution_file)
         try:
             mount = build_mount(connector, settings, fetch, mountpoint=plan.mountpoint, local=local)
             operations, refresh = mount.operations, mount.refresh

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.client.http import normalise_url
 from immichfs.errors import ConfigError, ImmichError
 from immichfs.gateway.app import Gateway
@@ -33,7 +33,7 @@ URL_VARIABLES = ["IMMICH_URL"]
 KEY_VARIABLES = ["IMMICH_API_KEY", "IMMICH_API_KEY_FILE"]
 
 
-def build_gateway(settings: config.Settings) -> Gateway:
+def build_gateway(settings: options.Settings) -> Gateway:
     """The app for ``settings``: connected to Immich when configured, else in 503 mode."""
     token = settings.gateway_token or None
     register_secret(token)
@@ -58,12 +58,12 @@ def build_gateway(settings: config.Settings) -> Gateway:
 
     try:
         # checked apart from the key, so the 503 names the right variables
-        normalise_url(settings.url, config.source_name(settings, "url"))
+        normalise_url(settings.url, options.source_name(settings, "url"))
     except ConfigError as exc:
         return _misconfigured(str(exc), URL_VARIABLES, token)
     try:
         # a gateway client waits at most one timeout plus the retry budget
-        connector = ImmichConnector.from_settings(settings)
+        connector = ImmichConnector(config=options.client_config(settings))
     except ConfigError as exc:
         return _misconfigured(str(exc), KEY_VARIABLES, token)
     return Gateway(connector, token=token)

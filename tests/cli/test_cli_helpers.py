@@ -18,7 +18,7 @@ from pathlib import Path
 import deadmount
 import pytest
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.cli import mounthelper, preflight, sdnotify
 from immichfs.cli.mounthelper import HelperError, Invocation
 from immichfs.errors import UserError
@@ -336,7 +336,7 @@ def test_mapped_flags_are_what_immichfs_mount_accepts() -> None:
     assert command[1:4] == ["-m", "immichfs", "mount"]
     args = parser.parse_args(command[4:])
     assert args.mountpoint == "/mnt/p" and not args.foreground  # mount(8) wants it to return
-    settings = config.load_settings(args, env={}, config_path=None)
+    settings = options.load_settings(args, env={}, config_path=None)
     assert settings.url == "http://immich.local:2283"
     assert (settings.allow_other, settings.uid, settings.gid) == (True, 12, 34)
     assert (settings.listing_ttl, settings.readahead_mb, settings.show_trash) == (7.5, 8, True)

@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from immichfs import errors
-from immichfs.client.connector import ImmichConnector, retry
+from immichfs.client.connector import ImmichConnector
 from immichfs.client.http import (
     error_message,
     normalise_url,
@@ -36,6 +36,7 @@ from immichfs.client.http import (
     parse_retry_after,
     status_error,
 )
+from immichfs.client.retry import RetryPolicy
 from immichfs.model import Asset
 from immichfs_fake import FakeImmich, FakeLibrary
 
@@ -389,7 +390,7 @@ async def test_argument_checks() -> None:
                 pass
 
 
-async def test_retry_helper_retries_only_transient_errors() -> None:
+async def test_the_retry_loop_retries_only_transient_errors() -> None:
     calls: list[int] = []
 
     async def flaky() -> str:
@@ -398,7 +399,7 @@ async def test_retry_helper_retries_only_transient_errors() -> None:
             raise errors.ServerError("boom", status=503)
         return "ok"
 
-    assert await retry(flaky, base_delay=0.001) == "ok"
+    assert await RetryPolicy(base_delay=0.001).call(flaky) == "ok"
     assert len(calls) == 3
 
     async def broken() -> str:
@@ -407,7 +408,7 @@ async def test_retry_helper_retries_only_transient_errors() -> None:
 
     calls.clear()
     with pytest.raises(errors.AuthenticationError):
-        await retry(broken, base_delay=0.001)
+        await RetryPolicy(base_delay=0.001).call(broken)
     assert len(calls) == 1
 
 
@@ -769,10 +770,10 @@ async def test_server_errors_and_rate_limits(server: FakeImmich) -> None:
         assert limited.value.retry_after == 5 and limited.value.status == 429
         # the faults were used up: the same calls work again
         assert (await immich.get_asset_statistics())["total"] > 0
-        # and the optional retry helper rides over transient failures
+        # and the retry loop rides over transient failures
         server.faults.fail(503, times=2, path="/api/assets/statistics")
         server.requests.clear()
-        stats = await retry(immich.get_asset_statistics, base_delay=0.01)
+        stats = await RetryPolicy(base_delay=0.01).call(immich.get_asset_statistics)
         assert stats["total"] > 0
         assert len(server.requests.select("GET", "/api/assets/statistics")) == 3
 

@@ -29,7 +29,7 @@ from immichfs_fake import FakeImmich, FakeLibrary
 from immichfs_fake import media as fake_media
 from immichfs_fake.library import FILE_THRESHOLD, FakeAsset
 
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 ALL = pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
 MISSING = "00000000-0000-4000-8000-000000000000"
 

@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from immichfs.catalog.reader import ReaderPool
+from immichfs.client.config import ClientConfig
 from immichfs.client.originals import RangeGetClient
 from immichfs.errors import (
     AuthenticationError,
@@ -81,7 +82,7 @@ def originals(server: Any) -> list[Any]:
 async def test_ranges_are_exact(fake_immich: Any, fake_library: Any) -> None:
     asset = largest(fake_library)
     content = content_of(fake_library, asset.id)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key) as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
         for start, length in [(0, 1), (0, 4096), (12345, 100_000), (asset.size - 7, 7)]:
             data, seen = await fill(client, asset.id, start, length, total=asset.size)
             assert data == content[start : start + length]
@@ -97,7 +98,7 @@ async def test_ranges_are_exact(fake_immich: Any, fake_library: Any) -> None:
 async def test_keep_alive_reuses_one_connection(fake_immich: Any, fake_library: Any) -> None:
     asset = photo(fake_library)
     content = content_of(fake_library, asset.id)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key) as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
         for i in range(20):
             data, _ = await fill(client, asset.id, i * 100, 1000)
             assert data == content[i * 100 : i * 100 + 1000]
@@ -111,7 +112,9 @@ async def test_reconnects_after_the_server_drops_connections(
 ) -> None:
     asset = photo(fake_library)
     content = content_of(fake_library, asset.id)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key, timeout=5) as client:
+    async with RangeGetClient(
+        ClientConfig.create(fake_immich.url, fake_immich.api_key, timeout=5)
+    ) as client:
         assert (await fill(client, asset.id, 0, 500))[0] == content[:500]
         fake_immich.faults.refuse_connections()  # closes the kept-alive connection
         with pytest.raises(ConnectError):
@@ -125,7 +128,9 @@ async def test_cut_body_reports_exact_progress(fake_immich: Any, fake_library: A
     asset = largest(fake_library)
     content = content_of(fake_library, asset.id)
     length = 2 * MiB
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key, timeout=5) as client:
+    async with RangeGetClient(
+        ClientConfig.create(fake_immich.url, fake_immich.api_key, timeout=5)
+    ) as client:
         fake_immich.faults.cut_after(300_000, path=f"/api/assets/{asset.id}/original")
         buf = bytearray(length)
         seen: list[int] = []
@@ -142,7 +147,9 @@ async def test_cut_body_reports_exact_progress(fake_immich: Any, fake_library: A
 async def test_truncated_body_is_an_error(fake_immich: Any, fake_library: Any) -> None:
     asset = largest(fake_library)
     content = content_of(fake_library, asset.id)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key, timeout=5) as client:
+    async with RangeGetClient(
+        ClientConfig.create(fake_immich.url, fake_immich.api_key, timeout=5)
+    ) as client:
         fake_immich.faults.truncate(5000, path=f"/api/assets/{asset.id}/original")
         with pytest.raises(TruncatedBody):
             await fill(client, asset.id, 0, 100_000)
@@ -153,7 +160,7 @@ async def test_truncated_body_is_an_error(fake_immich: Any, fake_library: Any) -
 
 async def test_range_answered_with_200_is_refused(fake_immich: Any, fake_library: Any) -> None:
     asset = photo(fake_library)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key) as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
         fake_immich.faults.ignore_range(times=1)
         buf = bytearray(b"\xee" * 1000)
         seen: list[int] = []
@@ -168,7 +175,7 @@ async def test_range_answered_with_200_is_refused(fake_immich: Any, fake_library
 async def test_status_errors_map_to_immich_errors(fake_immich: Any, fake_library: Any) -> None:
     asset = photo(fake_library)
     path = f"/api/assets/{asset.id}/original"
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key) as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
         fake_immich.faults.fail(503, retry_after=3, path=path)
         with pytest.raises(ServerError) as server_error:
             await fill(client, asset.id, 0, 10)
@@ -185,7 +192,7 @@ async def test_status_errors_map_to_immich_errors(fake_immich: Any, fake_library
             await fill(client, asset.id, 0, 10, total=asset.size + 1)
         # and afterwards the client still works
         assert (await fill(client, asset.id, 0, 10))[0] == content_of(fake_library, asset.id)[:10]
-    async with RangeGetClient(fake_immich.url, "wrong-key-123456") as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, "wrong-key-123456")) as client:
         with pytest.raises(AuthenticationError):
             await fill(client, asset.id, 0, 10)
 
@@ -197,7 +204,7 @@ async def test_key_is_sent_and_never_logged(
     asset = photo(fake_library)
     caplog.set_level(logging.DEBUG)
     messages: list[str] = []
-    async with RangeGetClient(fake_immich.url, key) as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, key)) as client:
         assert key not in repr(client) and key not in str(client)
         await fill(client, asset.id, 0, 100)  # accepted: the key was sent
         fake_immich.faults.fail(500, path=f"/api/assets/{asset.id}/original")
@@ -220,7 +227,7 @@ async def test_key_is_sent_and_never_logged(
 async def test_reader_over_rangeget_reads_exact_bytes(fake_immich: Any, fake_library: Any) -> None:
     asset = largest(fake_library)
     content = content_of(fake_library, asset.id)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key) as client:
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
         pool = ReaderPool(client)
         async with pool.running():
             reader = pool.open(asset.id, asset.size)
@@ -340,13 +347,15 @@ async def test_redirect_goes_to_the_fallback(nursery: trio.Nursery) -> None:
     server = await start_tiny(nursery, None)
     server.mode = "redirect"
     calls: list[tuple[str, int, int]] = []
-    plain = RangeGetClient(f"http://127.0.0.1:{server.port}", "k-123456")
+    plain = RangeGetClient(ClientConfig.create(f"http://127.0.0.1:{server.port}", "k-123456"))
 
     def fallback(asset_id: str, start: int, end: int) -> Any:
         calls.append((asset_id, start, end))
         return plain.stream(asset_id, start, end)
 
-    client = RangeGetClient(f"http://127.0.0.1:{server.port}", "k-123456", fallback=fallback)
+    client = RangeGetClient(
+        ClientConfig.create(f"http://127.0.0.1:{server.port}", "k-123456"), fallback=fallback
+    )
     server.mode = "redirect"
     # the fallback gets the same request; here it is redirected too, and refuses
     with pytest.raises(ProtocolError):
@@ -363,7 +372,9 @@ async def test_redirect_goes_to_the_fallback(nursery: trio.Nursery) -> None:
 async def test_connection_not_reused_when_it_cannot_be(nursery: trio.Nursery, mode: str) -> None:
     server = await start_tiny(nursery, None)
     server.mode = mode
-    async with RangeGetClient(f"http://127.0.0.1:{server.port}", "k-123456") as client:
+    async with RangeGetClient(
+        ClientConfig.create(f"http://127.0.0.1:{server.port}", "k-123456")
+    ) as client:
         for start in (0, 5000, 2 * MiB):
             assert (await fill(client, "abc", start, 70_000))[0] == BODY[start : start + 70_000]
         assert client.statistics()["connections_opened"] == 3
@@ -398,13 +409,15 @@ async def test_tls_with_custom_ca_and_insecure(nursery: trio.Nursery, tmp_path: 
 
     server = await start_tiny(nursery, wrap)
     url = f"https://localhost:{server.port}"
-    async with RangeGetClient(url, "k-123456", verify=str(cert)) as client:
+    async with RangeGetClient(ClientConfig.create(url, "k-123456", verify=str(cert))) as client:
         for start in (0, 1 * MiB):
             assert (await fill(client, "abc", start, 200_000))[0] == BODY[start : start + 200_000]
         assert client.statistics()["connections_opened"] == 1
-    async with RangeGetClient(url, "k-123456", verify=False) as client:
+    async with RangeGetClient(ClientConfig.create(url, "k-123456", verify=False)) as client:
         assert (await fill(client, "abc", 7, 70))[0] == BODY[7:77]
-    async with RangeGetClient(url, "k-123456", verify=True, timeout=5) as client:
+    async with RangeGetClient(
+        ClientConfig.create(url, "k-123456", verify=True, timeout=5)
+    ) as client:
         with pytest.raises(ConnectError, match="TLS"):
             await fill(client, "abc", 7, 70)
 
@@ -418,7 +431,9 @@ async def test_reader_resumes_cut_downloads_at_the_exact_offset(
     fake_immich.faults.cut_after(200_001, times=2, path=path)
     fake_immich.faults.truncate(99_999, times=1, path=path)
     fake_immich.faults.fail(503, times=1, path=path)
-    async with RangeGetClient(fake_immich.url, fake_immich.api_key, timeout=5) as client:
+    async with RangeGetClient(
+        ClientConfig.create(fake_immich.url, fake_immich.api_key, timeout=5)
+    ) as client:
         pool = ReaderPool(client)
         async with pool.running():
             reader = pool.open(asset.id, asset.size)

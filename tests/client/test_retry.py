@@ -74,11 +74,11 @@ def test_policy_is_a_value_and_checks_its_fields() -> None:
 
 
 def test_policy_from_settings() -> None:
-    from immichfs.options import Settings
+    from immichfs.options import Settings, retry_policy
 
-    assert RetryPolicy.from_settings(Settings(retry_budget=7.5)).budget == 7.5
-    assert not RetryPolicy.from_settings(Settings(retry_budget=0)).enabled
-    assert RetryPolicy.from_settings(Settings()).budget == Settings().retry_budget
+    assert retry_policy(Settings(retry_budget=7.5)).budget == 7.5
+    assert not retry_policy(Settings(retry_budget=0)).enabled
+    assert retry_policy(Settings()).budget == Settings().retry_budget
 
 
 def test_full_jitter_backoff() -> None:

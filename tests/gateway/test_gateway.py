@@ -27,7 +27,7 @@ import psutil
 import pytest
 import trio
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
 from immichfs.client.retry import RetryPolicy
 from immichfs.gateway.app import (
@@ -224,7 +224,7 @@ API_REQUESTS = [
 
 
 async def test_unconfigured_gateway_answers_503_naming_the_variables() -> None:
-    app = build_gateway(config.load_settings({}, env={}, config_path=None))
+    app = build_gateway(options.load_settings({}, env={}, config_path=None))
     assert app.connector is None
     async with running(app) as base, httpx.AsyncClient(base_url=base) as client:
         health = await client.get("/healthz")
@@ -238,7 +238,7 @@ async def test_unconfigured_gateway_answers_503_naming_the_variables() -> None:
 
 
 async def test_malformed_url_is_503_naming_it() -> None:
-    settings = config.load_settings(
+    settings = options.load_settings(
         {}, env={"IMMICH_URL": "immich.local:2283", "IMMICH_API_KEY": "k" * 40}
     )
     app = build_gateway(settings)
@@ -264,7 +264,7 @@ async def test_dead_upstream_is_502() -> None:
 
 
 async def test_unknown_paths_and_methods() -> None:
-    app = build_gateway(config.load_settings({}, env={}))
+    app = build_gateway(options.load_settings({}, env={}))
     async with running(app) as base, httpx.AsyncClient(base_url=base) as client:
         assert_error(await client.get("/api/immich/nothing"), 404, "not_found")
         assert_error(await client.get("/"), 404, "not_found")
@@ -783,11 +783,11 @@ def test_serve_streams_a_large_file_with_bounded_memory(
 # -- the command ------------------------------------------------------------------------------
 
 
-def _serve_settings(*argv: str, env: dict[str, str] | None = None) -> config.Settings:
+def _serve_settings(*argv: str, env: dict[str, str] | None = None) -> options.Settings:
     from immichfs.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--config", os.devnull, *argv])
-    return config.load_settings(args, env=env or {})
+    return options.load_settings(args, env=env or {})
 
 
 def test_serve_binds_loopback_8080_by_default() -> None:

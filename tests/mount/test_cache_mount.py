@@ -386,9 +386,7 @@ def test_thumbnail_sizes_without_downloads_and_kept(cached: Cached) -> None:
     thumbnail_answers = [r for r in answers if r.path.endswith("/thumbnail")]
     assert thumbnail_answers, "the sizes came from somewhere"
     # every size learned with a one-byte range, not a download
-    assert {(r.status, r.bytes_sent, r.range) for r in thumbnail_answers} == {
-        (206, 1, "bytes=0-0")
-    }
+    assert {(r.status, r.bytes_sent, r.range) for r in thumbnail_answers} == {(206, 1, "bytes=0-0")}
     first = sorted(sizes)[0]
     data = (thumbs / first).read_bytes()
     assert len(data) == sizes[first]

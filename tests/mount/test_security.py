@@ -420,13 +420,14 @@ async def test_tls_insecure_works_only_when_asked(tls_immich: TLSProxy) -> None:
 
 async def test_tls_on_the_byte_path(tls_immich: TLSProxy, certificates: Certificates) -> None:
     """The mount's ranged-GET client honours the same three choices."""
+    from immichfs.client.config import ClientConfig
     from immichfs.client.originals import RangeGetClient
 
     async with ImmichConnector(tls_immich.url, KEY, verify=str(certificates.ca)) as immich:
         photo = (await immich.get_assets(size=1))[0]
     size = int(photo["exifInfo"]["fileSizeInByte"])
     for verify, works in ((True, False), (str(certificates.ca), True), (False, True)):
-        client = RangeGetClient(tls_immich.url, KEY, verify=verify, timeout=5)
+        client = RangeGetClient(ClientConfig.create(tls_immich.url, KEY, verify=verify, timeout=5))
         try:
             if works:
                 async with client(photo["id"], 0, min(size, 1000) - 1) as chunks:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from immichfs import options as config
+from immichfs import options
 from immichfs.options import OPTIONS, ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ KEY = "k3y-" + "x" * 36
 def no_default_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the machine's own ~/.config or /etc files must not leak into these tests
     monkeypatch.setattr(
-        config,
+        options,
         "DEFAULT_CONFIG_PATHS",
         (tmp_path / "home" / "config.toml", tmp_path / "etc" / "config.toml"),
     )
@@ -30,7 +30,7 @@ def no_default_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    options.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -85,7 +85,7 @@ def test_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
 
 
 def test_default_file_locations_user_first(tmp_path: Path) -> None:
-    user, system = config.DEFAULT_CONFIG_PATHS
+    user, system = options.DEFAULT_CONFIG_PATHS
     write(system, "search_limit = 7\ngid = 9\n")
     assert load_settings(parse(), env={}).search_limit == 7
     write(user, "search_limit = 8\n")
@@ -231,7 +231,7 @@ def test_verify_follows_ca_cert_and_insecure(tmp_path: Path) -> None:
 
 def test_every_flag_option_has_a_flag_and_env() -> None:
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    options.add_arguments(parser)
     flags = {
         s
         for action in parser._actions
@@ -245,7 +245,7 @@ def test_every_flag_option_has_a_flag_and_env() -> None:
 
 
 def test_options_table_has_one_row_per_option() -> None:
-    rows = config.options_markdown().splitlines()[2:]
+    rows = options.options_markdown().splitlines()[2:]
     assert [re.match(r"\| `(\w+)`", row).group(1) for row in rows] == [  # type: ignore[union-attr]
         o.name for o in OPTIONS
     ]
@@ -259,7 +259,7 @@ def documented_table() -> str:
 
 
 def test_configuration_doc_table_is_generated_from_the_options() -> None:
-    assert documented_table() == config.options_markdown(), "run scripts/gen-options-doc"
+    assert documented_table() == options.options_markdown(), "run scripts/gen-options-doc"
 
 
 def test_gen_options_doc_check_mode(tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_gen_options_doc_check_mode(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.startswith("intro\n<!-- options:start -->\n")
     assert text.endswith("<!-- options:end -->\noutro\n")
-    assert config.options_markdown() in text
+    assert options.options_markdown() in text
     again = subprocess.run([sys.executable, str(script), "--check", str(readme)])
     assert again.returncode == 0
 
@@ -285,17 +285,17 @@ def test_source_name_says_where_a_value_came_from(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("fake-key-0123456789")
     key_file.chmod(0o600)
-    from_flag = config.load_settings({"url": "http://h"}, env={"IMMICH_API_KEY": "k" * 20})
-    assert config.source_name(from_flag, "url") == "--url"
-    assert config.source_name(from_flag, "api_key") == "IMMICH_API_KEY"
-    from_env = config.load_settings(
+    from_flag = options.load_settings({"url": "http://h"}, env={"IMMICH_API_KEY": "k" * 20})
+    assert options.source_name(from_flag, "url") == "--url"
+    assert options.source_name(from_flag, "api_key") == "IMMICH_API_KEY"
+    from_env = options.load_settings(
         {}, env={"IMMICH_URL": "http://h", "IMMICH_API_KEY_FILE": str(key_file)}
     )
-    assert config.source_name(from_env, "url") == "IMMICH_URL"
-    assert config.source_name(from_env, "api_key") == f"the key in {key_file}"
+    assert options.source_name(from_env, "url") == "IMMICH_URL"
+    assert options.source_name(from_env, "api_key") == f"the key in {key_file}"
     toml = tmp_path / "c.toml"
     toml.write_text('url = "http://h"\napi_key = "abc"\n')
     toml.chmod(0o600)
-    from_file = config.load_settings({}, env={}, config_path=toml)
-    assert config.source_name(from_file, "url") == "url in the config file"
-    assert config.source_name(from_file, "api_key") == "api_key in the config file"
+    from_file = options.load_settings({}, env={}, config_path=toml)
+    assert options.source_name(from_file, "url") == "url in the config file"
+    assert options.source_name(from_file, "api_key") == "api_key in the config file"
