@@ -267,7 +267,7 @@ async def _watch_server(
     the refresh fails (every few seconds), and catch up at once when it is back."""
     while True:
         await trio.sleep(min(5.0, settings.refresh_interval))
-        if reachability.online and not getattr(refresh, "_failing", False):
+        if reachability.online and not refresh.failing:
             continue
         reachable = False
         reason = "no answer"

@@ -230,6 +230,11 @@ class RefreshTask:
                         log.info("refresh works again")
                     self._failing = False
 
+    @property
+    def failing(self) -> bool:
+        """The last cycle failed (the server may be unreachable)."""
+        return self._failing
+
     def stop(self) -> None:
         self._stopped = True
         if self._cancel is not None:
