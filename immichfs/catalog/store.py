@@ -542,17 +542,29 @@ class CatalogMemory:
         finally:
             for asset_id in ids:
                 waits = self._unconfirmed.get(asset_id)
-                if waits is not None:
+                if waits is not None and done in waits:
                     waits.remove(done)
                     if not waits:
                         del self._unconfirmed[asset_id]
             done.set()
 
-    async def confirmed(self, asset_id: str) -> None:
-        """Wait while a saved listing holding ``asset_id`` is being checked with the
-        server (only right after a remount; offline there is nothing to wait for)."""
-        while self.reachability() and asset_id in self._unconfirmed:
-            await self._unconfirmed[asset_id][0].wait()
+    async def confirmed(
+        self, asset_id: str, fetch: Callable[[], Awaitable[Asset]] | None = None
+    ) -> Asset | None:
+        """Make sure ``asset_id``'s metadata is the server's, not only the catalog's
+        (only right after a remount, while a saved listing holding it is being
+        reloaded; offline there is nothing to check). With ``fetch``, the asset is
+        asked for alone (one small request) and returned; without, this waits for
+        the reload. None when nothing needed checking."""
+        if not self.reachability() or asset_id not in self._unconfirmed:
+            return None
+        if fetch is None:
+            while self.reachability() and asset_id in self._unconfirmed:
+                await self._unconfirmed[asset_id][0].wait()
+            return None
+        asset = await fetch()  # NotFound: deleted while unmounted, as it should fail
+        self._unconfirmed.pop(asset_id, None)
+        return asset
 
     async def answer(
         self, key: Hashable, fetch: Callable[[], Awaitable[list[dict[str, Any]]]]

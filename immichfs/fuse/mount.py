@@ -39,6 +39,7 @@ from immichfs.errors import (
     PermissionDenied,
     RequestTimeout,
     ServerError,
+    TransientError,
     UserError,
 )
 from immichfs.fuse import kernel
@@ -186,10 +187,20 @@ def build_mount(
         memory = catalog.memory = local.memory
         store = local.store
 
+        async def fetch_asset(asset_id: str) -> Asset:
+            return Asset.from_json(await connector.get_asset_info(asset_id))
+
         async def version_of(asset_id: str) -> str | None:
-            # the checksum the asset has now: its cached metadata, else the catalog's
-            # (right after a remount, once the server confirmed the saved listing)
-            await memory.confirmed(asset_id)
+            # the checksum the asset has now: right after a remount, while its saved
+            # listing is being reloaded, the server's (one request); then its cached
+            # metadata, else the catalog's
+            try:
+                fresh = await memory.confirmed(asset_id, lambda: fetch_asset(asset_id))
+            except TransientError:
+                fresh = None  # the server went away meanwhile: the catalog's it is
+            if fresh is not None:
+                cache.assets.put(asset_id, fresh)
+                return fresh.checksum or None
             known = cache.assets.peek(asset_id)
             if known is not None:
                 return known.checksum or None

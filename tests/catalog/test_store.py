@@ -215,3 +215,22 @@ async def test_collection_lists_are_kept_for_offline(tmp_path: Path) -> None:
     assert not reach.online
     with pytest.raises(Offline):
         await again.answer(("tags",), down)
+
+
+async def test_an_unconfirmed_asset_is_asked_for_alone(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1)])
+    memory = CatalogMemory(store, Reachability())
+    release = trio.Event()
+
+    async def slow_listing() -> list[Asset]:
+        await release.wait()
+        return [asset(1, checksum="new")]
+
+    async def one() -> Asset:
+        return asset(1, checksum="new")
+
+    await memory.load(PHOTOS, slow_listing)  # saved, reload pending
+    assert (await memory.confirmed(asset(1).id, one)).checksum == "new"  # type: ignore[union-attr]
+    assert await memory.confirmed(asset(1).id, one) is None  # checked once
+    release.set()

@@ -9,6 +9,7 @@ Bytes are checked with SHA-1 against the library: never wrong bytes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -94,7 +95,11 @@ class Cached:
 
     def disk_bytes(self) -> int:
         """Bytes the cached files really take on disk (sparse files count what is written)."""
-        return sum(os.stat(p).st_blocks * 512 for p in self.blobs())
+        total = 0
+        for path in self.blobs():
+            with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
+                total += os.stat(path).st_blocks * 512
+        return total
 
 
 def sha1(data: bytes) -> str:
