@@ -681,15 +681,18 @@ class Bench:
                     mounted = time.perf_counter() - started
                     directory = self.mount_dir(mount, "photos")
                     seconds = timed(["ls", "-l", str(directory)], stdout=subprocess.DEVNULL)
-                    runs.append((seconds, mounted))
-            seconds, mounted = min(runs)
+                    # the same listing once in memory: what the disk load adds to it
+                    warm = timed(["ls", "-l", str(directory)], stdout=subprocess.DEVNULL)
+                    runs.append((seconds, mounted, warm))
+            seconds, mounted, warm = min(runs)
         self.results["remount_ls100k_s"] = round(seconds, 3)
         self.results["remount_mount_s"] = round(mounted, 3)
         self.results["remount_cold_ls100k_s"] = round(cold, 3)
+        self.results["remount_warm_ls100k_s"] = round(warm, 3)
         self.row(
             f"ls -l of {count} assets after a remount",
             f"{seconds:.2f} s (mount {mounted:.2f} s)",
-            f"first mount {cold:.2f} s",
+            f"first mount {cold:.2f} s, warm {warm:.2f} s",
             f"{cold / seconds:.1f}× faster" if seconds else "",
             "≤2 s",
         )

@@ -2,14 +2,16 @@
 
 Bytes live in plain sparse files under ``<dir>/blobs``, one per asset *version*
 (asset id + checksum: a changed asset is a different file, so its old bytes are
-never found for it). ``<dir>/content.sqlite`` (WAL) holds, per file, the SHA-1 of
-every block of ``block_size`` bytes that was written, and per entry its size,
+never found for it). ``<dir>/content.sqlite`` (WAL) holds, per file, the CRC-32 of
+every block of ``block_size`` bytes that was written (see :func:`_digest`), and per
+entry its size,
 ETag, last read time and whether the whole file matched Immich's checksum.
 
-*Verified.* A block is served only if the bytes read back from disk hash to the
-value taken when they were written; anything else (a flipped bit, a truncated
+*Verified.* A block is served only if the bytes read back from disk have the
+check value taken when they were written; anything else (a flipped bit, a truncated
 file, a block recorded but never written before a crash) is dropped and fetched
-again. When every block of an original is there, the whole file's SHA-1 is
+again. When every block of an original is there, the whole file's SHA-1 (computed
+while the blocks were written in order, else by reading the file back) is
 compared with the asset's ``checksum``; a mismatch drops the entry and stops
 caching that version (external-library assets, whose checksum hashes the path,
 are never kept whole for that reason; see docs/CACHE.md).
@@ -36,6 +38,7 @@ import re
 import sqlite3
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -70,13 +73,22 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS blocks (
     key TEXT NOT NULL,
     idx INTEGER NOT NULL,
-    sha1 BLOB NOT NULL,
+    digest BLOB NOT NULL,
     PRIMARY KEY (key, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refused (
     key TEXT PRIMARY KEY
 );
 """
+
+
+def _digest(block: bytes | memoryview) -> bytes:
+    """A block's check value: CRC-32. It is there to catch damage on disk (flipped bits,
+    torn or truncated writes: every burst up to 32 bits, anything else but one time in
+    2^32); someone able to rewrite the block could rewrite the database beside it just
+    as well, so a cryptographic hash would add cost, not safety. What ties the bytes
+    to Immich is the whole file's SHA-1 against the asset's checksum."""
+    return zlib.crc32(block).to_bytes(4, "big")
 
 
 def content_key(asset_id: str, checksum: str, rendition: str = "original") -> str:
@@ -132,6 +144,8 @@ class ContentCache:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._refused: set[str] = set()
+        #: key -> (bytes hashed so far, SHA-1 of them) of files written in order
+        self._running: dict[str, tuple[int, Any]] = {}
         #: (key, block index) -> pieces (offset in the block -> bytes) of a partly fetched block
         self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
         self._held = 0  # bytes of recorded blocks
@@ -158,7 +172,7 @@ class ContentCache:
             "SELECT key, size, etag, whole_sha1, verified, last_read FROM entries"
         ):
             self._entries[key] = _Entry(size, etag, whole, bool(verified), last_read)
-        for key, idx, digest in db.execute("SELECT key, idx, sha1 FROM blocks"):
+        for key, idx, digest in db.execute("SELECT key, idx, digest FROM blocks"):
             entry = self._entries.get(key)
             if entry is not None:
                 entry.blocks[idx] = bytes(digest)
@@ -228,10 +242,18 @@ class ContentCache:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read_into(self, key: str, start: int, view: memoryview, size: int) -> int:
+    def read_into(
+        self,
+        key: str,
+        start: int,
+        view: memoryview,
+        size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Fill ``view`` from disk with the bytes at ``start`` of the ``size``-byte file,
-        as far as verified blocks reach; returns how many bytes were filled (a prefix).
-        A block that fails verification is dropped (the caller fetches it again)."""
+        as far as verified blocks reach; returns how many bytes were filled (a prefix),
+        and tells ``progress`` after each block. A block that fails verification is
+        dropped (the caller fetches it again)."""
         want = len(view)
         filled = 0
         try:
@@ -239,6 +261,8 @@ class ContentCache:
         except FileNotFoundError:
             self.drop(key)
             return 0
+        # the kernel reads ahead from disk while the first block is checked
+        os.posix_fadvise(fd, start, want, os.POSIX_FADV_WILLNEED)
         try:
             while filled < want:
                 pos = start + filled
@@ -259,7 +283,7 @@ class ContentCache:
                 else:
                     data = os.pread(fd, block_len, block_start)
                     got = len(data)
-                if got != block_len or hashlib.sha1(data).digest() != expected:
+                if got != block_len or _digest(data) != expected:
                     log.warning("cached block %d of %s failed verification: dropped", idx, key)
                     with self._lock:
                         self.stats.dropped_blocks += 1
@@ -268,6 +292,8 @@ class ContentCache:
                 if not (offset == 0 and take == block_len):
                     view[filled : filled + take] = data[offset : offset + take]
                 filled += take
+                if progress is not None and filled < want:
+                    progress(filled)
         finally:
             os.close(fd)
         if filled:
@@ -393,7 +419,8 @@ class ContentCache:
                 if fd is None:
                     fd = os.open(self.blobs / key, os.O_WRONLY | os.O_CREAT, FILE_MODE)
                 os.pwrite(fd, chunk, a)
-                written.append((idx, hashlib.sha1(chunk).digest(), b - a))
+                written.append((idx, _digest(chunk), b - a))
+                self._hash_along(key, a, chunk)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -449,6 +476,23 @@ class ContentCache:
         if complete:
             self._check_whole(key)
 
+    def _hash_along(self, key: str, at: int, chunk: memoryview) -> None:
+        """Feed the whole-file SHA-1 of ``key`` while its blocks are written in order
+        (a file read from start to end is then checked without being read again)."""
+        with self._lock:
+            running = self._running.pop(key, None)
+        if running is None:
+            if at != 0:
+                return
+            running = (0, hashlib.sha1())
+        if running[0] != at:
+            return  # out of order: the file is read back when complete
+        running[1].update(chunk)
+        with self._lock:
+            self._running[key] = (at + len(chunk), running[1])
+            while len(self._running) > _MAX_PARTIAL:
+                self._running.pop(next(iter(self._running)))
+
     def _check_whole(self, key: str) -> None:
         """All blocks are here: the file must hash to the asset's checksum, or go."""
         with self._lock:
@@ -457,21 +501,25 @@ class ContentCache:
                 return
             expected = entry.whole_sha1
             size = entry.size
+            running = self._running.pop(key, None)
         if expected is None:
             return  # no content hash to compare with (a thumbnail): blocks only
-        digest = hashlib.sha1()
-        try:
-            with open(self.blobs / key, "rb") as handle:
-                remaining = size
-                while remaining > 0:
-                    chunk = handle.read(min(remaining, 4 * MiB))
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    remaining -= len(chunk)
-        except OSError:
-            self.drop(key)
-            return
+        if running is not None and running[0] == size:
+            digest = running[1]  # hashed while written
+        else:
+            digest = hashlib.sha1()
+            try:
+                with open(self.blobs / key, "rb") as handle:
+                    remaining = size
+                    while remaining > 0:
+                        chunk = handle.read(min(remaining, 4 * MiB))
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        remaining -= len(chunk)
+            except OSError:
+                self.drop(key)
+                return
         if digest.hexdigest() != expected:
             log.info(
                 "cached original %s does not match its checksum: not kept "
@@ -538,6 +586,7 @@ class ContentCache:
         entry = self._entries.pop(key, None)
         for pending in [k for k in self._partial if k[0] == key]:
             del self._partial[pending]
+        self._running.pop(key, None)
         with self._db:
             self._db.execute("DELETE FROM blocks WHERE key = ?", (key,))
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -644,7 +693,15 @@ class CachedSource:
         served = 0
         stored_etag = cache.etag(key)
         if cache.covered(key, start, total) and (etag is None or etag == stored_etag):
-            served = await trio.to_thread.run_sync(cache.read_into, key, start, view, total)
+            # readers waiting for the first blocks get them while the next are read
+            tell = None
+            if progress is not None:
+                report = progress
+
+                def tell(n: int) -> None:
+                    trio.from_thread.run_sync(report, n)
+
+            served = await trio.to_thread.run_sync(cache.read_into, key, start, view, total, tell)
             if served and progress is not None:
                 progress(served)
         if served == len(view):
