@@ -261,19 +261,16 @@ class MetadataCache:
         self, settings: CacheSettings | None = None, timer: Timer = time.monotonic
     ) -> None:
         self.settings = settings = settings or CacheSettings()
-        self.queries: SingleFlightCache[Hashable, Any] = SingleFlightCache(
-            "queries",
-            maxsize=settings.max_assets + settings.max_listings,
-            ttl=settings.listing_ttl,
-            timer=timer,
-            getsizeof=lambda assets: 1 + len(assets),
-        )
-        self.listings: SingleFlightCache[Hashable, Any] = SingleFlightCache(
-            "listings",
-            maxsize=settings.max_assets + settings.max_listings,
-            ttl=settings.listing_ttl,
-            timer=timer,
-            getsizeof=lambda listing: 1 + len(listing),
+        # answers and listings are bounded by the assets they hold, across all of them
+        self.queries, self.listings = (
+            SingleFlightCache[Hashable, Any](
+                name,
+                maxsize=settings.max_assets + settings.max_listings,
+                ttl=settings.listing_ttl,
+                timer=timer,
+                getsizeof=lambda held: 1 + len(held),
+            )
+            for name in ("queries", "listings")
         )
         self.assets: SingleFlightCache[str, Any] = SingleFlightCache(
             "assets", maxsize=settings.max_assets, ttl=settings.asset_ttl, timer=timer

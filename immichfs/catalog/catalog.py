@@ -37,7 +37,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Hashable,
-    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -67,20 +66,13 @@ _TRASHED = "1970-01-01T00:00:00.000Z"
 VISIBILITIES = ("timeline", "archive")
 
 
-class CatalogSource(Protocol):
-    """What the catalog needs from :class:`immichfs.client.connector.ImmichConnector`."""
+class CatalogSource(text_search.SearchApi, Protocol):
+    """What the catalog needs from :class:`immichfs.client.connector.ImmichConnector`
+    (its two searches, and these)."""
 
     def iter_search_metadata(
         self, filters: Mapping[str, Any], *, page_size: int = ...
     ) -> AsyncIterator[dict[str, Any]]: ...
-
-    async def search_metadata(
-        self, filters: Mapping[str, Any], *, page: int = ..., size: int = ...
-    ) -> tuple[list[dict[str, Any]], int | None]: ...
-
-    async def search_smart(
-        self, query: str, *, size: int = ..., filters: Mapping[str, Any] | None = ...
-    ) -> list[dict[str, Any]]: ...
 
     async def get_server_features(self) -> dict[str, Any]: ...
 
@@ -99,6 +91,9 @@ class CatalogSource(Protocol):
     async def get_tags(self) -> list[dict[str, Any]]: ...
 
     async def get_timeline_buckets(self, **filters: Any) -> list[dict[str, Any]]: ...
+
+
+Fetch = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -417,38 +412,40 @@ class Catalog:
         )
         return features
 
-    async def albums(self, *, fresh: bool = False) -> tuple[Album, ...]:
-        """Every album the key sees (owned and shared); ``fresh`` asks the server again."""
+    async def _collection(
+        self, key: Key, parse: Callable[[Mapping[str, Any]], Any], fetch: Fetch, fresh: bool
+    ) -> Any:
+        """A collection list, parsed into model values (``fresh``: asked for again)."""
 
-        async def load() -> tuple[Album, ...]:
-            return _values(Album.from_json, await self.source.get_albums())
+        async def load() -> tuple[Any, ...]:
+            return tuple(value for value in map(parse, await fetch()) if value is not None)
 
         if fresh:
-            self.cache.misc.pop(ALBUMS)
-        albums: tuple[Album, ...] = await self.cache.misc.get(ALBUMS, load)
+            self.cache.misc.pop(key)
+        return await self.cache.misc.get(key, load)
+
+    async def albums(self, *, fresh: bool = False) -> tuple[Album, ...]:
+        """Every album the key sees (owned and shared); ``fresh`` asks the server again."""
+        albums: tuple[Album, ...] = await self._collection(
+            ALBUMS, Album.from_json, self.source.get_albums, fresh
+        )
         return albums
 
     async def people(self, *, with_hidden: bool = False, fresh: bool = False) -> tuple[Person, ...]:
         """Every person; those hidden in Immich's UI only ``with_hidden``."""
-
-        async def load() -> tuple[Person, ...]:
-            return _values(Person.from_json, await self.source.get_people(with_hidden=with_hidden))
-
-        key = people_key(with_hidden)
-        if fresh:
-            self.cache.misc.pop(key)
-        people: tuple[Person, ...] = await self.cache.misc.get(key, load)
+        people: tuple[Person, ...] = await self._collection(
+            people_key(with_hidden),
+            Person.from_json,
+            lambda: self.source.get_people(with_hidden=with_hidden),
+            fresh,
+        )
         return people
 
     async def tags(self, *, fresh: bool = False) -> tuple[Tag, ...]:
         """Every tag, flat (a tag's ``value`` is its full path)."""
-
-        async def load() -> tuple[Tag, ...]:
-            return _values(Tag.from_json, await self.source.get_tags())
-
-        if fresh:
-            self.cache.misc.pop(TAGS)
-        tags: tuple[Tag, ...] = await self.cache.misc.get(TAGS, load)
+        tags: tuple[Tag, ...] = await self._collection(
+            TAGS, Tag.from_json, self.source.get_tags, fresh
+        )
         return tags
 
     async def buckets(self) -> tuple[TimeBucket, ...]:
@@ -457,11 +454,11 @@ class Catalog:
         async def load() -> tuple[TimeBucket, ...]:
             found = {
                 (b.year, b.month): b
-                for b in _values(
+                for b in map(
                     TimeBucket.from_json,
                     await self.source.get_timeline_buckets(visibility="timeline"),
                 )
-                if b.count is None or b.count > 0
+                if b is not None and (b.count is None or b.count > 0)
             }
             return tuple(found[month] for month in sorted(found))
 
@@ -576,7 +573,3 @@ class Catalog:
         day = local_day(asset)
         keys.add(month_key(day.year, day.month))
         return keys
-
-
-def _values(parse: Callable[[Mapping[str, Any]], Any], items: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(value for value in map(parse, items) if value is not None)
