@@ -42,7 +42,6 @@ from immichfs.vfs.tree import (
 )
 
 if TYPE_CHECKING:
-    from immichfs.client.connector import ImmichConnector
     from immichfs.vfs.refresh import RefreshTask
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,19 @@ class Filesystem(Protocol):
     def tree(self) -> Tree: ...
 
     def statistics(self) -> dict[str, Any]: ...
+
+
+class Server(Protocol):
+    """What the report shows of the connection to Immich
+    (:class:`~immichfs.client.connector.ImmichConnector` is one)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def server_version(self) -> tuple[int, int, int] | None: ...
+
+    def statistics(self) -> Mapping[str, int]: ...
 
 
 StatisticsSource = Callable[[], Mapping[str, int]]
@@ -89,7 +101,7 @@ class MountStatus:
     def __init__(
         self,
         filesystem: Filesystem,
-        connector: ImmichConnector,
+        connector: Server,
         settings: Mapping[str, Any],
         byte_path: StatisticsSource | None = None,
         *,
