@@ -13,10 +13,17 @@ those), and an asset that offset paging repeats is kept once. A text search
 means what :func:`immichfs.client.search.search_assets` says, as it does for
 the library and the gateway.
 
-Concurrency: every query is single-flight: callers asking the same query while
-it loads share one request and its answer or error (see
-:mod:`immichfs.catalog.cache`). Answers are immutable (tuples of frozen values),
-so a caller may keep one while a newer one replaces it.
+Concurrency (all in one trio thread):
+
+- every cached query is single-flight: callers asking the same query while it
+  loads share one request and its answer or error; a cancelled loader hands
+  over to a waiter (:mod:`immichfs.catalog.cache`). Different queries load
+  concurrently; no lock is held across a request.
+- answers are immutable (tuples of frozen values) and replaced, never changed:
+  a caller may keep one while a newer one replaces it, and whatever is derived
+  from an answer (a directory listing) tells a new answer by its identity.
+- what reports changes (:meth:`Catalog.changed_since`, :meth:`Catalog.present_ids`,
+  :meth:`Catalog.asset_statistics`) is never cached.
 
 Freshness: everything is held in one :class:`~immichfs.catalog.cache.MetadataCache`.
 Asset lists (``queries``) and collection lists (``misc``) live ``listing_ttl``,
