@@ -307,10 +307,16 @@ class AssetDirectory(Directory):
     def __init__(self, tree: Tree, key: Key, parent: Key, load: AssetLoader) -> None:
         super().__init__(tree, key, parent)
         self._load_assets = load
+        #: the listing last returned (every lookup comes here: one cache lookup, not two)
+        self._last: Listing | None = None
 
     async def listing(self) -> Listing:
         assets = await self._load_assets()
-        return await derived_listing(self, assets, lambda: asset_listing(assets))
+        last = self._last
+        if last is not None and last.assets is assets:
+            return last
+        self._last = last = await derived_listing(self, assets, lambda: asset_listing(assets))
+        return last
 
     def cached_listing(self) -> Listing | None:
         listing: Listing | None = self.tree.cache.listings.peek(self.key)
