@@ -1,9 +1,9 @@
 """The composition root of the filesystem: settings in, a served mount out.
 
-:func:`build_mount` wires, explicitly and once, the connector, the catalog and
-its caches, the reader pool, the tree and its views, the FUSE adapter, the
-refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,subtype=immichfs,ro,
-default_permissions`` (plus ``allow_other`` only when asked), serves until
+:func:`build_mount` wires, explicitly and once, the tree and its views (built by
+:func:`immichfs.compose.build_tree`, as for ``immich://``), the FUSE adapter, the
+refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,
+subtype=immichfs,ro,default_permissions`` (plus ``allow_other`` only when asked), serves until
 SIGINT/SIGTERM or ``fusermount3 -u``, and runs ``pyfuse3.close(unmount=True)``
 in ``finally`` whatever happened, so a crash never leaves a dead mount
 ("transport endpoint is not connected"). The command (:mod:`immichfs.cli.mount`)
@@ -23,16 +23,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from immichfs import options
-from immichfs.catalog.cache import CacheSettings, MetadataCache
-from immichfs.catalog.catalog import Catalog, CatalogSettings
-from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
+from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher
 from immichfs.client.connector import ImmichConnector
+from immichfs.compose import build_tree, byte_client
 from immichfs.errors import UserError
 from immichfs.fuse import kernel
 from immichfs.vfs.refresh import RefreshTask
 from immichfs.vfs.status import MountStatus, install_status
-from immichfs.vfs.tree import Tree, TreeSettings
-from immichfs.vfs.views import ViewOptions, ViewsExtension, install_views
+from immichfs.vfs.views import ViewsExtension
 
 if TYPE_CHECKING:
     from immichfs.fuse.operations import Operations
@@ -92,33 +90,15 @@ def build_mount(
     *,
     mountpoint: str | None = None,
 ) -> Mount:
-    """The filesystem over ``connector``: catalog, reader pool, tree and views, FUSE
-    adapter, refresh task and status file.
+    """The filesystem over ``connector``: the tree and its views
+    (:func:`immichfs.compose.build_tree`), FUSE adapter, refresh task and status file.
 
     ``fetch`` serves the bytes of originals (default: the connector's ranged stream).
     The refresh task is built, not started (:func:`serve` runs it).
     """
     from immichfs.fuse.operations import Operations
 
-    cache = MetadataCache(
-        CacheSettings(
-            listing_ttl=settings.listing_ttl,
-            asset_ttl=settings.asset_ttl,
-            max_assets=settings.cache_entries,
-        )
-    )
-    catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
-    readers = ReaderPool(
-        fetch or connector.stream_full_resolution_file, ReadaheadConfig.from_settings(settings)
-    )
-    tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
-    views = install_views(
-        tree,
-        ViewOptions(
-            show_unnamed_people=not settings.hide_unnamed_people,
-            by_date_days=settings.by_date_days,
-        ),
-    )
+    tree, views = build_tree(connector, settings, fetch)  # the same tree immich:// shows
     operations = Operations(
         tree,
         kernel_ttl=settings.kernel_ttl,
@@ -183,13 +163,10 @@ async def serve(
     always unmounts."""
     import pyfuse3
 
-    from immichfs.client.originals import RangeGetClient
-
     settings = plan.settings
     async with ImmichConnector(config=options.client_config(settings)) as connector:
         await check_server(connector)
-        # the byte path: a lean ranged-GET client, the connector for what it cannot do
-        fetch = RangeGetClient(connector.config, fallback=connector.stream_full_resolution_file)
+        fetch = byte_client(connector)
         try:
             mount = build_mount(connector, settings, fetch, mountpoint=plan.mountpoint)
             operations, refresh = mount.operations, mount.refresh
