@@ -30,6 +30,10 @@ def _checksum(data: bytes) -> str:
     return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
+def _path_of(fs: ImmichFileSystem, view: str, asset_id: str) -> str:
+    return next(p for p, e in fs.find(view, detail=True).items() if e["asset_id"] == asset_id)
+
+
 def _large(fake_immich: Any) -> Any:
     library = fake_immich.library
     return max(library.assets.values(), key=lambda a: a.size)
@@ -157,7 +161,7 @@ def test_a_ranged_cat_file_is_one_ranged_get_of_those_bytes(
     immich_fs: ImmichFileSystem, fake_immich: Any
 ) -> None:
     asset = _large(fake_immich)
-    path = next(p for p, e in immich_fs.find("videos", detail=True).items() if e["asset_id"] == asset.id)
+    path = _path_of(immich_fs, "videos", asset.id)
     content = fake_immich.library.content(asset.id)
     for start, end, first, last in [
         (0, 100, 0, 99),
@@ -190,14 +194,17 @@ def test_every_photo_reads_byte_exact(immich_fs: ImmichFileSystem) -> None:
 
 def test_open_is_seekable_and_reads_ahead(immich_fs: ImmichFileSystem, fake_immich: Any) -> None:
     asset = _large(fake_immich)
-    path = next(p for p, e in immich_fs.find("videos", detail=True).items() if e["asset_id"] == asset.id)
+    path = _path_of(immich_fs, "videos", asset.id)
     content = fake_immich.library.content(asset.id)
     fake_immich.reset_log()
     digest = hashlib.sha1()
     reads = 0
-    with fsspec.open(f"immich://{path}", "rb", url=immich_fs.url, api_key_file=str(
-        immich_fs.settings.api_key_file
-    )) as handle:
+    with fsspec.open(
+        f"immich://{path}",
+        "rb",
+        url=immich_fs.url,
+        api_key_file=str(immich_fs.settings.api_key_file),
+    ) as handle:
         assert handle.seekable() and handle.size == asset.size
         while chunk := handle.read(256 * 1024):
             digest.update(chunk)
@@ -234,8 +241,9 @@ def test_get_copies_a_view_into_a_local_directory(
     local = {p.relative_to(target).as_posix(): p for p in target.rglob("*") if p.is_file()}
     assert set(local) == {path.removeprefix("tags/Travel/Japan/") for path in remote}
     for path, entry in remote.items():
-        assert _checksum(local[path.removeprefix("tags/Travel/Japan/")].read_bytes()) == (
-            entry["checksum"]
+        assert (
+            _checksum(local[path.removeprefix("tags/Travel/Japan/")].read_bytes())
+            == (entry["checksum"])
         )
     one = next(iter(remote))
     immich_fs.get(one, str(tmp_path / "single.jpg"))
@@ -291,7 +299,7 @@ def test_missing_or_unknown_settings_fail_with_one_clear_message(fake_immich: An
         ImmichFileSystem()
     with pytest.raises(ConfigError, match="IMMICH_API_KEY"):
         ImmichFileSystem(url=fake_immich.url)
-    with pytest.raises(ConfigError, match="unknown setting.*colour"):
+    with pytest.raises(ConfigError, match=r"unknown setting.*colour"):
         ImmichFileSystem(url=fake_immich.url, api_key_file="/nonexistent", colour="red")
     with pytest.raises(ConfigError, match="does not exist"):
         ImmichFileSystem(url=fake_immich.url, api_key_file="/nonexistent")
