@@ -10,8 +10,10 @@ one line per asset in ``OUTDIR/results.jsonl``. A rerun skips what is done. The
 last line printed is ``{"processed": n, "skipped": m, "failed": k, "seconds": s}``.
 
 The server comes from ``IMMICH_URL`` and ``IMMICH_API_KEY`` (or
-``IMMICH_API_KEY_FILE``), as for the mount; the workers need the same variables
-(a ``LocalCluster`` inherits them). ``--demo`` serves the bundled sample library
+``IMMICH_API_KEY_FILE``), as for the mount. The URL and the key file's path
+travel to the workers with the job; a key given in ``IMMICH_API_KEY`` does not:
+workers of a remote cluster need it in their own environment (a ``LocalCluster``
+inherits it). ``--demo`` serves the bundled sample library
 from this process instead. Needs ``pip install immichfs[dask]``.
 """
 
@@ -93,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with demo_server() if args.demo else _nothing():
-            fs = fsspec.filesystem("immich")
+            # the server and key file this process resolved travel to the workers (a key
+            # from IMMICH_API_KEY does not: workers read theirs from their environment)
+            fs = fsspec.filesystem(
+                "immich",
+                url=os.environ.get("IMMICH_URL"),
+                api_key_file=os.environ.get("IMMICH_API_KEY_FILE"),
+            )
             with cluster(args) as client:
                 summary = job.run(fs, args.view, args.outdir, client)
     except (ImmichfsError, OSError) as exc:

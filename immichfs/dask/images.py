@@ -47,7 +47,7 @@ def gradient_magnitude(image: Image.Image) -> Image.Image:
     peak = float(magnitude.max())
     if peak > 0:
         magnitude *= 255.0 / peak
-    return Image.fromarray(magnitude.astype(np.uint8), mode="L")
+    return Image.fromarray(np.rint(magnitude).astype(np.uint8), mode="L")
 
 
 def output_path(outdir: str | os.PathLike[str], asset_id: str) -> Path:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -46,6 +48,7 @@ from immichfs.vfs.tree import (
     AssetFile,
     Attributes,
     Directory,
+    Key,
     Node,
     OpenFile,
     ThumbnailFile,
@@ -85,14 +88,43 @@ def _parts(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
 
+#: a name missing from a cached listing is looked for in a reloaded one at most this often
+#: per directory (seconds)
+RELOOK_INTERVAL = 1.0
+_relooked: weakref.WeakKeyDictionary[Tree, dict[Key, float]] = weakref.WeakKeyDictionary()
+
+
 async def _resolve(tree: Tree, path: str) -> Node:
     """The node at ``path`` (no leading slash), looked up name by name as the kernel does."""
     node: Node = await tree.node(ROOT_KEY)
     for part in _parts(path):
         if not isinstance(node, Directory):
             raise NotFound(f"{path}: {part!r} is inside a file")
-        node = await tree.lookup(node.key, part)
+        directory = node
+        try:
+            node = await tree.lookup(directory.key, part)
+        except NotFound:
+            node = await _lookup_again(tree, directory, part)
     return node
+
+
+async def _lookup_again(tree: Tree, directory: Directory, name: str) -> Node:
+    """Look ``name`` up in a reloaded listing of ``directory``.
+
+    A path is often listed in one process and opened in another (a Dask driver
+    and its workers): the worker's listing may be older than the upload the
+    driver saw. So a miss in a cached listing reloads it, at most once per
+    :data:`RELOOK_INTERVAL` per directory (a miss meanwhile looks at the listing
+    being reloaded), rather than failing until the listing TTL runs out.
+    """
+    if directory.cached_listing() is None:
+        raise NotFound(f"no entry {name!r}")  # just loaded: nothing fresher to ask
+    now = trio.current_time()
+    times = _relooked.setdefault(tree, {})
+    if now - times.get(directory.key, -math.inf) >= RELOOK_INTERVAL:
+        times[directory.key] = now
+        tree.cache.listings.pop(directory.key)
+    return await tree.lookup(directory.key, name)
 
 
 def _entry(path: str, node: Node, attributes: Attributes) -> dict[str, Any]:
