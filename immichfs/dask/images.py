@@ -63,7 +63,7 @@ def write_map(path: Path, image: Image.Image, *, asset_id: str, checksum: str) -
     info.add_text(CHECKSUM_CHUNK, checksum)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        image.save(tmp, format="PNG", pnginfo=info)
+        image.save(tmp, format="PNG", pnginfo=info, compress_level=1)  # 3x faster than 6
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -36,6 +36,9 @@ Ts = TypeVarTuple("Ts")
 
 #: seconds close() waits for the loop to finish its clean-up
 CLOSE_TIMEOUT = 10.0
+#: seconds a new loop may take to start (it requests nothing yet: only a stuck thread
+#: takes this long)
+START_TIMEOUT = 60.0
 
 
 class LoopClosed(RuntimeError):
@@ -59,7 +62,8 @@ class TrioThread(Generic[T]):
         self.pid = os.getpid()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
-        self._ready.wait()
+        if not self._ready.wait(START_TIMEOUT):
+            raise LoopClosed(f"the immich:// event loop did not start within {START_TIMEOUT:g} s")
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -116,6 +120,9 @@ class TrioThread(Generic[T]):
 
 _lock = threading.Lock()
 _threads: dict[tuple[int, Hashable], TrioThread[object]] = {}
+#: set at interpreter exit: no loop starts after close_all (a file closed by the garbage
+#: collector during shutdown would otherwise start one, and wait for it forever)
+_exiting = False
 
 
 def session(
@@ -124,6 +131,8 @@ def session(
     """The loop thread of this process for ``key``, started on first use (or after a fork)."""
     full = (os.getpid(), key)
     with _lock:
+        if _exiting:
+            raise LoopClosed("the interpreter is exiting")
         thread = _threads.get(full)
         if thread is None or thread.closed:
             thread = TrioThread(opener, name)
@@ -132,7 +141,7 @@ def session(
 
 
 def close_all() -> None:
-    """Close every loop thread this process started (at exit, or in tests)."""
+    """Close every loop thread this process started (in tests; at exit, see _at_exit)."""
     with _lock:
         mine = [t for (pid, _), t in _threads.items() if pid == os.getpid()]
         _threads.clear()
@@ -150,5 +159,11 @@ def _after_fork_in_child() -> None:
     _threads.clear()
 
 
-atexit.register(close_all)
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    close_all()
+
+
+atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -360,3 +360,22 @@ def test_a_child_process_reads_through_the_same_filesystem(
         child.join(30)
     assert child.exitcode == 0
     assert _checksum(immich_fs.cat_file(entry["name"])) == entry["checksum"]
+
+
+def test_a_process_exits_with_files_still_open(fake_immich: Any, key_file: Path) -> None:
+    # the garbage collector closes the file during shutdown, after the loop has ended:
+    # that must not start a new loop (and wait for it forever)
+    code = (
+        "import sys\n"
+        "from immichfs.fsspec import ImmichFileSystem\n"
+        "fs = ImmichFileSystem(url=sys.argv[1], api_key_file=sys.argv[2])\n"
+        "handle = fs.open(fs.ls('photos', detail=False)[0])\n"
+        "print(len(handle.read(100)), flush=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, fake_immich.url, str(key_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "100\n", "")
