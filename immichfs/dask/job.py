@@ -94,6 +94,8 @@ def process(
     except OSError as exc:
         result.update(status="failed", reason=f"read: {exc}")
     else:
+        # what limits a job: the bytes, or the work on them
+        result["read_seconds"] = round(time.perf_counter() - started, 4)
         try:
             picture = estimate(decode(data))
         except Exception as exc:  # whatever the decoder or the model raises
