@@ -695,9 +695,7 @@ DASK_PHOTO = 256 * KiB
 DASK_WORKERS = (1, 2, 4)
 
 
-def dask_rates(
-    url: str, keyfile: Path, work: Path, repeat: int
-) -> tuple[dict[int, float], float]:
+def dask_rates(url: str, keyfile: Path, work: Path, repeat: int) -> tuple[dict[int, float], float]:
     """Images per second of ``immichfs.dask.job.run`` over ``photos`` on LocalClusters of
     1, 2 and 4 worker processes (best of ``repeat``; cluster start-up not counted), and
     of the same work in this process without Dask (the baseline)."""
@@ -738,7 +736,6 @@ def dask_rates(
 def _dask_warm() -> None:
     import immichfs.dask.job
     import immichfs.fsspec  # noqa: F401
-
 
 
 def page(url: str, keyfile: str) -> int:
