@@ -123,6 +123,9 @@ async def _lookup_again(tree: Tree, directory: Directory, name: str) -> Node:
     times = _relooked.setdefault(tree, {})
     if now - times.get(directory.key, -math.inf) >= RELOOK_INTERVAL:
         times[directory.key] = now
+        # the listing is built from the catalog's answers: both are asked again (other
+        # listings stay cached; they ask the catalog again only when they expire)
+        tree.cache.queries.clear()
         tree.cache.listings.pop(directory.key)
     return await tree.lookup(directory.key, name)
 
@@ -227,8 +230,10 @@ async def _xattrs(tree: Tree, path: str) -> dict[str, bytes]:
 
 
 async def _forget_listings(tree: Tree) -> None:
-    # listings and collection lists (albums, people, tags, buckets); assets keep their TTL
+    # listings, the catalog's asset lists and collection lists (albums, people, tags,
+    # buckets); single assets keep their TTL
     tree.cache.listings.clear()
+    tree.cache.queries.clear()
     tree.cache.misc.clear()
 
 

@@ -379,3 +379,25 @@ def test_a_process_exits_with_files_still_open(fake_immich: Any, key_file: Path)
         timeout=60,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "100\n", "")
+
+
+def test_an_upload_is_seen_by_name_at_once_and_in_listings_after_invalidate_cache(
+    mutable_immich: Any,
+) -> None:
+    library = mutable_immich.library
+    fs = ImmichFileSystem(url=mutable_immich.url, api_key=mutable_immich.api_key)
+    before = fs.ls("photos", detail=False)
+    added = library.add_asset("just uploaded.jpg", kind="jpeg", size=40_000)
+    # the cached listing is kept (listing_ttl) ...
+    assert fs.ls("photos", detail=False) == before
+    # ... but a name it lacks is looked for in a reloaded one: a path another process
+    # listed just now opens here
+    assert fs.info("photos/just uploaded.jpg")["asset_id"] == added.id
+    assert not fs.exists("photos/never uploaded.jpg")
+    changed = library.change_content(library.get(fs.info(before[0])["asset_id"]).id)
+    fs.invalidate_cache()
+    after = fs.ls("photos", detail=True)
+    assert {e["name"] for e in after} == {*before, "photos/just uploaded.jpg"}
+    assert next(e for e in after if e["asset_id"] == changed.id)["checksum"] == (
+        library.checksum(changed.id)
+    )
