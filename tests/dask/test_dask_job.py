@@ -132,6 +132,7 @@ def test_a_library_is_processed_on_two_workers_then_only_what_changed(
         assert made.text[CHECKSUM_CHUNK] == _checksum(library, changed.id)
 
 
+@pytest.mark.slow  # a Python process that imports Dask and runs the job: some 7 s
 def test_the_example_prints_one_summary_line(
     client: Any, server: FakeImmich, library: FakeLibrary, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ checksums, bytes, times); the request log checks what went over the wire.
 
 from __future__ import annotations
 
+import ast
 import base64
 import errno
 import fnmatch
@@ -53,7 +54,7 @@ def test_the_readme_one_liner_lists_photos_from_the_environment(fake_immich: Any
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    listed = eval(result.stdout)  # a list of fsspec info dicts, as printed
+    listed = ast.literal_eval(result.stdout)  # a list of fsspec info dicts, as printed
     assert len(listed) == 3
     assert all(entry["name"].startswith("photos/") and entry["type"] == "file" for entry in listed)
     assert fake_immich.api_key not in result.stdout + result.stderr
