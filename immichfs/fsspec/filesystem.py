@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -279,14 +280,15 @@ class ImmichFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is u
     def __repr__(self) -> str:
         return f"<ImmichFileSystem {self.url}>"
 
+    __str__ = __repr__
+
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
+        """``immich://photos/a.jpg``, ``/photos/a.jpg``, ``photos/a.jpg/``: ``photos/a.jpg``."""
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         stripped: str = super()._strip_protocol(path)
         return stripped.strip("/")
-
-    __str__ = __repr__
 
     # -- the loop
 
@@ -410,8 +412,6 @@ def config_settings(
     overrides: Mapping[str, Any], config_path: str | os.PathLike[str] | None = None
 ) -> config.Settings:
     """Settings as the mount resolves them, with ``overrides`` (arguments) first."""
-    from pathlib import Path
-
     return config.load_settings(
         env=os.environ,
         config_path=Path(config_path) if config_path is not None else None,
