@@ -359,16 +359,25 @@ class ImmichFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is u
         """Forget every listing (whatever ``path``): the next ``ls`` asks the server."""
         self._call(path or "", _forget_listings)
 
-    # -- handles of ImmichFile
+    # -- handles of ImmichFile: each stays on the loop it was opened on
 
-    def _read_handle(self, path: str, handle: OpenFile, offset: int, size: int) -> bytes:
-        return self._call(path, _read, handle, offset, size)
+    def _open_handle(self, path: str) -> tuple[TrioThread[Tree], dict[str, Any], OpenFile]:
+        loop = self._session()
+        with _as_os_errors(path):
+            details, handle = loop.run(_open, path)
+        return loop, details, handle
 
-    def _open_handle(self, path: str) -> tuple[dict[str, Any], OpenFile]:
-        return self._call(path, _open, path)
+    @staticmethod
+    def _read_handle(
+        loop: TrioThread[Tree], path: str, handle: OpenFile, offset: int, size: int
+    ) -> bytes:
+        with _as_os_errors(path):
+            return loop.run(_read, handle, offset, size)
 
-    def _close_handle(self, path: str, handle: OpenFile) -> None:
-        self._call(path, _close, handle)
+    @staticmethod
+    def _close_handle(loop: TrioThread[Tree], handle: OpenFile) -> None:
+        if not loop.closed:  # a closed loop closed its readers with it
+            loop.run(_close, handle)
 
     # -- writing: never
 
@@ -438,7 +447,7 @@ class ImmichFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyp
         **kwargs: Any,
     ) -> None:
         path = fs._strip_protocol(path)
-        details, handle = fs._open_handle(path)
+        self._loop, details, handle = fs._open_handle(path)
         self._handle: OpenFile | None = handle
         self._details = details
         try:
@@ -452,12 +461,15 @@ class ImmichFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyp
                 **kwargs,
             )
         except BaseException:
-            fs._close_handle(path, handle)
+            fs._close_handle(self._loop, handle)
             raise
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        data: bytes = self.fs._read_handle(self.path, self._handle, start, end - start)
-        return data
+        if self._handle is None:
+            raise ValueError("I/O operation on closed file.")
+        return ImmichFileSystem._read_handle(
+            self._loop, self.path, self._handle, start, end - start
+        )
 
     def close(self) -> None:
         if getattr(self, "closed", True):
@@ -468,6 +480,6 @@ class ImmichFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyp
             handle, self._handle = self._handle, None
             if handle is not None:
                 try:
-                    self.fs._close_handle(self.path, handle)
+                    ImmichFileSystem._close_handle(self._loop, handle)
                 except Exception:  # at exit the loop may be gone: nothing is left open then
                     log.debug("closing %s failed", self.path, exc_info=True)

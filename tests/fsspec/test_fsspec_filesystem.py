@@ -17,6 +17,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 
 from immichfs.errors import ConfigError
 from immichfs.fsspec import ImmichFileSystem
+from immichfs.fsspec.loop import close_all
 
 
 def _checksum(data: bytes) -> str:
@@ -402,3 +404,17 @@ def test_an_upload_is_seen_by_name_at_once_and_in_listings_after_invalidate_cach
     assert next(e for e in after if e["asset_id"] == changed.id)["checksum"] == (
         library.checksum(changed.id)
     )
+
+
+def test_a_file_closed_after_its_loop_ended_starts_no_loop(immich_fs: ImmichFileSystem) -> None:
+    def loops() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "immichfs-fsspec"]
+
+    handle = immich_fs.open(immich_fs.ls("photos", detail=False)[0])
+    assert len(handle.read(10)) == 10 and len(loops()) == 1
+    close_all()
+    assert loops() == []
+    handle.close()  # as the garbage collector would, later
+    assert loops() == []
+    assert immich_fs.ls("albums")  # the filesystem itself starts a new loop when used
+    assert len(loops()) == 1
