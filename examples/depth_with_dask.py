@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 url=os.environ.get("IMMICH_URL"),
                 api_key_file=os.environ.get("IMMICH_API_KEY_FILE"),
             )
+            job.check_view(fs, args.view)  # before a cluster is started for nothing
             with cluster(args) as client:
                 summary = job.run(fs, args.view, args.outdir, client)
     except (ImmichfsError, OSError) as exc:

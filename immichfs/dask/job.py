@@ -62,6 +62,15 @@ class Summary:
         return json.dumps(asdict(self))
 
 
+def check_view(fs: AbstractFileSystem, view: str) -> None:
+    """FileNotFoundError unless ``view`` is a directory of the tree (a typo must not
+    make a job that finds nothing to do)."""
+    if not fs.isdir(view):
+        raise FileNotFoundError(
+            f"{view!r} is not a directory of the tree (try photos, albums/NAME, tags/NAME)"
+        )
+
+
 def plan(fs: AbstractFileSystem, view: str, outdir: str | Path) -> tuple[list[Task], int]:
     """The images of ``view`` (recursively) still to process, and how many are done.
 
@@ -138,10 +147,11 @@ def run(
     from distributed import as_completed
 
     started = time.perf_counter()
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     # a job lists what the library holds now, not what an earlier job saw
     fs.invalidate_cache()
+    check_view(fs, view)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     tasks, skipped = plan(fs, view, outdir)
     processed = failed = 0
     if tasks:

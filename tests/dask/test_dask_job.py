@@ -178,3 +178,13 @@ def test_the_example_says_what_is_missing(tmp_path: Path) -> None:
         "depth_with_dask: immich:// needs the server: set IMMICH_URL or pass url= "
         "(e.g. http://immich.local:2283)"
     ]
+
+
+def test_a_view_that_does_not_exist_is_an_error(
+    client: Any, fs: ImmichFileSystem, tmp_path: Path
+) -> None:
+    with pytest.raises(FileNotFoundError, match="not a directory of the tree"):
+        job.run(fs, "photoz", tmp_path / "out", client)
+    with pytest.raises(FileNotFoundError):
+        job.run(fs, fs.ls("photos", detail=False)[0], tmp_path / "out", client)
+    assert not (tmp_path / "out").exists()
