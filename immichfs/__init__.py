@@ -10,9 +10,11 @@ Layers, bottom to top; a module imports only from its own layer or lower ones
                      queries), TTL caches, read-ahead
 4. ``vfs/``          the tree users see: nodes, names, inodes, views, status, refresh
                      (no pyfuse3, no HTTP)
-5. ``options``       the one options table: flags, environment, TOML file
-6. ``fuse/``, ``gateway/``  adapters: pyfuse3 (the only pyfuse3 importer) and the
-                     mount's composition root; the REST gateway
+5. ``options``       the one options table: flags, environment, TOML file;
+   ``compose``       the tree from settings, for every adapter that shows it
+6. ``fuse/``, ``gateway/``, ``fsspec/``, ``dask/``  adapters: pyfuse3 (the only
+                     pyfuse3 importer) and the mount's composition root; the REST
+                     gateway; ``immich://`` for fsspec; a library on a Dask cluster
 7. ``cli/``          the commands, preflight, sd_notify, the mount helper
 
 The fake Immich server is the separate top-level package ``immichfs_fake``.

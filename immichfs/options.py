@@ -339,7 +339,7 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     gateway_token: str | None = field(default=None, repr=False)
-    #: where each value came from: "flag", "env", "file" or "default"
+    #: where each value came from: "argument", "flag", "env", "file" or "default"
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -461,13 +461,25 @@ def load_settings(
     args: argparse.Namespace | Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_path: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Resolve every option: flags > environment > config file > defaults.
+    """Resolve every option: overrides > flags > environment > config file > defaults.
 
     ``config_path`` (or ``args.config``) names the file; otherwise the first of
     DEFAULT_CONFIG_PATHS that exists is read. The API key is read from
     ``api_key_file`` when no key is given directly.
+
+    ``overrides`` are values given in code (``fsspec.filesystem("immich", url=...)``):
+    any option by its name, secrets included (an argument is not visible in `ps`
+    as a flag is); None means "not given". An unknown name is a ConfigError.
     """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(_BY_NAME))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_BY_NAME))}"
+        )
     env = os.environ if env is None else env
     given: Mapping[str, Any]
     if args is None:
@@ -492,7 +504,10 @@ def load_settings(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for option in OPTIONS:
-        if option.flag and given.get(option.name) is not None:
+        if option.name in overrides:
+            values[option.name] = _convert(option, overrides[option.name], f"{option.name}=")
+            sources[option.name] = "argument"
+        elif option.flag and given.get(option.name) is not None:
             values[option.name] = _convert(option, given[option.name], option.flag_name)
             sources[option.name] = "flag"
         elif option.env and env.get(option.env) not in (None, ""):
@@ -505,7 +520,10 @@ def load_settings(
             values[option.name] = option.default
             sources[option.name] = "default"
 
-    # a key given directly wins over a key file, whatever their sources
+    # a key given directly wins over a key file, whatever their sources; but a key
+    # file passed as an argument is what the caller meant, whatever the environment holds
+    if sources["api_key_file"] == "argument" and sources["api_key"] != "argument":
+        values["api_key"], sources["api_key"] = None, "default"
     if not values.get("api_key") and values.get("api_key_file") is not None:
         values["api_key"] = read_key_file(values["api_key_file"])
     return Settings(**values, sources=sources)
@@ -518,6 +536,8 @@ def source_name(settings: Settings, name: str) -> str:
     is made in the right place.
     """
     origin = settings.sources.get(name, "")
+    if origin == "argument":
+        return f"the argument {name}="
     if name == "api_key":
         if origin == "file":
             return "api_key in the config file"

@@ -14,13 +14,16 @@ machine, against the same fake server:
    paging the same listing; warm ``ls -l`` (and, as the floor on this machine,
    ``ls -l`` of as many empty files on tmpfs); peak RSS with the listing cached;
 6. 2,000 × 200 KiB files read by 8 parallel readers: files per second;
-7. the persistent cache (``--only cache``): ``ls -l`` of the 100,000 assets after a
+7. ``dask_images_per_s``: 500 photos processed (``immichfs.dask``, gradient maps) on
+   LocalClusters of 1, 2 and 4 worker processes reading through ``immich://``, vs this
+   process doing the same work alone (no mount; see docs/DASK.md);
+8. the persistent cache (``--only cache``): ``ls -l`` of the 100,000 assets after a
    remount with the catalog on disk; a first ``cat`` of 200 × 4 MiB photos with the
    content cache on vs off; a second one after a remount vs the same bytes read
    from a local directory (page caches dropped on both sides); the cache's size on
    disk vs ``--cache-size-mb``.
 
-Scenarios 1-6 run with ``--cache-size-mb=0`` in a scratch ``--cache-dir``: they
+Scenarios 1-6 mount with ``--cache-size-mb=0`` in a scratch ``--cache-dir``: they
 measure the network path, and a second run must not be served from disk.
 
 Usage: ``scripts/bench [--quick] [--only big,listing,small,cache] [--repeat N]
@@ -644,7 +647,7 @@ class Bench:
                 "≥800 files/s",
             )
 
-    # -- 7: the persistent cache ------------------------------------------------------------
+    # -- 8: the persistent cache ------------------------------------------------------------
 
     def cache(self) -> None:
         """Remount with the catalog on disk; epochs over photos with the content cache."""
@@ -765,6 +768,32 @@ class Bench:
 
     # -- report ---------------------------------------------------------------------------------
 
+    # -- 7: a library processed on Dask through immich:// ------------------------------------
+
+    def dask(self) -> None:
+        """``dask_images_per_s`` for 1, 2 and 4 worker processes over the same photos,
+        against this process reading and processing them one by one without Dask."""
+        count = DASK_PHOTOS
+        generate = {
+            "photos": count,
+            "videos": 0,
+            "photo_bytes": (DASK_PHOTO, DASK_PHOTO),
+            "large_video_bytes": None,
+            "extra": False,
+        }
+        with self.fake("dask", generate, report_size=None) as fake:
+            rates, baseline = dask_rates(fake.url, fake.keyfile, self.work, self.args.repeat)
+        self.results["dask_images_per_s"] = {str(n): round(rate, 1) for n, rate in rates.items()}
+        self.results["dask_baseline_images_per_s"] = round(baseline, 1)
+        for workers, rate in rates.items():
+            self.row(
+                f"{count} photos on Dask, {workers} worker(s) (images/s)",
+                f"{rate:.0f}",
+                f"{baseline:.0f}",
+                f"{rate / baseline:.2f}",
+                "scales with cores",
+            )
+
     def run(self) -> int:
         started = time.perf_counter()
         failed = []
@@ -791,6 +820,58 @@ class Bench:
 
 
 HEADER = ("measure", "immichfs", "baseline", "ratio", "goal")
+
+#: the Dask scenario: the same photos for every cluster size
+DASK_PHOTOS = 500
+DASK_PHOTO = 256 * KiB
+DASK_WORKERS = (1, 2, 4)
+
+
+def dask_rates(url: str, keyfile: Path, work: Path, repeat: int) -> tuple[dict[int, float], float]:
+    """Images per second of ``immichfs.dask.job.run`` over ``photos`` on LocalClusters of
+    1, 2 and 4 worker processes (best of ``repeat``; cluster start-up not counted), and
+    of the same work in this process without Dask (the baseline, best of ``repeat`` too)."""
+    from distributed import Client, LocalCluster
+
+    from immichfs.dask import job
+    from immichfs.fsspec import ImmichFileSystem
+
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    fs = ImmichFileSystem(url=url, api_key_file=str(keyfile))
+    tasks, _ = job.plan(fs, "photos", work / "dask-none")
+    for task in tasks:  # warm the server (it renders each original once) before timing
+        fs.cat_file(task.path)
+    (work / "dask-baseline").mkdir(exist_ok=True)
+    baseline = 0.0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        results = [job.process(fs, task, str(work / "dask-baseline")) for task in tasks]
+        baseline = max(baseline, len(results) / (time.perf_counter() - started))
+        assert all(r["status"] == "processed" for r in results), results[:3]
+    rates: dict[int, float] = {}
+    for workers in DASK_WORKERS:
+        log(f"dask: {workers} worker(s)")
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            client.run(_dask_warm)  # imports on the workers: not part of the rate
+            best = 0.0
+            for attempt in range(repeat):
+                outdir = work / f"dask-{workers}-{attempt}"
+                summary = job.run(fs, "photos", outdir, client)
+                assert summary.processed == len(tasks) and not summary.failed, summary
+                best = max(best, summary.processed / summary.seconds)
+                shutil.rmtree(outdir, ignore_errors=True)
+            rates[workers] = best
+    return rates, baseline
+
+
+def _dask_warm() -> None:
+    import immichfs.dask.job
+    import immichfs.fsspec  # noqa: F401
 
 
 def page(url: str, keyfile: str) -> int:
@@ -820,8 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced sets, under two minutes")
     parser.add_argument(
         "--only",
-        default="big,listing,small,cache",
-        help="comma-separated scenarios: big (1-4), listing (5), small (6), cache (7)",
+        default="big,listing,small,dask,cache",
+        help="comma-separated scenarios: big (1-4), listing (5), small (6), dask (7), cache (8)",
     )
     parser.add_argument(
         "--mount-arg",
@@ -853,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repeat = 2 if args.quick else 3
     args.repeat = max(1, args.repeat)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = set(args.only) - {"big", "listing", "small", "cache"}
+    unknown = set(args.only) - {"big", "listing", "small", "dask", "cache"}
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     for tool in ("curl", "dd", "cp", "xargs", "ls"):

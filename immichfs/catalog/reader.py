@@ -510,12 +510,18 @@ class AssetReader:
 
     # -- public -------------------------------------------------------------------
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Exactly ``min(size, filesize - offset)`` bytes at ``offset``; b"" at/after EOF."""
-        data = await self.read_buffer(offset, size)
+    async def read(self, offset: int, size: int, *, exact: bool = False) -> bytes:
+        """Exactly ``min(size, filesize - offset)`` bytes at ``offset``; b"" at/after EOF.
+
+        ``exact``: one ranged GET of exactly these bytes, outside any read-ahead
+        (a caller that names the range it wants, as fsspec's ``cat_file``).
+        """
+        data = await self.read_buffer(offset, size, exact=exact)
         return data if isinstance(data, bytes) else data.tobytes()
 
-    async def read_buffer(self, offset: int, size: int) -> bytes | memoryview:
+    async def read_buffer(
+        self, offset: int, size: int, *, exact: bool = False
+    ) -> bytes | memoryview:
         """What :meth:`read` returns, but possibly a view of a read-ahead window.
 
         The view is valid only until the caller's next checkpoint: then a fetch
@@ -532,7 +538,7 @@ class AssetReader:
         if trio.current_time() < self._failing_until:
             raise RequestTimeout(f"asset {self.asset_id}: a read of this file timed out")
         end = min(offset + size, self.size)
-        windows = self._plan(offset, end)
+        windows = self._plan(offset, end, exact=exact)
         data: bytes | memoryview
         try:
             parts = []
@@ -569,7 +575,7 @@ class AssetReader:
 
     # -- planning (no checkpoint inside any of these) ------------------------------
 
-    def _plan(self, offset: int, end: int) -> list[_Window]:
+    def _plan(self, offset: int, end: int, *, exact: bool = False) -> list[_Window]:
         """The windows holding ``[offset, end)``, created as needed, each pinned."""
         pool = self._pool
         self.last_read = trio.current_time()
@@ -577,7 +583,7 @@ class AssetReader:
         queue = self._queue
         q_start = queue[0].start if queue else -1
         q_end = queue[-1].end if queue else -1
-        if queue and q_start <= offset <= q_end + self._next_window:
+        if not exact and queue and q_start <= offset <= q_end + self._next_window:
             # inside the queue, or a little past its end: sequential (the kernel sends
             # several reads at once and they arrive in any order), a forward seek that
             # waits for data in flight, or a small backward step into kept windows
@@ -590,7 +596,9 @@ class AssetReader:
             self._last_end = end
             self._advance(end)
             return windows
-        elif offset == self._last_end or offset == 0 or self._first_near_start(offset):
+        elif not exact and (
+            offset == self._last_end or offset == 0 or self._first_near_start(offset)
+        ):
             # a new sequential stream starts here
             if self._first_near_start(offset):
                 offset = 0  # the kernel's first reads arrive in any order: start at 0
@@ -612,7 +620,7 @@ class AssetReader:
             self._pos = end
             self._last_end = end
         else:
-            # random: one GET of exactly these bytes, outside the queue
+            # random (or exact): one GET of exactly these bytes, outside the queue
             window = self._new_window(offset, end, demand=end - offset)
             window.discarded = True  # freed as soon as this read is done with it
             windows = [window]

@@ -1,9 +1,9 @@
 """The composition root of the filesystem: settings in, a served mount out.
 
-:func:`build_mount` wires, explicitly and once, the connector, the catalog and
-its caches, the reader pool, the tree and its views, the FUSE adapter, the
-refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,subtype=immichfs,ro,
-default_permissions`` (plus ``allow_other`` only when asked), serves until
+:func:`build_mount` wires, explicitly and once, the tree and its views (built by
+:func:`immichfs.compose.build_tree`, as for ``immich://``), the FUSE adapter, the
+refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,
+subtype=immichfs,ro,default_permissions`` (plus ``allow_other`` only when asked), serves until
 SIGINT/SIGTERM or ``fusermount3 -u``, and runs ``pyfuse3.close(unmount=True)``
 in ``finally`` whatever happened, so a crash never leaves a dead mount
 ("transport endpoint is not connected"). The command (:mod:`immichfs.cli.mount`)
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,29 +25,24 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from immichfs import options
-from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.cachedir import default_root
-from immichfs.catalog.catalog import Catalog, CatalogSettings
-from immichfs.catalog.content import CachedSource
 from immichfs.catalog.local import LocalCache, has_catalog
-from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
+from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher
 from immichfs.catalog.store import Reachability
 from immichfs.client.connector import ImmichConnector
+from immichfs.compose import build_tree, byte_client
 from immichfs.errors import (
     ConnectError,
     ImmichError,
     PermissionDenied,
     RequestTimeout,
     ServerError,
-    TransientError,
     UserError,
 )
 from immichfs.fuse import kernel
-from immichfs.model import Asset
 from immichfs.vfs.refresh import RefreshTask
 from immichfs.vfs.status import MountStatus, install_status
-from immichfs.vfs.tree import Tree, TreeSettings
-from immichfs.vfs.views import ViewOptions, ViewsExtension, install_views
+from immichfs.vfs.views import ViewsExtension
 
 if TYPE_CHECKING:
     from immichfs.fuse.operations import Operations
@@ -165,8 +160,8 @@ def build_mount(
     mountpoint: str | None = None,
     local: LocalCache | None = None,
 ) -> Mount:
-    """The filesystem over ``connector``: catalog, reader pool, tree and views, FUSE
-    adapter, refresh task and status file.
+    """The filesystem over ``connector``: the tree and its views
+    (:func:`immichfs.compose.build_tree`), FUSE adapter, refresh task and status file.
 
     ``fetch`` serves the bytes of originals (default: the connector's ranged stream);
     ``local`` adds the on-disk catalog and content cache.
@@ -174,55 +169,7 @@ def build_mount(
     """
     from immichfs.fuse.operations import Operations
 
-    cache = MetadataCache(
-        CacheSettings(
-            listing_ttl=settings.listing_ttl,
-            asset_ttl=settings.asset_ttl,
-            max_assets=settings.cache_entries,
-        )
-    )
-    catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
-    source: RangeFetcher | RangeIntoFetcher = fetch or connector.stream_full_resolution_file
-    if local is not None:
-        memory = catalog.memory = local.memory
-        store = local.store
-
-        async def fetch_asset(asset_id: str) -> Asset:
-            return Asset.from_json(await connector.get_asset_info(asset_id))
-
-        async def version_of(asset_id: str) -> str | None:
-            # the checksum the asset has now: right after a remount, while its saved
-            # listing is being reloaded, the server's (one request); then its cached
-            # metadata, else the catalog's
-            try:
-                fresh = await memory.confirmed(asset_id, lambda: fetch_asset(asset_id))
-            except TransientError:
-                fresh = None  # the server went away meanwhile: the catalog's it is
-            if fresh is not None:
-                cache.assets.put(asset_id, fresh)
-                return fresh.checksum or None
-            known = cache.assets.peek(asset_id)
-            if known is not None:
-                return known.checksum or None
-            return store.checksum(asset_id)
-
-        async def fresh(key: Hashable, assets: Sequence[Asset]) -> None:
-            # a saved answer was served; the server's is here: the next listing shows it
-            for asset in assets:
-                cache.assets.put(asset.id, asset)
-            cache.queries.pop(key)
-
-        memory.on_fresh = fresh
-        source = CachedSource(source, local.content, version_of, online=local.reachability)
-    readers = ReaderPool(source, ReadaheadConfig.from_settings(settings))
-    tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
-    views = install_views(
-        tree,
-        ViewOptions(
-            show_unnamed_people=not settings.hide_unnamed_people,
-            by_date_days=settings.by_date_days,
-        ),
-    )
+    tree, views = build_tree(connector, settings, fetch, local=local)  # as immich:// shows it
     operations = Operations(
         tree,
         kernel_ttl=settings.kernel_ttl,
@@ -320,8 +267,6 @@ async def serve(
     always unmounts."""
     import pyfuse3
 
-    from immichfs.client.originals import RangeGetClient
-
     settings = plan.settings
     async with ImmichConnector(config=options.client_config(settings)) as connector:
         reachability = Reachability()
@@ -339,8 +284,7 @@ async def serve(
         local = await open_local_cache(connector, settings, reachability)
         if local is None and not reachability.online:
             raise UserError(f"cannot reach {connector.url} and there is no catalog to mount")
-        # the byte path: a lean ranged-GET client, the connector for what it cannot do
-        fetch = RangeGetClient(connector.config, fallback=connector.stream_full_resolution_file)
+        fetch = byte_client(connector)
         try:
             mount = build_mount(connector, settings, fetch, mountpoint=plan.mountpoint, local=local)
             operations, refresh = mount.operations, mount.refresh

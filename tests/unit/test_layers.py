@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "catalog": 3,
     "vfs": 4,
     "options": 5,
+    "compose": 5,
     "fuse": 6,
     "gateway": 6,
     "fsspec": 6,
