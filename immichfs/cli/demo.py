@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 from immichfs.fuse.mount import MountPlan
 
@@ -30,9 +32,15 @@ def demo_server(plan: MountPlan) -> Iterator[MountPlan]:
 
     library = FakeLibrary.generate(seed=0, large_video_bytes=DEMO_LARGE_VIDEO_BYTES)
     try:
-        with FakeImmich(library) as server:
+        # a new server (port, key) each time: what the mount keeps on disk goes with it
+        with (
+            tempfile.TemporaryDirectory(prefix="immichfs-demo-cache-") as cache_dir,
+            FakeImmich(library) as server,
+        ):
             log.info("demo: fake Immich with %d assets at %s", len(library.assets), server.url)
-            settings = replace(plan.settings, url=server.url, api_key=server.api_key)
+            settings = replace(
+                plan.settings, url=server.url, api_key=server.api_key, cache_dir=Path(cache_dir)
+            )
             yield replace(plan, settings=settings)
     finally:
         library.close()  # its temporary files (the daemon ends with os._exit: no finalizers)
