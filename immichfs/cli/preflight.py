@@ -73,6 +73,36 @@ def check_device(device: str = FUSE_DEVICE, *, container: bool | None = None) ->
     os.close(fd)
 
 
+CAP_SYS_ADMIN = 21
+PROC_STATUS = Path("/proc/self/status")
+
+
+def check_capability(*, container: bool | None = None, status: Path = PROC_STATUS) -> None:
+    """CAP_SYS_ADMIN is in the capability bounding set, else nothing here can mount.
+
+    Not even the setuid ``fusermount3`` gains a capability outside that set, so
+    without it libfuse only says "fusermount3: mount failed: Operation not
+    permitted". Containers drop it unless started with ``--cap-add SYS_ADMIN``.
+    """
+    try:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        bounding = int(fields["CapBnd"].strip(), 16)
+    except (OSError, KeyError, ValueError):
+        return  # no procfs to ask: let the mount itself tell
+    if bounding >> CAP_SYS_ADMIN & 1:
+        return
+    container = in_container() if container is None else container
+    if container:
+        raise UserError(
+            "mounting needs the SYS_ADMIN capability, which this container lacks: "
+            f"start it with {CONTAINER_FLAGS}"
+        )
+    raise UserError(
+        "mounting needs CAP_SYS_ADMIN, which this process's capability bounding set lacks "
+        "(a systemd CapabilityBoundingSet= or a sandbox dropped it)"
+    )
+
+
 def _clear_dead_immichfs_mount(path: str, mountinfo: Path) -> bool:
     """Detach a dead mount at ``path`` if an earlier immichfs left it; True if cleared.
 
@@ -132,5 +162,6 @@ def check_all(
     """Every check, in the order a user would fix them."""
     check_fusermount(path)
     check_device(device, container=container)
+    check_capability(container=container)
     if mountpoint is not None:
         check_mountpoint(mountpoint)

@@ -441,6 +441,7 @@ def test_entrypoint_runs_foreground_mount(fake_bin: Path, tmp_path: Path) -> Non
         IMMICHFS_FUSE_DEVICE="/dev/null",
         IMMICHFS_MOUNTPOINT=str(mountpoint),
         IMMICH_URL="http://immich:2283",
+        IMMICH_API_KEY_FILE="/dev/null",
     )
     assert result.returncode == 0, result.stderr
     args = [line[4:] for line in result.stdout.splitlines() if line.startswith("ARG ")]
@@ -461,6 +462,18 @@ def test_entrypoint_picks_up_the_docker_secret(fake_bin: Path, tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     assert f"KEYFILE={secrets / 'immich_api_key'}" in result.stdout
+
+
+def test_entrypoint_without_a_key_names_the_secret_file(fake_bin: Path, tmp_path: Path) -> None:
+    env = {"IMMICHFS_FUSE_DEVICE": "/dev/null", "IMMICHFS_MOUNTPOINT": str(tmp_path / "mnt")}
+    env |= {"IMMICHFS_SECRETS_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    result = run_entrypoint(fake_bin, **env)
+    assert result.returncode == 1
+    assert f"no API key: mount it as a secret file at {tmp_path}/immich_api_key" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "ARG" not in result.stdout
+    # a config file given on the command line may hold the key: immichfs decides
+    assert run_entrypoint(fake_bin, "--config", "/etc/x.toml", **env).returncode == 0
 
 
 def test_entrypoint_unreadable_key_file(fake_bin: Path, tmp_path: Path) -> None:
