@@ -141,8 +141,11 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["mount", "--make-rshared", str(path)], check=True)
         yield path
     finally:
-        # lazily: detaches whatever a failed test left mounted below it too
-        subprocess.run(["umount", "--lazy", str(path)], check=False)
+        # the top one first: a dead FUSE mount a failed test left, then the bind itself
+        for _ in range(5):
+            if kernel.mount_at(path) is None:
+                break
+            subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def run_args(server: FakeImmich, image: str, *options: str) -> list[str]:
@@ -193,6 +196,8 @@ def stack(image: str, server: FakeImmich, key_file: Path, shared_dir: Path) -> I
         wait_for(mounted, f"the FUSE mount at {shared_dir} on the host")
         yield stack
     finally:
+        # stopped (unmounting) if a test failed before it did; a kill would leave a dead mount
+        podman("stop", "--ignore", "--time", "30", stack.mounter)
         remove_containers(stack.mounter, stack.sibling)
 
 
