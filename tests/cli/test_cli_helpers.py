@@ -474,6 +474,7 @@ def test_entrypoint_without_a_key_names_the_secret_file(fake_bin: Path, tmp_path
     assert "ARG" not in result.stdout
     # a config file given on the command line may hold the key: immichfs decides
     assert run_entrypoint(fake_bin, "--config", "/etc/x.toml", **env).returncode == 0
+    assert run_entrypoint(fake_bin, "--demo", **env).returncode == 0  # the bundled library
 
 
 def test_entrypoint_unreadable_key_file(fake_bin: Path, tmp_path: Path) -> None:
