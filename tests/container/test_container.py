@@ -369,3 +369,28 @@ def test_missing_piece_fails_with_one_line(
     assert says in output
     assert "Traceback" not in output
     assert server.api_key not in output
+
+
+def test_demo_mounts_without_a_key_or_network(image: str) -> None:
+    # `docker run ... IMAGE --demo`: the bundled library, for a first try
+    name = f"{NAME}-demo"
+    try:
+        podman_ok(
+            "run", "-d", "--name", name, "--no-healthcheck", "--network", "none",
+            "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", image, "--demo",
+        )  # fmt: skip
+
+        def mounted() -> bool:
+            if podman("exec", name, "mountpoint", "-q", INSIDE).returncode == 0:
+                return True
+            state = podman_ok("inspect", "--format", "{{.State.Status}}", name).strip()
+            assert state in ("created", "running"), podman("logs", name).stderr[-2000:]
+            return False
+
+        wait_for(mounted, "the demo mount inside the container")
+        listed = podman_ok("exec", name, "ls", f"{INSIDE}/photos")
+        assert len(listed.splitlines()) > 10
+        assert podman("stop", "--time", "30", name).returncode == 0
+        assert podman_ok("inspect", "--format", "{{.State.ExitCode}}", name).strip() == "0"
+    finally:
+        remove_containers(name)
