@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,7 @@ def test_tools_on_a_real_mount(
         assert image.format == "JPEG" and image.size[0] > 0
 
     # writes: EROFS
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: os.open(photos / "new.jpg", os.O_WRONLY | os.O_CREAT),
         lambda: os.open(photos / jpeg, os.O_RDWR),
         lambda: os.mkdir(photos / "dir"),

@@ -257,7 +257,7 @@ def test_the_fake_server_listens_on_loopback_only(fake_library: FakeLibrary) -> 
         assert server.url.startswith("http://127.0.0.1:")
         # nothing answers on the machine's other addresses
         for family, _, _, _, address in socket.getaddrinfo(socket.gethostname(), server.port):
-            if address[0].startswith("127.") or address[0] == "::1":
+            if str(address[0]).startswith("127.") or address[0] == "::1":
                 continue
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.settimeout(2)

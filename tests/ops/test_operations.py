@@ -209,7 +209,7 @@ async def test_readdir_of_a_listing_larger_than_the_entry_cache(
     photos_inode = (await operations.lookup(ROOT_INODE, b"photos", CTX)).st_ino
     expected = await list_dir(operations, replies, photos_inode)
     # a bound below the listing's size: nothing kept (and no error), same answers
-    operations._ready = LRUCache(maxsize=10, getsizeof=len)
+    operations._ready = LRUCache(maxsize=10, getsizeof=len)  # type: ignore[arg-type]
     assert await list_dir(operations, replies, photos_inode) == expected
     assert len(operations._ready) == 0
     await forget_all(operations)

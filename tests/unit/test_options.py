@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from immichfs import options
-from immichfs.options import OPTIONS, ConfigError, load_settings
+from immichfs.errors import ConfigError
+from immichfs.options import OPTIONS, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "k3y-" + "x" * 36
