@@ -12,13 +12,19 @@ per test; parametrize it indirectly with a version string, or with a dict of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from immichfs.client.connector import ImmichConnector
 from immichfs_fake import FakeImmich, FakeLibrary
+
+if TYPE_CHECKING:  # only the tests that call the handlers import pyfuse3
+    from opsutil import Replies
+
+    from immichfs.fuse.operations import Operations
 
 #: The Immich versions the fake emulates in the test suite.
 FAKE_VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
@@ -77,12 +83,29 @@ def mutable_immich(
 
 
 @pytest.fixture
-async def connector(fake_immich: FakeImmich) -> Any:
+async def connector(fake_immich: FakeImmich) -> AsyncIterator[ImmichConnector]:
     """An ``ImmichConnector`` talking to ``fake_immich`` (inside the test's trio run)."""
-    from immichfs.client.connector import ImmichConnector
-
     async with ImmichConnector(fake_immich.url, fake_immich.api_key) as client:
         yield client
+
+
+@pytest.fixture
+async def ops(fake_immich: FakeImmich) -> AsyncIterator[tuple[Operations, Replies]]:
+    """The FUSE handlers built by the composition root over ``fake_immich``, without
+    the kernel, and the injected ``readdir_reply`` that collects directory entries."""
+    from opsutil import Replies
+
+    from immichfs.fuse.mount import build_operations
+    from immichfs.options import Settings
+
+    replies = Replies()
+    settings = Settings(url=fake_immich.url, api_key=fake_immich.api_key, listing_ttl=30)
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as connector:
+        operations = build_operations(connector, settings)
+        operations.readdir_reply = replies
+        yield operations, replies
+        # nothing leaks: every open handle was released
+        assert operations.open_handles() == 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

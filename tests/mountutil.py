@@ -60,6 +60,15 @@ def fuse_unavailable() -> str | None:
     return None
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment for an immichfs command, without the machine's
+    settings (IMMICH* variables, ~/.config/immichfs) or a systemd socket, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "NOTIFY_SOCKET"))}
+    env["HOME"] = "/nonexistent"
+    env.update(extra)
+    return env
+
+
 def unmount(
     mountpoint: str | os.PathLike[str], lazy: bool = False
 ) -> subprocess.CompletedProcess[str]:

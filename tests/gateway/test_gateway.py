@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 import trio
+from netutil import free_port
 
 from immichfs import options
 from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
@@ -196,14 +197,6 @@ def assert_error(response: httpx.Response, status: int, code: str, *words: str) 
     for word in words:
         assert word in body["message"], body
     return body
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- without Immich ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountutil import MountProcess, poll, unmount
+from mountutil import MountProcess, clean_env, poll, unmount
 
 pytestmark = pytest.mark.fuse
 
@@ -313,12 +313,6 @@ def test_sigterm_unmounts_cleanly(fake_immich: Any, tmp_path: Path) -> None:
 
 def mount_command(mountpoint: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "immichfs", "mount", str(mountpoint), *args]
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
-    env.update(values)
-    return env
 
 
 def test_without_foreground_returns_once_mounted(fake_immich: Any, tmp_path: Path) -> None:

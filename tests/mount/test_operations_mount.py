@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from mountutil import MountProcess, unmount
+from mountutil import MountProcess, clean_env, unmount
 
 from immichfs.cli import mounthelper
 
@@ -28,13 +28,6 @@ pytestmark = pytest.mark.fuse
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 IS_ROOT = os.geteuid() == 0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "NOTIFY_SOCKET"))}
-    env["HOME"] = "/nonexistent"  # no ~/.config/immichfs/config.toml from the machine
-    env.update(extra)
-    return env
 
 
 def mounted_fstype(mountpoint: Path) -> str | None:

@@ -13,69 +13,20 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
 import pytest
 import trio
 from cachetools import LRUCache
+from opsutil import CTX, Replies
 
-from immichfs.client.connector import ImmichConnector
 from immichfs.errors import AuthenticationError, NotFound, ServerError, StaleAsset
-from immichfs.fuse.mount import build_operations
 from immichfs.fuse.operations import Operations
-from immichfs.options import Settings
 from immichfs.vfs.inodes import ROOT_INODE
 
-
-@dataclass
-class Ctx:
-    """Stands in for pyfuse3.RequestContext (whose attributes are read-only)."""
-
-    uid: int = 0
-    gid: int = 0
-    pid: int = 1
-    umask: int = 0o022
-
-
-CTX: Any = Ctx()
 #: the organised views the composition root adds (immichfs.vfs.views)
 VIEWS = {b"albums", b"people", b"tags", b"by-date", b"favorites", b"archive"}
-
-
-@dataclass
-class Replies:
-    """An injected readdir_reply: collects entries, accepts at most ``room`` per call."""
-
-    room: int = 1_000_000
-    entries: list[tuple[bytes, int, int]] = field(default_factory=list)
-    _used: int = 0
-
-    def __call__(
-        self, token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int
-    ) -> bool:
-        if self._used >= self.room:
-            return False
-        self._used += 1
-        self.entries.append((name, attr.st_ino, next_id))
-        return True
-
-    def next_call(self) -> None:
-        self._used = 0
-
-
-@pytest.fixture
-async def ops(fake_immich: Any) -> AsyncIterator[tuple[Operations, Replies]]:
-    replies = Replies()
-    settings = Settings(url=fake_immich.url, api_key=fake_immich.api_key, listing_ttl=30)
-    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as connector:
-        operations = build_operations(connector, settings)
-        operations.readdir_reply = replies
-        yield operations, replies
-        # nothing leaks: every open handle was released
-        assert operations.open_handles() == 0
 
 
 async def forget_all(operations: Operations) -> None:

@@ -64,12 +64,6 @@ def build(source: Any, options: ViewOptions | None = None, **tree: Any) -> tuple
 
 
 @pytest.fixture
-async def connector(fake_immich: FakeImmich) -> AsyncIterator[ImmichConnector]:
-    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as client:
-        yield client
-
-
-@pytest.fixture
 async def source(connector: ImmichConnector) -> RecordingSource:
     return RecordingSource(connector)
 
