@@ -79,6 +79,7 @@ def test_without_systemd_nothing_is_sent() -> None:
     assert sdnotify.notify("READY=1", env={"NOTIFY_SOCKET": ""}) is False
 
 
+@pytest.mark.expect_log("cannot notify systemd", logger="immichfs.cli.sdnotify")
 def test_unreachable_socket_warns_and_does_not_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -215,6 +216,7 @@ def _is_listed(path: Path) -> bool:
     return kernel.mount_at(path) is not None
 
 
+@pytest.mark.expect_log("cleared a dead immichfs mount", logger="immichfs.cli.preflight")
 @pytest.mark.fuse
 def test_a_dead_immichfs_mount_is_cleared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # what a killed immichfs leaves behind: the next mount must not need `umount -l`
@@ -292,6 +294,7 @@ def test_bad_options_fail_with_one_line(options: list[str], message: str) -> Non
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.expect_log("ignoring unknown mount option bogus", logger="immichfs.cli.mounthelper")
 def test_sloppy_drops_unknown_options(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="immichfs.cli.mounthelper"):
         assert mounthelper.option_flags(["bogus", "allow_other"], sloppy=True) == ["--allow-other"]

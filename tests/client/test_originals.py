@@ -422,6 +422,7 @@ async def test_tls_with_custom_ca_and_insecure(nursery: trio.Nursery, tmp_path: 
             await fill(client, "abc", 7, 70)
 
 
+@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
 async def test_reader_resumes_cut_downloads_at_the_exact_offset(
     fake_immich: Any, fake_library: Any
 ) -> None:

@@ -22,6 +22,8 @@ from immichfs.logs import register_secret
 from immichfs_fake import FakeImmich
 
 FAST = RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05, budget=5.0)
+#: from the fourth try on, retries are logged as warnings
+RETRIES_WARN = pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
 
 
 class Recorder:
@@ -116,6 +118,7 @@ def test_what_is_retried() -> None:
 # -- call() under the autojump clock ------------------------------------------------
 
 
+@RETRIES_WARN
 async def test_call_retries_transient_failures_with_growing_pauses(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -132,6 +135,7 @@ async def test_call_retries_transient_failures_with_growing_pauses(
     assert calls[-1] - calls[0] == pytest.approx(7.0)
 
 
+@RETRIES_WARN
 async def test_jitter_is_a_fraction_of_the_ceiling(autojump_clock: trio.testing.MockClock) -> None:
     _, fn = failing(*[errors.ConnectError("refused")] * 3)
     sleep = Recorder()
@@ -195,6 +199,7 @@ async def test_retry_after_is_capped_by_the_remaining_budget(
     assert trio.current_time() - calls[0] == pytest.approx(3.0)
 
 
+@RETRIES_WARN
 async def test_budget_bounds_the_total_time(autojump_clock: trio.testing.MockClock) -> None:
     calls: list[float] = []
 
@@ -222,6 +227,7 @@ async def test_disabled_policy_tries_once(autojump_clock: trio.testing.MockClock
     assert len(calls) == 1
 
 
+@RETRIES_WARN
 async def test_cancellation_is_never_swallowed(autojump_clock: trio.testing.MockClock) -> None:
     calls, fn = failing(*[errors.ConnectError("refused")] * 100)
     with trio.move_on_after(5) as scope:
@@ -230,6 +236,7 @@ async def test_cancellation_is_never_swallowed(autojump_clock: trio.testing.Mock
     assert 1 < len(calls) < 100
 
 
+@RETRIES_WARN
 async def test_log_level_rises_and_the_key_never_shows(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -391,6 +398,7 @@ async def test_final_errors_mid_stream_are_raised_with_the_bytes_so_far_right(
     assert len(flaky.requests) == 2
 
 
+@RETRIES_WARN
 async def test_gives_up_when_no_progress_is_made(autojump_clock: trio.testing.MockClock) -> None:
     flaky = Flaky(DATA, *[("cut", 0)] * 50)
     policy = RetryPolicy(attempts=4, base_delay=0.5, max_delay=1, budget=30)
@@ -407,6 +415,7 @@ async def test_progress_renews_the_tries(autojump_clock: trio.testing.MockClock)
     assert [r[0] for r in flaky.requests] == list(range(0, 10_000, 1000))
 
 
+@RETRIES_WARN
 async def test_budget_bounds_a_stream_without_progress(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -468,6 +477,7 @@ async def test_resuming_over_http_survives_cuts_and_truncation(fake_immich: Fake
         assert sent <= len(content) - 1000 + 2 * 5000 + 3000
 
 
+@RETRIES_WARN
 async def test_resuming_over_http_rides_out_5xx_and_429(fake_immich: FakeImmich) -> None:
     asset_id, content = asset(fake_immich)
     path = f"/api/assets/{asset_id}/original"
@@ -503,6 +513,7 @@ async def test_resuming_over_http_gives_up_on_500_and_on_200_for_a_range(
             await collect(fetch, 100, 999, asset_id)
 
 
+@RETRIES_WARN
 async def test_resuming_over_http_fails_within_the_budget_when_the_server_is_gone(
     fake_immich: FakeImmich,
 ) -> None:
@@ -523,6 +534,7 @@ async def test_resuming_over_http_fails_within_the_budget_when_the_server_is_gon
 # -- the connector's own retries over real HTTP --------------------------------------
 
 
+@RETRIES_WARN
 async def test_connector_retries_idempotent_calls(fake_immich: FakeImmich) -> None:
     async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=FAST) as immich:
         fake_immich.faults.fail(502, times=1, path="/api/server/version")
@@ -565,6 +577,7 @@ async def test_connector_does_not_retry_final_errors(fake_immich: FakeImmich) ->
         assert len(fake_immich.requests.select("GET", "/api/tags")) == 2
 
 
+@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry", optional=True)
 async def test_connector_retries_are_bounded_by_the_budget(fake_immich: FakeImmich) -> None:
     policy = RetryPolicy(attempts=100, base_delay=0.1, max_delay=0.3, budget=1.5)
     async with ImmichConnector(

@@ -216,6 +216,7 @@ API_REQUESTS = [
 ]
 
 
+@pytest.mark.expect_log("Immich is not configured", logger="immichfs.gateway.serve")
 async def test_unconfigured_gateway_answers_503_naming_the_variables() -> None:
     app = build_gateway(options.load_settings({}, env={}, config_path=None))
     assert app.connector is None
@@ -230,6 +231,10 @@ async def test_unconfigured_gateway_answers_503_naming_the_variables() -> None:
             assert body["variables"] == ["IMMICH_URL", "IMMICH_API_KEY", "IMMICH_API_KEY_FILE"]
 
 
+@pytest.mark.expect_log(
+    "Immich is not configured correctly: IMMICH_URL .* has no scheme",
+    logger="immichfs.gateway.serve",
+)
 async def test_malformed_url_is_503_naming_it() -> None:
     settings = options.load_settings(
         {}, env={"IMMICH_URL": "immich.local:2283", "IMMICH_API_KEY": "k" * 40}
@@ -256,6 +261,7 @@ async def test_dead_upstream_is_502() -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
+@pytest.mark.expect_log("Immich is not configured", logger="immichfs.gateway.serve")
 async def test_unknown_paths_and_methods() -> None:
     app = build_gateway(options.load_settings({}, env={}))
     async with running(app) as base, httpx.AsyncClient(base_url=base) as client:
@@ -606,6 +612,7 @@ async def test_token_is_required_when_set(fake_immich: Any) -> None:
         assert (await client.get("/healthz")).status_code == 200  # liveness probes need none
 
 
+@pytest.mark.expect_log("download of asset .* broke off", logger="immichfs.gateway.app")
 async def test_broken_upstream_mid_file_never_completes_the_body(
     client: httpx.AsyncClient, fake_library: Any, fake_immich: Any
 ) -> None:

@@ -73,6 +73,7 @@ def exception_text(exc: BaseException) -> str:
 # -- the key in logs and exceptions, connector level ---------------------------------
 
 
+@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
 async def test_a_debug_session_never_shows_the_key(
     fake_library: FakeLibrary, raw_log: RawRecords, tmp_path: Path
 ) -> None:
@@ -184,6 +185,7 @@ async def test_the_key_goes_only_to_the_servers_origin(fake_library: FakeLibrary
 # -- key files --------------------------------------------------------------------------
 
 
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.options")
 @pytest.mark.parametrize("mode", [0o640, 0o644, 0o604, 0o660])
 def test_a_key_file_others_can_read_gets_a_warning(
     tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture

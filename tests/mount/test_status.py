@@ -159,6 +159,11 @@ async def read_all(operations: Operations, inode: int) -> tuple[pyfuse3.FileInfo
     return info, data
 
 
+@pytest.mark.expect_log(
+    "opendir: access denied: the API key was rejected",
+    level="ERROR",
+    logger="immichfs.fuse.operations",
+)
 async def test_status_through_the_handlers(
     ops: tuple[Operations, Replies], fake_immich: Any
 ) -> None:

@@ -287,15 +287,26 @@ async def test_xattrs(ops: tuple[Operations, Replies]) -> None:
 # -- the errno guard, with a tree that fails on purpose
 
 
+def logged(level: str, message: str) -> pytest.MarkDecorator:
+    """The guard's log line for a failed lookup."""
+    return pytest.mark.expect_log(
+        f"^lookup: {message}$", level=level, logger="immichfs.fuse.operations"
+    )
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
         (NotFound("gone"), errno.ENOENT),
-        (StaleAsset("changed"), errno.ESTALE),
-        (AuthenticationError("revoked", status=401), errno.EACCES),
-        (ServerError("502", status=502), errno.EIO),
-        (RuntimeError("a bug"), errno.EIO),
-        (KeyError("a bug"), errno.EIO),
+        pytest.param(StaleAsset("changed"), errno.ESTALE, marks=logged("WARNING", "changed")),
+        pytest.param(
+            AuthenticationError("revoked", status=401),
+            errno.EACCES,
+            marks=logged("ERROR", "access denied: revoked"),
+        ),
+        pytest.param(ServerError("502", status=502), errno.EIO, marks=logged("ERROR", "502")),
+        pytest.param(RuntimeError("a bug"), errno.EIO, marks=logged("ERROR", "unexpected error")),
+        pytest.param(KeyError("a bug"), errno.EIO, marks=logged("ERROR", "unexpected error")),
     ],
 )
 async def test_errors_become_errno(
@@ -337,6 +348,7 @@ async def test_cancellation_is_not_swallowed(
     assert scope.cancelled_caught
 
 
+@pytest.mark.expect_log(r"kernel forgot inode \d+ 3 times but held 0", logger="immichfs.vfs.inodes")
 async def test_forget_never_raises(ops: tuple[Operations, Replies]) -> None:
     operations, _ = ops
     await operations.forget([(424242, 3)])

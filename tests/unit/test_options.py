@@ -191,6 +191,7 @@ def test_bad_key_file(tmp_path: Path, content: str | None, message: str) -> None
         load_settings(parse("--api-key-file", str(key_file)), env={})
 
 
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.options")
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_readable_key_file_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
@@ -212,6 +213,7 @@ def test_private_key_file_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptur
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.options")
 def test_key_in_readable_config_file_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
