@@ -410,16 +410,22 @@ def test_a_quiet_library_is_not_listed_again(mutable_immich: Any, tmp_path: Path
     args = ("--listing-ttl", "2", "--refresh-interval", "0.5", "--kernel-ttl", "0.2")
     with mount_of(mutable_immich, tmp_path, *args) as (mountpoint, process):
 
+        def status() -> Any:
+            return json.loads((mountpoint / ".immichfs" / "status").read_bytes())
+
         def listing_loads() -> int:
-            status = json.loads((mountpoint / ".immichfs" / "status").read_bytes())
-            return int(status["cache"]["listings"]["loads"])
+            return int(status()["cache"]["listings"]["loads"])
+
+        def cycles_while_unchanged() -> int:
+            assert set(os.listdir(photos)) == names
+            return int(status()["refresh"]["cycles"])
 
         photos = mountpoint / "photos"
         names = set(os.listdir(photos))
         loads = listing_loads()
-        for _ in range(8):  # 4 s: twice the listing's time to live
-            time.sleep(0.5)
-            assert set(os.listdir(photos)) == names
+        # eight refresh cycles, 0.5 s apart: twice the listing's time to live
+        start = cycles_while_unchanged()
+        poll(cycles_while_unchanged, until=lambda cycles: cycles >= start + 8)
         assert listing_loads() == loads
         victim = next(
             name
