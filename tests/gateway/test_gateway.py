@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 import trio
+from mountutil import clean_env
 from netutil import free_port
 
 from immichfs import options
@@ -704,12 +705,7 @@ def test_serve_streams_a_large_file_with_bounded_memory(
 ) -> None:
     """The real ``immichfs serve`` process: 200 MiB through it, its RSS barely moves."""
     asset = by_name(big_library, "large-video.mp4")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("IMMICH_", "IMMICHFS_"))
-    }
-    env.update(IMMICH_URL=big_immich.url, IMMICH_API_KEY=big_immich.api_key)
+    env = clean_env(IMMICH_URL=big_immich.url, IMMICH_API_KEY=big_immich.api_key)
     env["IMMICHFS_GATEWAY_TOKEN"] = TOKEN
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:
@@ -827,7 +823,7 @@ def test_serve_on_a_busy_port_fails_with_one_line() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH_", "IMMICHFS_"))}
+        env = clean_env()
         result = subprocess.run(
             [
                 sys.executable,

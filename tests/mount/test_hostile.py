@@ -26,6 +26,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from mountutil import MountProcess
 from netutil import Proxy
 
 from immichfs import errors
@@ -482,8 +483,6 @@ async def test_a_corrupt_or_unknown_encoding_is_an_error() -> None:
 def test_hostile_names_on_a_real_mount(
     hostile_library: tuple[FakeLibrary, list[str]], tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     library, ids = hostile_library
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -521,8 +520,6 @@ def test_hostile_names_on_a_real_mount(
 def test_a_url_with_a_path_prefix_on_a_real_mount(
     fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     photo = fake_library.find("Kinkaku-ji.jpg")
     video = max(
         (a for a in fake_library.assets.values() if a.type == "VIDEO"), key=lambda a: a.size

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mountutil import MountProcess, clean_env
 from netutil import Proxy
 
 from immichfs import errors
@@ -222,9 +223,8 @@ def test_the_cli_warns_about_a_readable_key_file(fake_library: FakeLibrary, tmp_
     key_file = tmp_path / "immich.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o644)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
     with FakeImmich(fake_library, api_key=KEY) as server:
-        env.update(IMMICH_URL=server.url, IMMICH_API_KEY_FILE=str(key_file))
+        env = clean_env(IMMICH_URL=server.url, IMMICH_API_KEY_FILE=str(key_file))
         result = subprocess.run(
             [sys.executable, "-m", "immichfs", "check"],
             env=env,
@@ -393,8 +393,6 @@ def _proc_text(pid: int, name: str) -> str:
 def test_a_debug_mount_session_never_shows_the_key(
     fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     key_file = tmp_path / "immich.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
@@ -459,15 +457,9 @@ def test_a_debug_mount_session_never_shows_the_key(
 def test_a_tls_mount_checks_the_certificate(
     tls_immich: Proxy, certificates: Certificates, fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("IMMICH")},
-        "IMMICH_URL": tls_immich.url,
-        "IMMICH_API_KEY": KEY,
-    }
+    env = clean_env(IMMICH_URL=tls_immich.url, IMMICH_API_KEY=KEY)
     # an untrusted certificate: one clear line, nothing mounted
     result = subprocess.run(
         [sys.executable, "-m", "immichfs", "mount", "--foreground", str(mountpoint)],
