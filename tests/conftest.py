@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from immichfs.client.connector import ImmichConnector
-from immichfs.logs import RedactingFilter
 from immichfs_fake import FakeImmich, FakeLibrary
 
 if TYPE_CHECKING:  # only the tests that call the handlers import pyfuse3
@@ -188,18 +187,22 @@ _passed = pytest.StashKey[bool]()
 
 
 @pytest.fixture(autouse=True)
-def isolated_logging() -> Iterator[None]:
-    """Undoes what a command run in-process (``main([...])``) did to logging: its
-    handler (which would outlive the test's captured stderr) and its levels."""
-    root, noisy = logging.getLogger(), logging.getLogger("httpx")
-    handlers, levels = list(root.handlers), (root.level, noisy.level)
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers and any(isinstance(f, RedactingFilter) for f in handler.filters):
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(levels[0])
-    noisy.setLevel(levels[1])
+def _restore_logging() -> Iterator[None]:
+    """A command run in-process (``main([...])``) sets up logging for a process: it
+    replaces the root handlers (pytest's capture among them). Put them back."""
+    root, httpx = logging.getLogger(), logging.getLogger("httpx")
+    handlers, levels = list(root.handlers), (root.level, httpx.level)
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(levels[0])
+        httpx.setLevel(levels[1])  # quietened by setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -258,23 +261,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason=f"cannot mount FUSE here: {reason}")
         for item in needs_fuse:
             item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """A command run in-process (``main([...])``) sets up logging for a process: it
-    replaces the root handlers (pytest's capture among them). Put them back."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)

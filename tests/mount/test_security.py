@@ -31,8 +31,9 @@ from netutil import Proxy
 
 from immichfs import errors
 from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
+from immichfs.client.http import read_key_file
 from immichfs.client.retry import RetryPolicy
-from immichfs.options import Settings, load_settings, read_key_file
+from immichfs.options import Settings, load_settings
 from immichfs_fake import FakeImmich, FakeLibrary
 
 #: a key that is easy to find anywhere it leaks
