@@ -187,7 +187,7 @@ async def test_the_key_goes_only_to_the_servers_origin(fake_library: FakeLibrary
 # -- key files --------------------------------------------------------------------------
 
 
-@pytest.mark.expect_log("is readable by group or others", logger="immichfs.options")
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.client.http")
 @pytest.mark.parametrize("mode", [0o640, 0o644, 0o604, 0o660])
 def test_a_key_file_others_can_read_gets_a_warning(
     tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
