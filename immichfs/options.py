@@ -141,6 +141,15 @@ OPTIONS: tuple[Option, ...] = (
         group="mount",
     ),
     Option(
+        "nonempty",
+        bool,
+        False,
+        "mount over a directory that has files in it (they are hidden until unmounted); "
+        "without it such a mount is refused",
+        "IMMICHFS_NONEMPTY",
+        group="mount",
+    ),
+    Option(
         "show_trash",
         bool,
         False,
@@ -302,6 +311,7 @@ class Settings:
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
+    nonempty: bool = False
     show_trash: bool = False
     hide_unnamed_people: bool = False
     by_date_days: bool = False
