@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 #: bytes of the large sample video in the demo library
 DEMO_LARGE_VIDEO_BYTES = 300 * 1024 * 1024
-#: the library's seed: `immichfs fake-server`'s default, so both serve the same library
+#: the library's seed, `immichfs fake-server`'s default: the key is the one it prints
 DEMO_SEED = 0
 
 

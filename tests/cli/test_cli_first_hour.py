@@ -55,3 +55,10 @@ def test_no_url_suggests_the_demo_mount(tmp_path: os.PathLike[str]) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("immichfs mount: IMMICH_URL is not set")
     assert "immichfs mount --demo MOUNTPOINT" in lines[0]
+
+
+def test_an_unknown_command_is_still_an_argparse_error() -> None:
+    # only SOURCE MOUNTPOINT -o ... is taken as mount.fuse3's call, not any typo
+    result = immichfs("mout", "/mnt/immich")
+    assert result.returncode == 2
+    assert "invalid choice: 'mout'" in result.stderr
