@@ -306,7 +306,6 @@ def test_readme_search_example_lists_what_it_shows_and_the_gateway_finds(
     assert listed_ids(directory) == search_ids(gateway, query)
 
 
-@pytest.mark.xfail(strict=True, reason="search semantics unified in the catalog")
 @pytest.mark.parametrize("query", ["kyoto", "beach"])
 def test_search_directory_lists_what_the_gateway_finds(
     demo: tuple[Path, str], gateway: str, query: str
