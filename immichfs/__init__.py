@@ -40,6 +40,7 @@ from immichfs.errors import (
     StaleAsset,
     TransientError,
     TruncatedBody,
+    Unreachable,
     UnsupportedVersion,
     UserError,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "StaleAsset",
     "TransientError",
     "TruncatedBody",
+    "Unreachable",
     "UnsupportedVersion",
     "UserError",
     "__version__",

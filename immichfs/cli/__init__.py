@@ -65,6 +65,11 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS:
+        from immichfs.cli import mounthelper
+
+        if mounthelper.looks_like_mount_call(argv):
+            return mounthelper.main(argv)
     parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)

@@ -127,12 +127,17 @@ def _clear_dead_immichfs_mount(path: str, mountinfo: Path) -> bool:
 
 
 def check_mountpoint(
-    mountpoint: str | os.PathLike[str], mountinfo: Path = kernel.MOUNTINFO
+    mountpoint: str | os.PathLike[str],
+    mountinfo: Path = kernel.MOUNTINFO,
+    *,
+    nonempty: bool = False,
 ) -> None:
-    """The mount point is an existing directory and not a dead FUSE mount.
+    """The mount point is an existing, empty directory and not already an immichfs mount.
 
     A dead mount that an earlier immichfs left behind is cleared, so a mount
-    after a crash needs no `umount -l` by hand.
+    after a crash needs no `umount -l` by hand. A live immichfs mount is refused
+    whatever ``nonempty`` says: a second one would stack on it, and the first
+    ``fusermount3 -u`` would uncover the older one instead of unmounting.
     """
     path = os.fspath(mountpoint)
     try:
@@ -150,6 +155,23 @@ def check_mountpoint(
             ) from None
     if not os.path.isdir(path):
         raise UserError(f"mount point {path} is not a directory")
+    entry = kernel.mount_at(path, mountinfo)
+    if entry is not None and entry.fstype == kernel.FSTYPE:
+        raise UserError(
+            f"{path} is already an immichfs mount ({entry.source}): "
+            f"unmount it first with fusermount3 -u {path}"
+        )
+    if not nonempty:
+        try:
+            with os.scandir(path) as entries:
+                occupied = next(entries, None) is not None
+        except OSError as exc:
+            raise UserError(f"mount point {path}: {exc.strerror}") from None
+        if occupied:
+            raise UserError(
+                f"mount point {path} is not empty: its files would be hidden while mounted; "
+                "use an empty directory, or --nonempty to cover it anyway"
+            )
 
 
 def check_all(
@@ -158,10 +180,11 @@ def check_all(
     path: str | None = None,
     device: str = FUSE_DEVICE,
     container: bool | None = None,
+    nonempty: bool = False,
 ) -> None:
     """Every check, in the order a user would fix them."""
     check_fusermount(path)
     check_device(device, container=container)
     check_capability(container=container)
     if mountpoint is not None:
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, nonempty=nonempty)

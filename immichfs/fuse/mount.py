@@ -2,7 +2,7 @@
 
 :func:`build_mount` wires, explicitly and once, the tree and its views (built by
 :func:`immichfs.compose.build_tree`, as for ``immich://``), the FUSE adapter, the
-refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,
+refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs:HOST[:PORT],
 subtype=immichfs,ro,default_permissions`` (plus ``allow_other`` only when asked), serves until
 SIGINT/SIGTERM or ``fusermount3 -u``, and runs ``pyfuse3.close(unmount=True)``
 in ``finally`` whatever happened, so a crash never leaves a dead mount
@@ -19,6 +19,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -65,8 +66,16 @@ class MountPlan:
     demo: bool = False
     debug_fuse: bool = False
 
+    @property
+    def source(self) -> str:
+        """The mount's source as ``mount`` shows it: ``immichfs:HOST[:PORT]`` names the
+        server, and (unlike a bare ``immichfs``) never names a path util-linux resolves."""
+        netloc = urlsplit(self.settings.url or "").netloc
+        # fuse options are comma-separated and libfuse takes a backslash as an escape
+        return "immichfs:" + netloc.replace("\\", "").replace(",", "")
+
     def fuse_options(self) -> set[str]:
-        flags = {"fsname=immichfs", "subtype=immichfs", "ro", "default_permissions"}
+        flags = {f"fsname={self.source}", "subtype=immichfs", "ro", "default_permissions"}
         if self.settings.allow_other:
             flags.add("allow_other")
         if self.debug_fuse:
