@@ -12,13 +12,22 @@
 # See docs/OPERATIONS.md, "Containers". Settings: the IMMICH_* / IMMICHFS_* variables of the
 # options table, or a config file mounted at /etc/immichfs/config.toml.
 
+# -- the dependency list alone: its layers stay cached while only the sources or the
+# rest of pyproject.toml change (compiling pyfuse3 is most of the build time)
+FROM python:3.11-slim-bookworm AS requirements
+COPY pyproject.toml /src/pyproject.toml
+RUN python -c 'import tomllib; print(*tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+        > /requirements.txt
+
 # -- build stage: pyfuse3 compiles against libfuse3 (no binary wheels on PyPI)
 FROM python:3.11-slim-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev libfuse3-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
+COPY --from=requirements /requirements.txt /requirements.txt
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /requirements.txt
 COPY . /src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels /src
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src
 
 # -- runtime stage: the fuse3 package brings libfuse3 and fusermount3, nothing to compile
 FROM python:3.11-slim-bookworm

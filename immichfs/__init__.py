@@ -41,6 +41,7 @@ from immichfs.errors import (
     StaleAsset,
     TransientError,
     TruncatedBody,
+    Unreachable,
     UnsupportedVersion,
     UserError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "StaleAsset",
     "TransientError",
     "TruncatedBody",
+    "Unreachable",
     "UnsupportedVersion",
     "UserError",
     "__version__",

@@ -62,6 +62,11 @@ class ConnectError(TransientError):
     """No connection could be made: the server is down or the URL is wrong."""
 
 
+class Unreachable(ConnectError):
+    """Not even a connection could be opened (refused, no route): the server is down or
+    the URL is wrong, unlike a connection that broke on the way."""
+
+
 class RequestTimeout(TransientError):
     """The server did not answer within the configured timeout."""
 

@@ -27,13 +27,20 @@ EXIF_FIELDS = ("make", "model", "orientation", "latitude", "longitude")
 _DURATION = re.compile(r"^(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d+)?)$")
 
 
-def parse_instant(value: Any) -> datetime | None:
-    """An ISO-8601 instant from Immich as an aware UTC datetime (None if absent/bad)."""
+def _iso(value: Any) -> datetime | None:
+    """``datetime.fromisoformat`` of a non-empty string; None for anything else."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return datetime.fromisoformat(value)
     except ValueError:
+        return None
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """An ISO-8601 instant from Immich as an aware UTC datetime (None if absent/bad)."""
+    parsed = _iso(value)
+    if parsed is None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
@@ -50,13 +57,8 @@ def parse_local(value: Any) -> datetime | None:
 
     The Y/M/D h:m:s are taken literally (naive datetime), never converted.
     """
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=None)
+    parsed = _iso(value)
+    return parsed.replace(tzinfo=None) if parsed is not None else None
 
 
 def parse_duration_ms(value: Any) -> int | None:

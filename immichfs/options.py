@@ -141,6 +141,15 @@ OPTIONS: tuple[Option, ...] = (
         group="mount",
     ),
     Option(
+        "nonempty",
+        bool,
+        False,
+        "mount over a directory that has files in it (they are hidden until unmounted); "
+        "without it such a mount is refused",
+        "IMMICHFS_NONEMPTY",
+        group="mount",
+    ),
+    Option(
         "show_trash",
         bool,
         False,
@@ -321,6 +330,7 @@ class Settings:
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
+    nonempty: bool = False
     show_trash: bool = False
     hide_unnamed_people: bool = False
     by_date_days: bool = False
@@ -377,9 +387,21 @@ def _convert(option: Option, value: Any, origin: str) -> Any:
     return converted
 
 
+def secret_hint(option: Option) -> str:
+    """Where a secret setting comes from instead of a flag, e.g. ``$IMMICH_API_KEY (the
+    usual way), or a file: --api-key-file / $IMMICH_API_KEY_FILE``."""
+    file_option = _BY_NAME.get(option.name + "_file")
+    hint = f"${option.env}" if option.env else f"{option.name} in the config file"
+    if file_option is not None:
+        hint += f" (the usual way), or a file: {file_option.flag_name} / ${file_option.env}"
+    return hint
+
+
 class _RefuseSecretFlag(argparse.Action):
     """Rejects ``--api-key``: a key on the command line shows in `ps`. Without this,
-    argparse would take ``--api-key KEY`` as an abbreviation of ``--api-key-file``."""
+    argparse would take ``--api-key KEY`` as an abbreviation of ``--api-key-file``.
+    The refusal is its one sentence (exit status 2), not argparse's usage block: the
+    flags are not what went wrong."""
 
     def __call__(
         self,
@@ -389,12 +411,10 @@ class _RefuseSecretFlag(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         option = _BY_NAME[self.dest.removeprefix("_refused_")]
-        file_option = _BY_NAME.get(option.name + "_file")
-        instead = f"${option.env}"
-        if file_option is not None:
-            instead += f" or a file ({file_option.flag_name})"
-        parser.error(
-            f"{option_string} is not accepted: command lines are visible in `ps`; use {instead}"
+        parser.exit(
+            2,
+            f"{parser.prog}: {option_string} is not accepted: command lines are visible in "
+            f"`ps`; use {secret_hint(option)}\n",
         )
 
 
@@ -407,10 +427,12 @@ def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[str] | None 
         help="TOML config file (default: ~/.config/immichfs/config.toml, then "
         "/etc/immichfs/config.toml)",
     )
+    secrets = []
     for option in OPTIONS:
         if groups is not None and option.group not in groups:
             continue
         if not option.flag:
+            secrets.append(option)
             parser.add_argument(
                 option.flag_name,
                 nargs="?",
@@ -436,6 +458,11 @@ def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[str] | None 
                 metavar=option.kind.__name__.upper(),
                 help=f"{option.help}{default}{env}",
             )
+    if secrets:
+        # --help must name where the secrets go, since they have no flag to show
+        where = "; ".join(f"{option.name} from {secret_hint(option)}" for option in secrets)
+        note = f"Secrets are never flags (`ps` shows command lines): {where}."
+        parser.epilog = f"{parser.epilog} {note}" if parser.epilog else note
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

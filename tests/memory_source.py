@@ -8,7 +8,8 @@ follows Immich's for the filters the catalog sends (``type``, ``visibility``,
 ``tagIds``, ``takenAfter``/``takenBefore``, ``updatedAfter``, and the text
 fields: file name and description contain the value, case-insensitively;
 city, country, make and model equal it). Every call is counted in ``calls``;
-``gate``, when set, holds every search until it is set.
+``gate``, when set, holds every search until it is set. :class:`Clock` is a
+timer for the caches that moves by hand.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def make_asset(
 
 def _contains(value: Any, part: Any) -> bool:
     return isinstance(value, str) and str(part).casefold() in value.casefold()
+
+
+class Clock:
+    """A cache timer that moves only when a test sets ``now``."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class MemorySource:

@@ -60,6 +60,17 @@ def fuse_unavailable() -> str | None:
     return None
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment for an immichfs command, without the machine's
+    settings (IMMICH* variables, ~/.config/immichfs) or a systemd socket, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "NOTIFY_SOCKET"))}
+    env["HOME"] = "/nonexistent"
+    if "IMMICHFS_CACHE_DIR" in os.environ:  # the test session's (conftest), never ~/.cache
+        env["IMMICHFS_CACHE_DIR"] = os.environ["IMMICHFS_CACHE_DIR"]
+    env.update(extra)
+    return env
+
+
 def unmount(
     mountpoint: str | os.PathLike[str], lazy: bool = False
 ) -> subprocess.CompletedProcess[str]:
@@ -152,3 +163,25 @@ def poll(
             return value
         assert time.monotonic() < deadline, f"still {value!r} after {timeout:g} s"
         time.sleep(every)
+
+
+def stat_past_the_kernel_cache(mountpoint: Path, paths: Sequence[Path]) -> None:
+    """``os.stat`` each path until the stats reach immichfs itself, not the kernel's
+    attribute cache (which answers for ``--kernel-ttl`` seconds after a lookup).
+
+    The mount's status file counts the kernel's lookups and getattrs; a round of
+    stats that raised it by at least ``len(paths)`` reached immichfs (reading the
+    status file itself costs at most three such requests)."""
+    import json
+
+    def attribute_requests() -> int:
+        report = json.loads((mountpoint / ".immichfs" / "status").read_bytes())
+        return int(report["kernel"]["attribute_requests"])
+
+    def one_round() -> int:
+        before = attribute_requests()
+        for path in paths:
+            os.stat(path)
+        return attribute_requests() - before
+
+    poll(one_round, until=lambda reached: reached >= len(paths) > 3)

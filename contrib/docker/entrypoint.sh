@@ -42,6 +42,18 @@ if [ -z "${IMMICH_API_KEY:-}" ] && [ -z "${IMMICH_API_KEY_FILE:-}" ] &&
     IMMICH_API_KEY_FILE="$secrets/immich_api_key"
     export IMMICH_API_KEY_FILE
 fi
+# immichfs would say "IMMICH_API_KEY is not set"; in a container the key belongs in a secret file
+# (an environment variable shows in `docker inspect`). A config file may name the key instead;
+# --demo needs none.
+if [ -z "${IMMICH_API_KEY:-}" ] && [ -z "${IMMICH_API_KEY_FILE:-}" ] &&
+    [ ! -f /etc/immichfs/config.toml ] && [ ! -f "${HOME:-/root}/.config/immichfs/config.toml" ]; then
+    case " $* " in
+        *" --config"* | *" --demo "*) ;;
+        *) fail "no API key: mount it as a secret file at $secrets/immich_api_key" \
+            "(docker run -v /path/to/key:$secrets/immich_api_key:ro, a Compose or Kubernetes" \
+            "secret) or set IMMICH_API_KEY_FILE" ;;
+    esac
+fi
 if [ -n "${IMMICH_API_KEY_FILE:-}" ] && [ ! -r "$IMMICH_API_KEY_FILE" ]; then
     fail "IMMICH_API_KEY_FILE=$IMMICH_API_KEY_FILE cannot be read: mount the key there" \
         "(docker run -v /path/to/key:$IMMICH_API_KEY_FILE:ro, or a Kubernetes secret volume)"

@@ -69,17 +69,33 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS:
+        from immichfs.cli import mounthelper
+
+        if mounthelper.looks_like_mount_call(argv):
+            return mounthelper.main(argv)
     parser = build_parser(_command_of(argv) or "")
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:
         result: int = module.run(args)
-    except KeyboardInterrupt:
-        return 130
-    except UserError as exc:
+    except (KeyboardInterrupt, ImmichfsError, BaseExceptionGroup) as raised:
+        exc = _sole_exception(raised)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if not isinstance(exc, ImmichfsError):
+            raise
         print(f"immichfs {args.command}: {scrub(str(exc))}", file=sys.stderr)
-        return exc.exit_code
-    except ImmichfsError as exc:
-        print(f"immichfs {args.command}: {scrub(str(exc))}", file=sys.stderr)
-        return 1
+        return exc.exit_code if isinstance(exc, UserError) else 1
     return result
+
+
+def _sole_exception(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) groups of one, else ``exc`` itself.
+
+    A trio nursery wraps what its body raises in an exception group, which must
+    not turn a one-line error into a traceback.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -41,16 +41,27 @@ EXIT_CODES: tuple[tuple[type[ImmichfsError], int], ...] = (
     (UnsupportedVersion, 6),
 )
 
-#: what immichfs reads with; a key without one of these makes some part fail
-NEEDED_PERMISSIONS = (
-    "asset.read",
-    "asset.view",
-    "asset.download",
-    "asset.statistics",
-    "album.read",
-    "person.read",
-    "tag.read",
-)
+#: the permissions immichfs reads with -> what a key without it loses, in the mount's
+#: words (`immichfs check` lists the missing ones, `immichfs mount` warns about each)
+PERMISSIONS: dict[str, str] = {
+    "asset.read": "nothing can be listed",
+    "asset.view": "thumbs/ answers 'Permission denied'",
+    "asset.download": "reading a file answers 'Permission denied' (listings and thumbs/ work)",
+    "asset.statistics": "listings are loaded again every listing TTL even while nothing changes",
+    "album.read": "albums/, getfattr -d and .manifest.jsonl answer 'Permission denied'",
+    "person.read": "people/, getfattr -d and .manifest.jsonl answer 'Permission denied'",
+    "tag.read": "tags/, getfattr -d and .manifest.jsonl answer 'Permission denied'",
+}
+#: without it nothing can be listed: the mount refuses such a key
+REQUIRED_PERMISSION = "asset.read"
+ADD_PERMISSION = "add it to the API key in Immich (Account Settings → API Keys)"
+
+
+def missing_permissions(granted: list[str] | None) -> list[str]:
+    """The permissions of :data:`PERMISSIONS` a key lacks ([] when the server does not say)."""
+    if granted is None or "all" in granted:
+        return []
+    return [permission for permission in PERMISSIONS if permission not in granted]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,7 +167,7 @@ def _describe_permissions(permissions: list[str] | None) -> str:
         return "not reported by this server (GET /api/api-keys/me needs Immich v1.139+)"
     if "all" in permissions:
         return "all"
-    missing = [p for p in NEEDED_PERMISSIONS if p not in permissions]
+    missing = missing_permissions(permissions)
     text = ", ".join(sorted(permissions)) or "none"
     if missing:
         text += f" (immichfs also needs: {', '.join(missing)})"

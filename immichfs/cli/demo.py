@@ -22,20 +22,24 @@ log = logging.getLogger(__name__)
 
 #: bytes of the large sample video in the demo library
 DEMO_LARGE_VIDEO_BYTES = 300 * 1024 * 1024
+#: the library's seed, `immichfs fake-server`'s default: the key is the one it prints
+DEMO_SEED = 0
 
 
 @contextmanager
 def demo_server(plan: MountPlan) -> Iterator[MountPlan]:
     """Run the bundled fake Immich in this process; the plan then points at it."""
+    from immichfs_fake.cli import default_key
     from immichfs_fake.library import FakeLibrary
     from immichfs_fake.server import FakeImmich
 
-    library = FakeLibrary.generate(seed=0, large_video_bytes=DEMO_LARGE_VIDEO_BYTES)
+    library = FakeLibrary.generate(seed=DEMO_SEED, large_video_bytes=DEMO_LARGE_VIDEO_BYTES)
     try:
-        # a new server (port, key) each time: what the mount keeps on disk goes with it
+        # the key `immichfs fake-server` prints (and the README shows) for the same library;
+        # a new port each time: what the mount keeps on disk goes with the server
         with (
             tempfile.TemporaryDirectory(prefix="immichfs-demo-cache-") as cache_dir,
-            FakeImmich(library) as server,
+            FakeImmich(library, api_key=default_key(DEMO_SEED)) as server,
         ):
             log.info("demo: fake Immich with %d assets at %s", len(library.assets), server.url)
             settings = replace(

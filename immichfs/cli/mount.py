@@ -21,6 +21,12 @@ import trio
 
 from immichfs import options
 from immichfs.cli import preflight, sdnotify
+from immichfs.cli.check import (
+    ADD_PERMISSION,
+    PERMISSIONS,
+    REQUIRED_PERMISSION,
+    missing_permissions,
+)
 from immichfs.client.connector import ImmichConnector
 from immichfs.errors import UserError
 from immichfs.fuse.mount import (
@@ -37,7 +43,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mountpoint", help="an existing, empty directory")
+    parser.add_argument(
+        "mountpoint", help="an existing, empty directory (--nonempty: or one with files)"
+    )
     options.add_arguments(parser, GROUPS)
     parser.add_argument(
         "-f",
@@ -66,6 +74,20 @@ async def _check_only(settings: options.Settings) -> bool:
                 raise
             log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
             return False
+        missing = missing_permissions(await connector.get_key_permissions())
+    if REQUIRED_PERMISSION in missing:
+        raise UserError(
+            f"the API key lacks {REQUIRED_PERMISSION}: without it "
+            f"{PERMISSIONS[REQUIRED_PERMISSION]}; {ADD_PERMISSION}"
+        )
+    # on stderr before detaching: once detached, the log goes to /dev/null
+    for permission in missing:
+        print(
+            f"immichfs mount: warning: the API key lacks {permission}: "
+            f"{PERMISSIONS[permission]}; {ADD_PERMISSION}",
+            file=sys.stderr,
+            flush=True,
+        )
     return True
 
 
@@ -150,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--kernel-ttl must be more than 0 (1 is the default)", 2)
     # resolved now: once mounted, resolving it would ask this very process
     mountpoint = os.path.realpath(args.mountpoint)
-    preflight.check_all(mountpoint)
+    preflight.check_all(mountpoint, nonempty=settings.nonempty)
     plan = MountPlan(settings, mountpoint, demo=args.demo, debug_fuse=args.debug_fuse)
     if not plan.demo:
         # before forking: a wrong URL or key is one line here and nothing is mounted

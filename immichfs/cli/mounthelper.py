@@ -10,7 +10,9 @@ are ignored. The helper then becomes ``immichfs mount MOUNTPOINT --flags``,
 which returns once the mount is ready, as mount(8) expects.
 
 mount(8) only looks for helpers in /sbin (and /sbin/fs.d, /sbin/fs), so
-``immichfs install-helper`` links this script there.
+``immichfs install-helper`` links this script there. Without it, mount(8) runs
+fuse3's ``mount.fuse3``, which runs ``immichfs SOURCE MOUNTPOINT -o OPTIONS``
+from the standard PATH; the ``immichfs`` command hands that form to :func:`main`.
 """
 
 from __future__ import annotations
@@ -115,6 +117,19 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
             "(SOURCE: server URL, 'immichfs' to use the config file, or 'demo')"
         )
     return Invocation(positional[0], positional[1], options, fake, sloppy, verbose)
+
+
+def looks_like_mount_call(argv: Sequence[str]) -> bool:
+    """Whether ``immichfs ARGV`` is fuse3's ``mount.fuse3`` calling: ``immichfs SOURCE
+    MOUNTPOINT -o OPTIONS`` (what ``mount -t fuse.immichfs`` and fstab lines run when no
+    ``mount.fuse.immichfs`` is installed, as for sshfs)."""
+    if len(argv) < 2 or argv[0].startswith("-") or argv[1].startswith("-"):
+        return False
+    source = argv[0].removeprefix("immichfs#")
+    sourcelike = source.startswith(("http://", "https://")) or (
+        os.path.basename(source) in CONFIG_SOURCES | {"demo"}
+    )
+    return sourcelike or "-o" in argv[2:]
 
 
 def _source_flags(source: str) -> list[str]:

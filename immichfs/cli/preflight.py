@@ -73,6 +73,36 @@ def check_device(device: str = FUSE_DEVICE, *, container: bool | None = None) ->
     os.close(fd)
 
 
+CAP_SYS_ADMIN = 21
+PROC_STATUS = Path("/proc/self/status")
+
+
+def check_capability(*, container: bool | None = None, status: Path = PROC_STATUS) -> None:
+    """CAP_SYS_ADMIN is in the capability bounding set, else nothing here can mount.
+
+    Not even the setuid ``fusermount3`` gains a capability outside that set, so
+    without it libfuse only says "fusermount3: mount failed: Operation not
+    permitted". Containers drop it unless started with ``--cap-add SYS_ADMIN``.
+    """
+    try:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        bounding = int(fields["CapBnd"].strip(), 16)
+    except (OSError, KeyError, ValueError):
+        return  # no procfs to ask: let the mount itself tell
+    if bounding >> CAP_SYS_ADMIN & 1:
+        return
+    container = in_container() if container is None else container
+    if container:
+        raise UserError(
+            "mounting needs the SYS_ADMIN capability, which this container lacks: "
+            f"start it with {CONTAINER_FLAGS}"
+        )
+    raise UserError(
+        "mounting needs CAP_SYS_ADMIN, which this process's capability bounding set lacks "
+        "(a systemd CapabilityBoundingSet= or a sandbox dropped it)"
+    )
+
+
 def _clear_dead_immichfs_mount(path: str, mountinfo: Path) -> bool:
     """Detach a dead mount at ``path`` if an earlier immichfs left it; True if cleared.
 
@@ -97,12 +127,17 @@ def _clear_dead_immichfs_mount(path: str, mountinfo: Path) -> bool:
 
 
 def check_mountpoint(
-    mountpoint: str | os.PathLike[str], mountinfo: Path = kernel.MOUNTINFO
+    mountpoint: str | os.PathLike[str],
+    mountinfo: Path = kernel.MOUNTINFO,
+    *,
+    nonempty: bool = False,
 ) -> None:
-    """The mount point is an existing directory and not a dead FUSE mount.
+    """The mount point is an existing, empty directory and not already an immichfs mount.
 
     A dead mount that an earlier immichfs left behind is cleared, so a mount
-    after a crash needs no `umount -l` by hand.
+    after a crash needs no `umount -l` by hand. A live immichfs mount is refused
+    whatever ``nonempty`` says: a second one would stack on it, and the first
+    ``fusermount3 -u`` would uncover the older one instead of unmounting.
     """
     path = os.fspath(mountpoint)
     try:
@@ -120,6 +155,23 @@ def check_mountpoint(
             ) from None
     if not os.path.isdir(path):
         raise UserError(f"mount point {path} is not a directory")
+    entry = kernel.mount_at(path, mountinfo)
+    if entry is not None and entry.fstype == kernel.FSTYPE:
+        raise UserError(
+            f"{path} is already an immichfs mount ({entry.source}): "
+            f"unmount it first with fusermount3 -u {path}"
+        )
+    if not nonempty:
+        try:
+            with os.scandir(path) as entries:
+                occupied = next(entries, None) is not None
+        except OSError as exc:
+            raise UserError(f"mount point {path}: {exc.strerror}") from None
+        if occupied:
+            raise UserError(
+                f"mount point {path} is not empty: its files would be hidden while mounted; "
+                "use an empty directory, or --nonempty to cover it anyway"
+            )
 
 
 def check_all(
@@ -128,9 +180,11 @@ def check_all(
     path: str | None = None,
     device: str = FUSE_DEVICE,
     container: bool | None = None,
+    nonempty: bool = False,
 ) -> None:
     """Every check, in the order a user would fix them."""
     check_fusermount(path)
     check_device(device, container=container)
+    check_capability(container=container)
     if mountpoint is not None:
-        check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint, nonempty=nonempty)

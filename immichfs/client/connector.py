@@ -67,6 +67,7 @@ from immichfs.errors import (
     ProtocolError,
     RequestTimeout,
     TruncatedBody,
+    Unreachable,
     UnsupportedVersion,
 )
 
@@ -243,7 +244,7 @@ class ImmichConnector:
             if tls is not None:
                 # not transient: the same certificate fails the same way every time
                 raise ImmichError(_tls_message(self.url, tls)) from exc
-            raise ConnectError(
+            raise Unreachable(
                 f"cannot reach {self.url} — is the server running and the URL right? "
                 f"({_os_reason(exc)})"
             ) from exc

@@ -55,7 +55,7 @@ def normalise_url(value: str | None, source: str) -> str:
     if value is None or not value.strip():
         raise ConfigError(
             f"{source} is not set: give the Immich server URL, e.g. http://immich.local:2283 "
-            "(or try the bundled demo server: immichfs fake-server)"
+            "(no server at hand? try the demo library: immichfs mount --demo MOUNTPOINT)"
         )
     url = value.strip()
     if any(ch.isspace() for ch in url) or not url.isprintable():

@@ -59,6 +59,7 @@ from immichfs.errors import (
     RequestTimeout,
     StaleAsset,
     TruncatedBody,
+    Unreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -565,7 +566,7 @@ class RangeGetClient:
             try:
                 tcp = await trio.open_tcp_stream(self._host, self._port)
             except OSError as exc:
-                raise ConnectError(
+                raise Unreachable(
                     f"cannot reach {self.url} — is the server running and the URL right? "
                     f"({exc.strerror or exc})"
                 ) from exc

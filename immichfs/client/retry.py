@@ -41,7 +41,13 @@ from typing import Any, TypeVar
 
 import anyio
 
-from immichfs.errors import ProtocolError, ServerError, TransientError, TruncatedBody
+from immichfs.errors import (
+    ProtocolError,
+    ServerError,
+    TransientError,
+    TruncatedBody,
+    Unreachable,
+)
 from immichfs.logs import scrub
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,7 @@ class RetryPolicy:
       start; ``Retry-After`` is honoured but never beyond it. Defaults to the
       ``retry_budget`` setting's default.
     - ``retry_statuses``: the 5xx statuses worth retrying.
+    - ``retry_unreachable``: whether a refused connection is retried.
     """
 
     attempts: int = 8
@@ -77,6 +84,9 @@ class RetryPolicy:
     max_delay: float = 8.0
     budget: float = 30.0
     retry_statuses: frozenset[int] = field(default=frozenset({502, 503, 504}))
+    #: False: a server that cannot even be connected to fails at once (the gateway
+    #: answers 502 and probes in the background instead of every request waiting)
+    retry_unreachable: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
@@ -95,6 +105,8 @@ class RetryPolicy:
     def retryable(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another try under this policy."""
         if not isinstance(error, TransientError):
+            return False
+        if isinstance(error, Unreachable) and not self.retry_unreachable:
             return False
         if isinstance(error, ServerError):
             return error.status is None or error.status in self.retry_statuses

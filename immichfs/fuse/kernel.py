@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,13 @@ FSTYPE = "fuse.immichfs"
 
 @dataclass(frozen=True)
 class MountEntry:
-    """One line of mountinfo: where, what type, which device (``major:minor``)."""
+    """One line of mountinfo: where, what type, which device (``major:minor``), and the
+    source (``immichfs:HOST:PORT`` for ours)."""
 
     mountpoint: str
     fstype: str
     device: str
+    source: str = field(default="", compare=False)
 
 
 def _unescape(field: str) -> str:
@@ -55,8 +57,9 @@ def mount_entries(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
     for line in text.splitlines():
         fields = line.split(" ")
         try:
-            fstype = fields[fields.index("-") + 1]
-            entries.append(MountEntry(_unescape(fields[4]), fstype, fields[2]))
+            dash = fields.index("-")
+            fstype, source = fields[dash + 1], _unescape(fields[dash + 2])
+            entries.append(MountEntry(_unescape(fields[4]), fstype, fields[2], source))
         except (IndexError, ValueError):
             continue
     return entries

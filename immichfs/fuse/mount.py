@@ -2,7 +2,7 @@
 
 :func:`build_mount` wires, explicitly and once, the tree and its views (built by
 :func:`immichfs.compose.build_tree`, as for ``immich://``), the FUSE adapter, the
-refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs,
+refresh task and the status file; :func:`serve` mounts with ``fsname=immichfs:HOST[:PORT],
 subtype=immichfs,ro,default_permissions`` (plus ``allow_other`` only when asked), serves until
 SIGINT/SIGTERM or ``fusermount3 -u``, and runs ``pyfuse3.close(unmount=True)``
 in ``finally`` whatever happened, so a crash never leaves a dead mount
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -81,8 +82,16 @@ class MountPlan:
     #: (it has said so; the mount does not check the server again)
     offline: bool = False
 
+    @property
+    def source(self) -> str:
+        """The mount's source as ``mount`` shows it: ``immichfs:HOST[:PORT]`` names the
+        server, and (unlike a bare ``immichfs``) never names a path util-linux resolves."""
+        netloc = urlsplit(self.settings.url or "").netloc
+        # fuse options are comma-separated and libfuse takes a backslash as an escape
+        return "immichfs:" + netloc.replace("\\", "").replace(",", "")
+
     def fuse_options(self) -> set[str]:
-        flags = {"fsname=immichfs", "subtype=immichfs", "ro", "default_permissions"}
+        flags = {f"fsname={self.source}", "subtype=immichfs", "ro", "default_permissions"}
         if self.settings.allow_other:
             flags.add("allow_other")
         if self.debug_fuse:

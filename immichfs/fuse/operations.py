@@ -171,6 +171,8 @@ class Operations(pyfuse3.Operations):
         self.error_causes: Counter[str] = Counter()
         #: inodes whose kernel caches were invalidated (after a refresh)
         self.invalidations = 0
+        #: lookups and getattrs the kernel sent (its attribute cache missed)
+        self.attribute_requests = 0
         #: readdir's finished entries per listed directory, bounded in entries
         self._ready: LRUCache[Key, _ReadyEntries] = LRUCache(
             maxsize=ready_entries, getsizeof=lambda ready: max(1, len(ready.entries))
@@ -271,6 +273,7 @@ class Operations(pyfuse3.Operations):
         if len(name) > MAX_NAME_BYTES:
             # FUSE passes names up to 1024 bytes; none of ours is longer than 255
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        self.attribute_requests += 1
         directory = await self._directory(parent_inode)
         node: Node
         if name == b".":
@@ -298,6 +301,7 @@ class Operations(pyfuse3.Operations):
 
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self.attribute_requests += 1
         node = await self._node(inode)
         return self._entry(inode, await self.tree.attributes(node))
 
@@ -568,6 +572,7 @@ class Operations(pyfuse3.Operations):
             "errors": dict(self.errors),
             "error_causes": dict(self.error_causes),
             "invalidations": self.invalidations,
+            "attribute_requests": self.attribute_requests,
             "cache": self.tree.cache.statistics(),
             "reader": self.tree.readers.statistics(),
         }

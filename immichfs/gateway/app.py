@@ -119,6 +119,68 @@ def upstream_error(exc: errors.ImmichError, needs: str | None = None) -> HTTPErr
     return HTTPError(502, "upstream_error", text or f"Immich failed ({type(exc).__name__})")
 
 
+class Outage:
+    """Whether Immich is known to be unreachable, and the background probe that ends it.
+
+    Without it, every request during an outage waits out the retries (seconds)
+    before its 502, and logs a line per retry. Once a request (or the start-up
+    check) could not connect, requests get their 502 at once until :meth:`watch`
+    sees Immich answer again: one WARNING when an outage starts, one INFO when it
+    ends. Nothing begins while no :meth:`watch` runs (nothing could end it).
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[object]],
+        *,
+        interval: float = 0.5,
+        max_interval: float = 5.0,
+    ) -> None:
+        self._probe = probe
+        self.interval = interval
+        self.max_interval = max_interval
+        #: the error that began the outage; None while Immich is thought reachable
+        self.cause: errors.ImmichError | None = None
+        self._began_at = 0.0
+        self._begun = trio.Event()
+        self._watching = False
+
+    def begin(self, exc: errors.ImmichError) -> None:
+        if self.cause is not None or not self._watching:
+            return
+        self.cause = exc
+        self._began_at = trio.current_time()
+        log.warning("%s; answering 502 at once until it answers again", scrub(str(exc)).rstrip("."))
+        self._begun.set()
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe Immich while an outage lasts (backing off to ``max_interval``); end it."""
+        self._watching = True
+        task_status.started()
+        try:
+            while True:
+                await self._begun.wait()
+                delay = self.interval
+                while True:
+                    await trio.sleep(delay)
+                    try:
+                        await self._probe()
+                    except errors.Unreachable:
+                        delay = min(delay * 2, self.max_interval)
+                        continue
+                    except errors.ImmichError:
+                        pass  # it answered, even if with an error: reachable again
+                    break
+                log.info(
+                    "Immich answers again (after %.0f s); passing requests on",
+                    trio.current_time() - self._began_at,
+                )
+                self.cause = None
+                self._begun = trio.Event()
+        finally:
+            self._watching = False
+
+
 # -- request parsing ---------------------------------------------------------------------
 
 
@@ -413,6 +475,8 @@ class Gateway:
             "(or IMMICH_API_KEY_FILE) and restart the gateway"
         )
         self.missing = list(missing)
+        #: run ``outage.watch()`` beside the server (``immichfs.gateway.serve`` does)
+        self.outage = Outage(connector.get_server_version if connector else _nothing)
         self.downloads_active = 0
         self.downloads_cancelled = 0
         asset = r"^/api/immich/assets/(?P<asset_id>[^/]+)"
@@ -512,9 +576,13 @@ class Gateway:
             params = match.groupdict()
             if "asset_id" in params and not _UUID.match(params["asset_id"]):
                 raise bad_request("assetId", "must be an Immich asset id (a UUID)")
+            if self.outage.cause is not None:
+                raise upstream_error(self.outage.cause, needs)
             try:
                 await handler(exchange, params)
             except errors.ImmichError as exc:
+                if isinstance(exc, errors.Unreachable):
+                    self.outage.begin(exc)
                 raise upstream_error(exc, needs) from None
             return
         raise HTTPError(404, "not_found", f"no endpoint {path}; the API lives under {PREFIX}/")
@@ -733,3 +801,7 @@ def _method_not_allowed(allowed: str) -> HTTPError:
 def _file_name(info: Mapping[str, Any], asset_id: str) -> str:
     name = info.get("originalFileName")
     return name if isinstance(name, str) and name else asset_id
+
+
+async def _nothing() -> None:
+    """The probe of a gateway without Immich: there is nothing to wait for."""

@@ -13,14 +13,14 @@ import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from functools import partial
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from immichfs import options
 from immichfs.client.http import normalise_url
-from immichfs.errors import ConfigError, ImmichError
+from immichfs.errors import ConfigError, ImmichError, Unreachable
 from immichfs.gateway.app import Gateway
 from immichfs.logs import register_secret, scrub
 
@@ -62,8 +62,14 @@ def build_gateway(settings: options.Settings) -> Gateway:
     except ConfigError as exc:
         return _misconfigured(str(exc), URL_VARIABLES, token)
     try:
-        # a gateway client waits at most one timeout plus the retry budget
-        connector = ImmichConnector(config=options.client_config(settings))
+        # a gateway client waits at most one timeout plus the retry budget; a server
+        # that refuses connections is not retried: the app's outage watch answers 502
+        # at once and probes in the background instead
+        client = options.client_config(settings)
+        if client.retry_policy is not None:
+            policy = replace(client.retry_policy, retry_unreachable=False)
+            client = replace(client, retry_policy=policy)
+        connector = ImmichConnector(config=client)
     except ConfigError as exc:
         return _misconfigured(str(exc), KEY_VARIABLES, token)
     return Gateway(connector, token=token)
@@ -121,10 +127,12 @@ async def _until_signalled() -> None:
             return
 
 
-async def _probe(connector: ImmichConnector) -> None:
+async def _probe(app: Gateway, connector: ImmichConnector) -> None:
     """Say at start-up whether Immich answers; the gateway serves either way."""
     try:
         result = await connector.test_connection()
+    except Unreachable as exc:
+        app.outage.begin(exc)  # its one warning; the watch says when Immich is back
     except ImmichError as exc:
         log.warning("Immich does not answer yet (%s); requests get 502/504 until it does", exc)
     else:
@@ -135,14 +143,20 @@ async def _main(app: Gateway, host: str, port: int) -> None:
     connector = app.connector
     try:
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                partial(serve_gateway, app, host, port, shutdown_trigger=_until_signalled)
-            )
+
+            async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve_gateway(
+                    app, host, port, shutdown_trigger=_until_signalled, task_status=task_status
+                )
+                nursery.cancel_scope.cancel()  # the outage watch and probe end with it
+
+            binds: list[str] = await nursery.start(serve_then_stop)
             for url in binds:
                 # on stdout, flushed: scripts (and tests) read the port from here
                 print(f"immichfs gateway listening on {url}", flush=True)
             if connector is not None:
-                nursery.start_soon(_probe, connector)
+                await nursery.start(app.outage.watch)
+                nursery.start_soon(_probe, app, connector)
             else:
                 log.info("Immich not configured: /api/immich answers 503")
     finally:

@@ -172,7 +172,10 @@ class MountStatus:
                 "peak_bytes": reader.get("readahead_peak", 0),
                 "budget_bytes": reader.get("readahead_budget", 0),
             },
-            "kernel": {"invalidations": stats.get("invalidations", 0)},
+            "kernel": {
+                "invalidations": stats.get("invalidations", 0),
+                "attribute_requests": stats.get("attribute_requests", 0),
+            },
             "refresh": self._refresh(),
             "connection": (
                 "online" if self.reachability is None or self.reachability() else "offline"

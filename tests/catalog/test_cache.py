@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from memory_source import Clock
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache, SingleFlightCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_hit_after_load_and_expiry_after_ttl() -> None:

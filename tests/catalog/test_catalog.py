@@ -8,23 +8,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from memory_source import MemorySource, make_asset
+from memory_source import Clock, MemorySource, make_asset
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.errors import NotFound, ServerError
 from immichfs.model import Asset, Thumbnail
-
-
-class Clock:
-    """The caches' timer, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 LIBRARY = [
     make_asset(1, "IMG_0001.JPG", description="Golden temple in Kyoto", city="Kyoto"),

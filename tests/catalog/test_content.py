@@ -74,6 +74,7 @@ def test_ranges_finishing_in_any_order_fill_every_block(tmp_path: Path) -> None:
     assert read(cache, key, 0, len(data), len(data)) == data
 
 
+@pytest.mark.expect_log("failed verification: dropped")
 def test_flipped_byte_is_never_served(tmp_path: Path) -> None:
     data = blob(3 * BLOCK)
     cache = make(tmp_path)
@@ -90,6 +91,7 @@ def test_flipped_byte_is_never_served(tmp_path: Path) -> None:
     assert cache.covered(key, 0, len(data)) == BLOCK
 
 
+@pytest.mark.expect_log("failed verification: dropped")
 def test_truncated_file_is_noticed_at_start_and_on_read(tmp_path: Path) -> None:
     data = blob(3 * BLOCK)
     cache = make(tmp_path)

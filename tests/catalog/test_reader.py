@@ -562,6 +562,7 @@ async def test_truncated_body_resumes_at_exact_offset(autojump_clock: trio.abc.C
     await reader.aclose()
 
 
+@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
 async def test_transient_errors_retried_then_surface(autojump_clock: trio.abc.Clock) -> None:
     size = 1 * MiB
     fetch = FakeFetcher({"a": size})

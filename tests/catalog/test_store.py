@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -82,7 +82,7 @@ async def test_memory_serves_saved_first_then_fresh(tmp_path: Path) -> None:
     fresh_keys: list[Hashable] = []
     done = trio.Event()
 
-    async def on_fresh(key: Hashable, assets: list[Asset]) -> None:
+    async def on_fresh(key: Hashable, assets: Sequence[Asset]) -> None:
         fresh_keys.append(key)
         done.set()
 
@@ -129,6 +129,7 @@ async def test_memory_offline_serves_saved_or_fails_fast(tmp_path: Path) -> None
         await memory.asset("unknown", fetch_asset)
 
 
+@pytest.mark.expect_log("serving the saved catalog")
 async def test_memory_falls_back_when_a_load_fails(tmp_path: Path) -> None:
     store = CatalogStore(tmp_path / "catalog.sqlite")
     reach = Reachability()
@@ -198,7 +199,7 @@ async def test_collection_lists_are_kept_for_offline(tmp_path: Path) -> None:
     store = CatalogStore(tmp_path / "catalog.sqlite")
     reach = Reachability()
     memory = CatalogMemory(store, reach)
-    albums = [{"id": "a", "albumName": "Trip"}]
+    albums: list[dict[str, object]] = [{"id": "a", "albumName": "Trip"}]
 
     async def fetch() -> list[dict[str, object]]:
         return albums

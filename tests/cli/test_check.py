@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mountutil import clean_env
+from netutil import free_port
 
 from immichfs_fake import FakeImmich, FakeLibrary
 
@@ -20,8 +19,7 @@ IMMICHFS = Path(sys.executable).parent / "immichfs"
 def run_check(
     url: str | None, key: str | None, *args: str, timeout: float = 60, **extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "IMMICHFS"))}
-    env["HOME"] = "/nonexistent"  # no ~/.config/immichfs/config.toml from the machine
+    env = clean_env()
     if url is not None:
         env["IMMICH_URL"] = url
     if key is not None:
@@ -38,37 +36,17 @@ def run_check(
     )
 
 
-def version_text(srv: FakeImmich) -> str:
-    """The emulated version as "X.Y.Z"."""
-    version = srv.version
-    return version if isinstance(version, str) else ".".join(map(str, version))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@pytest.fixture
-def server(fake_library: FakeLibrary, request: pytest.FixtureRequest) -> Iterator[FakeImmich]:
-    version = getattr(request, "param", "2.7.5")
-    with FakeImmich(fake_library, version=version) as srv:
-        yield srv
-
-
-@pytest.mark.parametrize("server", ["1.135.3", "2.7.5", "3.1.0"], indirect=True)
-def test_check_passes_against_the_fake(server: FakeImmich) -> None:
-    result = run_check(server.url, server.api_key)
+@pytest.mark.parametrize("fake_immich", ["1.135.3", "2.7.5", "3.1.0"], indirect=True)
+def test_check_passes_against_the_fake(fake_immich: FakeImmich) -> None:
+    result = run_check(fake_immich.url, fake_immich.api_key)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    major, minor, patch = (int(x) for x in version_text(server).split("."))
-    assert f"✓ connect: Immich v{major}.{minor}.{patch} at {server.url}" in out
+    major, minor, patch = (int(x) for x in fake_immich.version.split("."))
+    assert f"✓ connect: Immich v{major}.{minor}.{patch} at {fake_immich.url}" in out
     assert "✓ API key: accepted" in out
     assert "✓ statistics: " in out
     # the numbers printed are the server's: the owner's timeline and archive, not trashed
-    lib = server.library
+    lib = fake_immich.library
     mine = [
         a
         for a in lib.assets.values()
@@ -80,23 +58,23 @@ def test_check_passes_against_the_fake(server: FakeImmich) -> None:
     for step in ("permissions", "list assets", "asset info", "thumbnail", "original"):
         assert f"✓ {step}: " in out
     assert "✓ original: first 1024 of " in out
-    assert server.api_key not in out + result.stderr
+    assert fake_immich.api_key not in out + result.stderr
     if (major, minor) < (1, 139):
         assert "not reported by this server" in out
     else:
         assert "✓ permissions: all" in out
 
 
-def test_wrong_key_fails_with_one_line_and_no_key(server: FakeImmich) -> None:
+def test_wrong_key_fails_with_one_line_and_no_key(fake_immich: FakeImmich) -> None:
     wrong = "fake-wrong-" + "Z" * 30
-    result = run_check(server.url, wrong)
+    result = run_check(fake_immich.url, wrong)
     assert result.returncode == 4
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith('immichfs check: step "API key" failed: the API key was rejected')
     assert "IMMICH_API_KEY" in lines[0]
     assert wrong not in result.stdout + result.stderr
-    assert server.api_key not in result.stdout + result.stderr
+    assert fake_immich.api_key not in result.stdout + result.stderr
 
 
 def test_dead_url_fails_with_one_line() -> None:
@@ -150,13 +128,13 @@ def test_malformed_url_and_key_are_named(tmp_path: Path) -> None:
     assert "fake-bad" not in result.stderr
 
 
-def test_key_file_and_debug_log_never_show_the_key(server: FakeImmich, tmp_path: Path) -> None:
+def test_key_file_and_debug_log_never_show_the_key(fake_immich: FakeImmich, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
-    key_file.write_text(server.api_key + "\n")
+    key_file.write_text(fake_immich.api_key + "\n")
     key_file.chmod(0o600)
     log_file = tmp_path / "check.log"
     result = run_check(
-        server.url + "/api/",  # as pasted from the API docs
+        fake_immich.url + "/api/",  # as pasted from the API docs
         None,
         "--debug",
         "--log-file",
@@ -166,7 +144,7 @@ def test_key_file_and_debug_log_never_show_the_key(server: FakeImmich, tmp_path:
     assert result.returncode == 0, result.stderr
     log_text = log_file.read_text()
     assert "/api/assets/statistics" in log_text  # the debug log did record requests
-    assert server.api_key not in log_text + result.stdout + result.stderr
+    assert fake_immich.api_key not in log_text + result.stdout + result.stderr
 
 
 def test_old_server_is_refused(fake_library: FakeLibrary) -> None:

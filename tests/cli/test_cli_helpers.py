@@ -79,6 +79,7 @@ def test_without_systemd_nothing_is_sent() -> None:
     assert sdnotify.notify("READY=1", env={"NOTIFY_SOCKET": ""}) is False
 
 
+@pytest.mark.expect_log("cannot notify systemd", logger="immichfs.cli.sdnotify")
 def test_unreachable_socket_warns_and_does_not_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -215,6 +216,7 @@ def _is_listed(path: Path) -> bool:
     return kernel.mount_at(path) is not None
 
 
+@pytest.mark.expect_log("cleared a dead immichfs mount", logger="immichfs.cli.preflight")
 @pytest.mark.fuse
 def test_a_dead_immichfs_mount_is_cleared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # what a killed immichfs leaves behind: the next mount must not need `umount -l`
@@ -292,6 +294,7 @@ def test_bad_options_fail_with_one_line(options: list[str], message: str) -> Non
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.expect_log("ignoring unknown mount option bogus", logger="immichfs.cli.mounthelper")
 def test_sloppy_drops_unknown_options(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="immichfs.cli.mounthelper"):
         assert mounthelper.option_flags(["bogus", "allow_other"], sloppy=True) == ["--allow-other"]
@@ -441,6 +444,7 @@ def test_entrypoint_runs_foreground_mount(fake_bin: Path, tmp_path: Path) -> Non
         IMMICHFS_FUSE_DEVICE="/dev/null",
         IMMICHFS_MOUNTPOINT=str(mountpoint),
         IMMICH_URL="http://immich:2283",
+        IMMICH_API_KEY_FILE="/dev/null",
     )
     assert result.returncode == 0, result.stderr
     args = [line[4:] for line in result.stdout.splitlines() if line.startswith("ARG ")]
@@ -461,6 +465,19 @@ def test_entrypoint_picks_up_the_docker_secret(fake_bin: Path, tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     assert f"KEYFILE={secrets / 'immich_api_key'}" in result.stdout
+
+
+def test_entrypoint_without_a_key_names_the_secret_file(fake_bin: Path, tmp_path: Path) -> None:
+    env = {"IMMICHFS_FUSE_DEVICE": "/dev/null", "IMMICHFS_MOUNTPOINT": str(tmp_path / "mnt")}
+    env |= {"IMMICHFS_SECRETS_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    result = run_entrypoint(fake_bin, **env)
+    assert result.returncode == 1
+    assert f"no API key: mount it as a secret file at {tmp_path}/immich_api_key" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "ARG" not in result.stdout
+    # a config file given on the command line may hold the key: immichfs decides
+    assert run_entrypoint(fake_bin, "--config", "/etc/x.toml", **env).returncode == 0
+    assert run_entrypoint(fake_bin, "--demo", **env).returncode == 0  # the bundled library
 
 
 def test_entrypoint_unreadable_key_file(fake_bin: Path, tmp_path: Path) -> None:

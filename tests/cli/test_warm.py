@@ -39,6 +39,9 @@ def test_reads_thumbnails_only_when_asked(tmp_path: Path) -> None:
     assert inner.thumbnail_bytes == 5 * 2000
 
 
+@pytest.mark.expect_log(
+    "cannot stat .*Transport endpoint is not connected", logger="immichfs.cli.warm"
+)
 @pytest.mark.fuse
 def test_failing_entry_is_an_error_not_a_stop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -52,6 +55,7 @@ def test_failing_entry_is_an_error_not_a_stop(
     assert f"cannot stat {tmp_path / 'videos' / 'dead'}" in caplog.text
 
 
+@pytest.mark.expect_log("cannot list .*No such file", logger="immichfs.cli.warm")
 def test_vanished_directory_is_counted_as_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -60,6 +64,7 @@ def test_vanished_directory_is_counted_as_error(
     assert "cannot list" in caplog.text
 
 
+@pytest.mark.expect_log("is on a .* filesystem, not an immichfs mount", logger="immichfs.cli.warm")
 def test_progress_bar_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_tree(tmp_path)
     parser = argparse.ArgumentParser()

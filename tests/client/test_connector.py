@@ -14,18 +14,17 @@ import gc
 import hashlib
 import json
 import logging
-import socket
 import tracemalloc
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 import trio
+from netutil import free_port
 
 from immichfs import errors
 from immichfs.client.connector import ImmichConnector
@@ -417,20 +416,6 @@ async def test_the_retry_loop_retries_only_transient_errors() -> None:
 VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
 
 
-@pytest.fixture
-def server(fake_library: FakeLibrary, request: pytest.FixtureRequest) -> Iterator[FakeImmich]:
-    """A fake server of the version given by ``indirect`` parametrisation (default 2.7.5)."""
-    version = getattr(request, "param", "2.7.5")
-    with FakeImmich(fake_library, version=version) as srv:
-        yield srv
-
-
-def version_text(srv: FakeImmich) -> str:
-    """The emulated version as "X.Y.Z"."""
-    version = srv.version
-    return version if isinstance(version, str) else ".".join(map(str, version))
-
-
 def connect_to(srv: FakeImmich, **kwargs: Any) -> ImmichConnector:
     # no retries: these tests look at how each failure is translated (retries: test_retry.py)
     kwargs.setdefault("retry_policy", None)
@@ -439,13 +424,6 @@ def connect_to(srv: FakeImmich, **kwargs: Any) -> ImmichConnector:
 
 def ids(items: list[dict[str, Any]]) -> list[str]:
     return [str(item["id"]) for item in items]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def timeline_ids(lib: FakeLibrary, *, visibility: str = "timeline", **match: Any) -> list[str]:
@@ -461,12 +439,12 @@ def timeline_ids(lib: FakeLibrary, *, visibility: str = "timeline", **match: Any
     return [a.id for a in reversed(chosen)]
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_connect_reads_the_version_once(server: FakeImmich) -> None:
-    async with connect_to(server) as immich:
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_connect_reads_the_version_once(fake_immich: FakeImmich) -> None:
+    async with connect_to(fake_immich) as immich:
         assert immich.server_version is None
         version = await immich.connect()
-        assert ".".join(map(str, version)) == version_text(server)
+        assert ".".join(map(str, version)) == fake_immich.version
         assert await immich.connect() == version
         assert immich.server_version == version
         await immich.get_asset_statistics()
@@ -475,38 +453,40 @@ async def test_connect_reads_the_version_once(server: FakeImmich) -> None:
         assert (raw["major"], raw["minor"], raw["patch"]) == version
         status = await immich.test_connection()
         assert status == {
-            "url": server.url,
-            "version": f"v{version_text(server)}",
+            "url": fake_immich.url,
+            "version": f"v{fake_immich.version}",
             "authenticated": True,
         }
         features = await immich.get_server_features()
         assert features["smartSearch"] is False
     # once by connect(), once by the explicit get_server_version()
-    assert len(server.requests.select("GET", "/api/server/version")) == 2
+    assert len(fake_immich.requests.select("GET", "/api/server/version")) == 2
 
 
-async def test_pages_are_zero_based_slices_without_repeats(server: FakeImmich) -> None:
-    lib = server.library
+async def test_pages_are_zero_based_slices_without_repeats(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
     expected = timeline_ids(lib)
     assert len(expected) > 100  # bigger than the pages used below
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         pages = [ids(await immich.get_assets(size=3, page=p)) for p in range(3)]
         assert pages == [expected[0:3], expected[3:6], expected[6:9]]
         last = len(expected) // 7
         assert ids(await immich.get_assets(size=7, page=last)) == expected[last * 7 :]
         assert await immich.get_assets(size=7, page=last + 1) == []
-        server.requests.clear()
+        fake_immich.requests.clear()
         everything = [a async for a in immich.iter_search_metadata({}, page_size=7)]
     assert ids(everything) == expected
-    assert len(server.requests.select("POST", "/api/search/metadata")) == -(-len(expected) // 7)
+    assert len(fake_immich.requests.select("POST", "/api/search/metadata")) == -(
+        -len(expected) // 7
+    )
     # every item carries EXIF, where the size lives
     sizes = {a["id"]: a["exifInfo"]["fileSizeInByte"] for a in everything}
     assert sizes == {i: lib.assets[i].size for i in expected}
 
 
-async def test_search_metadata_pages_and_visibility(server: FakeImmich) -> None:
-    lib = server.library
-    async with connect_to(server) as immich:
+async def test_search_metadata_pages_and_visibility(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
+    async with connect_to(fake_immich) as immich:
         first, next_page = await immich.search_metadata({}, page=1, size=50)
         assert ids(first) == timeline_ids(lib)[:50]
         assert next_page == 2
@@ -517,10 +497,10 @@ async def test_search_metadata_pages_and_visibility(server: FakeImmich) -> None:
             await immich.search_metadata({}, page=0)
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_listing_filters(server: FakeImmich) -> None:
-    lib = server.library
-    async with connect_to(server) as immich:
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_listing_filters(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
+    async with connect_to(fake_immich) as immich:
         archived = await immich.get_assets(size=1000, is_archived=True)
         favourites = await immich.get_assets(size=1000, is_favorite=True)
         photos = await immich.get_photos(size=1000)
@@ -533,11 +513,11 @@ async def test_listing_filters(server: FakeImmich) -> None:
     assert all(a["type"] == "VIDEO" for a in videos) and videos
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_asset_info_and_statistics(server: FakeImmich) -> None:
-    lib = server.library
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_asset_info_and_statistics(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
     kyoto = lib.find("Kinkaku-ji.jpg")
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         info = await immich.get_asset_info(kyoto.id)
         stats = await immich.get_asset_statistics()
     asset = Asset.from_json(info)
@@ -556,30 +536,30 @@ async def test_asset_info_and_statistics(server: FakeImmich) -> None:
     assert stats["total"] == images + videos
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_thumbnails(server: FakeImmich) -> None:
-    lib = server.library
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_thumbnails(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
     photo = lib.find("Kinkaku-ji.jpg")
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         small, small_type = await immich.get_thumbnail_response(photo.id, "thumbnail")
         preview, preview_type = await immich.get_thumbnail_response(photo.id, "preview")
         assert await immich.get_thumbnail(photo.id) == preview  # JPEG → preview
         assert await immich.get_thumbnail(photo.id, format="WEBP") == small
         assert await immich.get_thumbnail(photo.id, "webp", size="preview") == preview
-        server.requests.clear()
+        fake_immich.requests.clear()
         full, full_type = await immich.get_thumbnail_response(photo.id, "fullsize")
     assert small_type == "image/webp" and small[:4] == b"RIFF" and small[8:12] == b"WEBP"
     assert preview_type == "image/jpeg" and preview[:3] == b"\xff\xd8\xff"
     # fullsize of a JPEG is a 302 (relative Location) to the original
-    statuses = [r.status for r in server.requests]
+    statuses = [r.status for r in fake_immich.requests]
     assert statuses[0] == 302 and statuses[-1] == 200
     assert full == lib.content(photo.id)
     assert full_type == "image/jpeg"
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_originals_whole_ranged_and_head(server: FakeImmich) -> None:
-    lib = server.library
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_originals_whole_ranged_and_head(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
     photo = lib.find("Kinkaku-ji.jpg")
     content = lib.content(photo.id)
     size = len(content)
@@ -588,7 +568,7 @@ async def test_originals_whole_ranged_and_head(server: FakeImmich) -> None:
         async with immich.stream_full_resolution_file(photo.id, start, end) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         assert await immich.get_full_resolution_file(photo.id) == content
         assert await immich.head_original(photo.id) == size
         assert await ranged(0, 0) == content[:1]
@@ -598,14 +578,14 @@ async def test_originals_whole_ranged_and_head(server: FakeImmich) -> None:
         assert await ranged(None, 99) == content[:100]
         # the server shortens a range that ends past EOF; that is still the right bytes
         assert await ranged(100, size + 1000) == content[100:]
-    sent = [r.range for r in server.requests.select("GET", "/api/assets/") if r.range]
+    sent = [r.range for r in fake_immich.requests.select("GET", "/api/assets/") if r.range]
     assert "bytes=10-19" in sent and f"bytes={size - 5}-" in sent
 
 
-async def test_search_assets_without_smart_search(server: FakeImmich) -> None:
-    lib = server.library
+async def test_search_assets_without_smart_search(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
     kyoto = lib.find("Kinkaku-ji.jpg")
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         by_name = await immich.search_assets("kinkaku")
         by_description = await immich.search_assets("golden temple")
         by_city = await immich.search_assets("Kyoto")
@@ -619,7 +599,7 @@ async def test_search_assets_without_smart_search(server: FakeImmich) -> None:
     assert [v["originalFileName"] for v in videos] == ["large-video.mp4"]
     assert none == []
     assert len(capped) == 2
-    assert not server.requests.select("POST", "/api/search/smart")
+    assert not fake_immich.requests.select("POST", "/api/search/smart")
 
 
 async def test_search_assets_uses_smart_search_when_enabled(fake_library: FakeLibrary) -> None:
@@ -635,14 +615,14 @@ async def test_search_assets_uses_smart_search_when_enabled(fake_library: FakeLi
         assert ids(three) == ids(many)[:3]  # ranked: the cap keeps the best
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_collections(server: FakeImmich) -> None:
-    lib = server.library
-    major = int(version_text(server).split(".")[0])
-    async with connect_to(server) as immich:
-        server.requests.clear()
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_collections(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
+    major = int(fake_immich.version.split(".")[0])
+    async with connect_to(fake_immich) as immich:
+        fake_immich.requests.clear()
         albums = await immich.get_albums()
-        album_requests = len(server.requests.select("GET", "/api/albums"))
+        album_requests = len(fake_immich.requests.select("GET", "/api/albums"))
         people = await immich.get_people()
         everyone = await immich.get_people(with_hidden=True)
         tags = await immich.get_tags()
@@ -664,11 +644,11 @@ async def test_collections(server: FakeImmich) -> None:
     assert all(len(b["timeBucket"]) >= 10 for b in buckets)
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_key_permissions(server: FakeImmich) -> None:
-    async with connect_to(server) as immich:
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_key_permissions(fake_immich: FakeImmich) -> None:
+    async with connect_to(fake_immich) as immich:
         permissions = await immich.get_key_permissions()
-    if version_text(server) == "1.135.3":
+    if fake_immich.version == "1.135.3":
         assert permissions is None
     else:
         assert permissions == ["all"]
@@ -692,27 +672,28 @@ async def test_restricted_key(fake_library: FakeLibrary) -> None:
             assert info.value.status == 403
 
 
-async def test_wrong_and_revoked_key(server: FakeImmich) -> None:
+async def test_wrong_and_revoked_key(fake_immich: FakeImmich) -> None:
     wrong = "fake-wrong-" + "W" * 30
-    async with ImmichConnector(server.url, wrong) as immich:
+    async with ImmichConnector(fake_immich.url, wrong) as immich:
         with pytest.raises(errors.AuthenticationError) as info:
             await immich.get_asset_statistics()
     assert str(info.value) == (
-        f"the API key was rejected by {server.url} (401 Invalid API key) — check IMMICH_API_KEY"
+        f"the API key was rejected by {fake_immich.url} (401 Invalid API key)"
+        " — check IMMICH_API_KEY"
     )
     assert info.value.status == 401
     assert wrong not in str(info.value)
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         await immich.validate_key()
-        server.faults.revoke_key()
+        fake_immich.faults.revoke_key()
         with pytest.raises(errors.AuthenticationError):
             await immich.validate_key()
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_unknown_asset_is_not_found(server: FakeImmich) -> None:
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_unknown_asset_is_not_found(fake_immich: FakeImmich) -> None:
     unknown = "5b3c6a0e-2f8e-4d8b-9c1a-7e6f5d4c3b2a"
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         with pytest.raises(errors.NotFound) as info:
             await immich.get_asset_info(unknown)
         assert info.value.status == 400  # Immich's answer for a missing id
@@ -726,7 +707,7 @@ async def test_unknown_asset_is_not_found(server: FakeImmich) -> None:
             await immich.get_asset_info("not-a-uuid")
 
 
-async def test_dead_url_and_refused_connections(server: FakeImmich) -> None:
+async def test_dead_url_and_refused_connections(fake_immich: FakeImmich) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     async with ImmichConnector(url, KEY, retry_policy=None) as immich:
         with pytest.raises(errors.ConnectError) as info:
@@ -735,16 +716,16 @@ async def test_dead_url_and_refused_connections(server: FakeImmich) -> None:
         f"cannot reach {url} — is the server running and the URL right?"
     )
     assert isinstance(info.value.__cause__, httpx.ConnectError)
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         await immich.connect()
-        server.faults.refuse_connections()
+        fake_immich.faults.refuse_connections()
         with pytest.raises(errors.ConnectError):
             await immich.get_asset_statistics()
 
 
-async def test_timeout(server: FakeImmich) -> None:
-    server.faults.delay(3, path="/api/assets/statistics")
-    async with connect_to(server, timeout=0.3) as immich:
+async def test_timeout(fake_immich: FakeImmich) -> None:
+    fake_immich.faults.delay(3, path="/api/assets/statistics")
+    async with connect_to(fake_immich, timeout=0.3) as immich:
         await immich.connect()
         started = trio.current_time()
         with pytest.raises(errors.RequestTimeout, match=r"within 0\.3 s") as info:
@@ -754,57 +735,57 @@ async def test_timeout(server: FakeImmich) -> None:
     assert isinstance(info.value.__cause__, httpx.TimeoutException)
 
 
-async def test_server_errors_and_rate_limits(server: FakeImmich) -> None:
-    async with connect_to(server) as immich:
+async def test_server_errors_and_rate_limits(fake_immich: FakeImmich) -> None:
+    async with connect_to(fake_immich) as immich:
         await immich.connect()
-        server.faults.fail(503, retry_after=3, path="/api/assets/statistics")
+        fake_immich.faults.fail(503, retry_after=3, path="/api/assets/statistics")
         with pytest.raises(errors.ServerError) as failed:
             await immich.get_asset_statistics()
         assert failed.value.status == 503 and failed.value.retry_after == 3
-        server.faults.fail(500, path="/api/tags")
+        fake_immich.faults.fail(500, path="/api/tags")
         with pytest.raises(errors.ServerError):
             await immich.get_tags()
-        server.faults.fail(429, retry_after=5, path="/api/assets/statistics")
+        fake_immich.faults.fail(429, retry_after=5, path="/api/assets/statistics")
         with pytest.raises(errors.RateLimited) as limited:
             await immich.get_asset_statistics()
         assert limited.value.retry_after == 5 and limited.value.status == 429
         # the faults were used up: the same calls work again
         assert (await immich.get_asset_statistics())["total"] > 0
         # and the retry loop rides over transient failures
-        server.faults.fail(503, times=2, path="/api/assets/statistics")
-        server.requests.clear()
+        fake_immich.faults.fail(503, times=2, path="/api/assets/statistics")
+        fake_immich.requests.clear()
         stats = await RetryPolicy(base_delay=0.01).call(immich.get_asset_statistics)
         assert stats["total"] > 0
-        assert len(server.requests.select("GET", "/api/assets/statistics")) == 3
+        assert len(fake_immich.requests.select("GET", "/api/assets/statistics")) == 3
 
 
-async def test_truncated_and_cut_bodies(server: FakeImmich) -> None:
-    lib = server.library
+async def test_truncated_and_cut_bodies(fake_immich: FakeImmich) -> None:
+    lib = fake_immich.library
     photo = lib.find("Kinkaku-ji.jpg")
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         await immich.connect()
-        server.faults.truncate(path="/api/assets/*/original")
+        fake_immich.faults.truncate(path="/api/assets/*/original")
         with pytest.raises(errors.TruncatedBody):
             await immich.get_full_resolution_file(photo.id)
-        server.faults.truncate(500, path="/api/assets/*/original")
+        fake_immich.faults.truncate(500, path="/api/assets/*/original")
         with pytest.raises(errors.TruncatedBody):
             async with immich.stream_full_resolution_file(photo.id, 0, 9999) as chunks:
                 async for _ in chunks:
                     pass
-        server.faults.cut_after(1000, path="/api/assets/*/original")
+        fake_immich.faults.cut_after(1000, path="/api/assets/*/original")
         with pytest.raises(errors.TruncatedBody):
             await immich.get_full_resolution_file(photo.id)
-        server.faults.truncate(path="/api/search/metadata")
+        fake_immich.faults.truncate(path="/api/search/metadata")
         with pytest.raises(errors.TruncatedBody):
             await immich.get_assets()
         assert await immich.get_full_resolution_file(photo.id) == lib.content(photo.id)
 
 
-async def test_range_ignored_by_the_server_is_a_protocol_error(server: FakeImmich) -> None:
-    photo = server.library.find("Kinkaku-ji.jpg")
-    server.faults.ignore_range()
+async def test_range_ignored_by_the_server_is_a_protocol_error(fake_immich: FakeImmich) -> None:
+    photo = fake_immich.library.find("Kinkaku-ji.jpg")
+    fake_immich.faults.ignore_range()
     got: list[bytes] = []
-    async with connect_to(server) as immich:
+    async with connect_to(fake_immich) as immich:
         with pytest.raises(errors.ProtocolError, match="ignored the range"):
             async with immich.stream_full_resolution_file(photo.id, 100, 199) as chunks:
                 got.extend([chunk async for chunk in chunks])
@@ -869,11 +850,11 @@ async def test_the_key_never_appears_in_logs_or_errors(
     assert key not in shown
 
 
-def test_works_under_asyncio(server: FakeImmich) -> None:
-    photo = server.library.find("Kinkaku-ji.jpg")
+def test_works_under_asyncio(fake_immich: FakeImmich) -> None:
+    photo = fake_immich.library.find("Kinkaku-ji.jpg")
 
     async def main() -> tuple[Any, ...]:
-        async with connect_to(server) as immich:
+        async with connect_to(fake_immich) as immich:
             version = await immich.connect()
             stats = await immich.get_asset_statistics()
             page = await immich.get_assets(size=3, page=1)
@@ -882,10 +863,10 @@ def test_works_under_asyncio(server: FakeImmich) -> None:
             return version, stats, page, head
 
     version, stats, page, head = asyncio.run(main())
-    assert ".".join(map(str, version)) == version_text(server)
+    assert ".".join(map(str, version)) == fake_immich.version
     assert stats["total"] > 0
-    assert ids(page) == timeline_ids(server.library)[3:6]
-    assert head == server.library.content(photo.id)[:100]
+    assert ids(page) == timeline_ids(fake_immich.library)[3:6]
+    assert head == fake_immich.library.content(photo.id)[:100]
 
 
 @pytest.mark.slow
@@ -921,11 +902,11 @@ async def test_streaming_a_large_original_uses_bounded_memory() -> None:
     assert rss_growth < 64 << 20, f"RSS grew by {rss_growth} bytes"
 
 
-@pytest.mark.parametrize("server", VERSIONS, indirect=True)
-async def test_server_validation_errors_and_ranges_past_the_end(server: FakeImmich) -> None:
-    photo = server.library.find("Kinkaku-ji.jpg")
-    size = len(server.library.content(photo.id))
-    async with connect_to(server) as immich:
+@pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
+async def test_server_validation_errors_and_ranges_past_the_end(fake_immich: FakeImmich) -> None:
+    photo = fake_immich.library.find("Kinkaku-ji.jpg")
+    size = len(fake_immich.library.content(photo.id))
+    async with connect_to(fake_immich) as immich:
         # v1/v2 send a list of messages, v3 {message, errors}: both are read
         with pytest.raises(errors.BadRequest, match="type") as info:
             await immich.search_metadata({"type": "NOPE"})

@@ -6,7 +6,9 @@ would; expected values are computed from the library, never hard-coded.
 
 from __future__ import annotations
 
+import array
 import base64
+import fcntl
 import hashlib
 import io
 import signal
@@ -14,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mountutil import poll
 from PIL import Image
 
 from immichfs_fake import FakeImmich, FakeLibrary
@@ -426,6 +430,13 @@ def test_large_original_is_sent_whole(
     assert fake_immich.bytes_sent(f"/api/assets/{big.id}/") == big.size
 
 
+def queued(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` and not yet read."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock, termios.FIONREAD, count)
+    return count[0]
+
+
 def test_a_download_cut_short_by_the_client_logs_what_was_sent(
     fake_immich: FakeImmich, fake_library: FakeLibrary
 ) -> None:
@@ -440,8 +451,11 @@ def test_a_download_cut_short_by_the_client_logs_what_was_sent(
             f"GET /api/assets/{big.id}/original HTTP/1.1\r\nHost: x\r\n"
             f"x-api-key: {fake_immich.api_key}\r\n\r\n".encode()
         )
-        assert client.recv(1024).startswith(b"HTTP/1.1 200")
-        time.sleep(0.2)  # let the server fill the socket buffers and block
+        first = client.recv(1024)
+        assert first.startswith(b"HTTP/1.1 200")
+        # hang up only once the body is under way
+        body = len(first.partition(b"\r\n\r\n")[2])
+        poll(lambda: body + queued(client), until=lambda received: received > 0)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

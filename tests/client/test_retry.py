@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,14 +19,11 @@ from immichfs import errors
 from immichfs.client.connector import ImmichConnector
 from immichfs.client.retry import RetryPolicy, resuming
 from immichfs.logs import register_secret
-from immichfs_fake import FakeImmich, FakeLibrary
+from immichfs_fake import FakeImmich
 
 FAST = RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05, budget=5.0)
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
+#: from the fourth try on, retries are logged as warnings
+RETRIES_WARN = pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
 
 
 class Recorder:
@@ -121,6 +118,7 @@ def test_what_is_retried() -> None:
 # -- call() under the autojump clock ------------------------------------------------
 
 
+@RETRIES_WARN
 async def test_call_retries_transient_failures_with_growing_pauses(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -137,6 +135,7 @@ async def test_call_retries_transient_failures_with_growing_pauses(
     assert calls[-1] - calls[0] == pytest.approx(7.0)
 
 
+@RETRIES_WARN
 async def test_jitter_is_a_fraction_of_the_ceiling(autojump_clock: trio.testing.MockClock) -> None:
     _, fn = failing(*[errors.ConnectError("refused")] * 3)
     sleep = Recorder()
@@ -200,6 +199,7 @@ async def test_retry_after_is_capped_by_the_remaining_budget(
     assert trio.current_time() - calls[0] == pytest.approx(3.0)
 
 
+@RETRIES_WARN
 async def test_budget_bounds_the_total_time(autojump_clock: trio.testing.MockClock) -> None:
     calls: list[float] = []
 
@@ -227,6 +227,7 @@ async def test_disabled_policy_tries_once(autojump_clock: trio.testing.MockClock
     assert len(calls) == 1
 
 
+@RETRIES_WARN
 async def test_cancellation_is_never_swallowed(autojump_clock: trio.testing.MockClock) -> None:
     calls, fn = failing(*[errors.ConnectError("refused")] * 100)
     with trio.move_on_after(5) as scope:
@@ -235,6 +236,7 @@ async def test_cancellation_is_never_swallowed(autojump_clock: trio.testing.Mock
     assert 1 < len(calls) < 100
 
 
+@RETRIES_WARN
 async def test_log_level_rises_and_the_key_never_shows(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -396,6 +398,7 @@ async def test_final_errors_mid_stream_are_raised_with_the_bytes_so_far_right(
     assert len(flaky.requests) == 2
 
 
+@RETRIES_WARN
 async def test_gives_up_when_no_progress_is_made(autojump_clock: trio.testing.MockClock) -> None:
     flaky = Flaky(DATA, *[("cut", 0)] * 50)
     policy = RetryPolicy(attempts=4, base_delay=0.5, max_delay=1, budget=30)
@@ -412,6 +415,7 @@ async def test_progress_renews_the_tries(autojump_clock: trio.testing.MockClock)
     assert [r[0] for r in flaky.requests] == list(range(0, 10_000, 1000))
 
 
+@RETRIES_WARN
 async def test_budget_bounds_a_stream_without_progress(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -440,32 +444,28 @@ async def test_closing_early_closes_the_stream(autojump_clock: trio.testing.Mock
 # -- over real HTTP against the fake server --------------------------------------------
 
 
-@pytest.fixture
-def server(fake_library: FakeLibrary) -> Iterator[FakeImmich]:
-    with FakeImmich(fake_library, version="2.7.5") as srv:
-        yield srv
+def asset(fake_immich: FakeImmich) -> tuple[str, bytes]:
+    photo = fake_immich.library.find("Kinkaku-ji.jpg")
+    return photo.id, fake_immich.library.content(photo.id)
 
 
-def asset(server: FakeImmich) -> tuple[str, bytes]:
-    photo = server.library.find("Kinkaku-ji.jpg")
-    return photo.id, server.library.content(photo.id)
+def original_ranges(fake_immich: FakeImmich) -> list[str | None]:
+    return [
+        r.range for r in fake_immich.requests.select("GET", "/api/assets/") if "original" in r.path
+    ]
 
 
-def original_ranges(server: FakeImmich) -> list[str | None]:
-    return [r.range for r in server.requests.select("GET", "/api/assets/") if "original" in r.path]
-
-
-async def test_resuming_over_http_survives_cuts_and_truncation(server: FakeImmich) -> None:
-    asset_id, content = asset(server)
+async def test_resuming_over_http_survives_cuts_and_truncation(fake_immich: FakeImmich) -> None:
+    asset_id, content = asset(fake_immich)
     path = f"/api/assets/{asset_id}/original"
-    async with ImmichConnector(server.url, server.api_key, retry_policy=None) as immich:
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=None) as immich:
         await immich.connect()
         fetch = resuming(immich.stream_full_resolution_file, FAST)
-        server.faults.cut_after(5000, times=2, path=path)
-        server.faults.truncate(3000, times=1, path=path)
-        server.requests.clear()
+        fake_immich.faults.cut_after(5000, times=2, path=path)
+        fake_immich.faults.truncate(3000, times=1, path=path)
+        fake_immich.requests.clear()
         assert await collect(fetch, 1000, len(content) - 1, asset_id) == content[1000:]
-        ranges = original_ranges(server)
+        ranges = original_ranges(fake_immich)
         assert len(ranges) == 4
         assert ranges[0] == f"bytes=1000-{len(content) - 1}"
         starts = [int(r.split("=")[1].split("-")[0]) for r in ranges if r]
@@ -473,129 +473,135 @@ async def test_resuming_over_http_survives_cuts_and_truncation(server: FakeImmic
         assert starts == sorted(starts) and len(set(starts)) == 4
         assert all(later - earlier <= 5000 for earlier, later in itertools.pairwise(starts))
         # the retries asked only for the bytes still missing
-        sent = sum(r.bytes_sent for r in server.requests.select("GET", path))
+        sent = sum(r.bytes_sent for r in fake_immich.requests.select("GET", path))
         assert sent <= len(content) - 1000 + 2 * 5000 + 3000
 
 
-async def test_resuming_over_http_rides_out_5xx_and_429(server: FakeImmich) -> None:
-    asset_id, content = asset(server)
+@RETRIES_WARN
+async def test_resuming_over_http_rides_out_5xx_and_429(fake_immich: FakeImmich) -> None:
+    asset_id, content = asset(fake_immich)
     path = f"/api/assets/{asset_id}/original"
-    async with ImmichConnector(server.url, server.api_key, retry_policy=None) as immich:
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=None) as immich:
         await immich.connect()
         fetch = resuming(immich.stream_full_resolution_file, FAST)
-        server.faults.fail(503, times=2, path=path)
-        server.faults.fail(429, times=1, retry_after=1, path=path)
-        server.requests.clear()
+        fake_immich.faults.fail(503, times=2, path=path)
+        fake_immich.faults.fail(429, times=1, retry_after=1, path=path)
+        fake_immich.requests.clear()
         started = trio.current_time()
         assert await collect(fetch, 0, 9999, asset_id) == content[:10000]
         assert trio.current_time() - started >= 0.9  # Retry-After: 1 was honoured
-        statuses = [r.status for r in server.requests.select("GET", path)]
+        statuses = [r.status for r in fake_immich.requests.select("GET", path)]
         assert statuses == [503, 503, 429, 206]
 
 
 async def test_resuming_over_http_gives_up_on_500_and_on_200_for_a_range(
-    server: FakeImmich,
+    fake_immich: FakeImmich,
 ) -> None:
-    asset_id, _ = asset(server)
+    asset_id, _ = asset(fake_immich)
     path = f"/api/assets/{asset_id}/original"
-    async with ImmichConnector(server.url, server.api_key, retry_policy=None) as immich:
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=None) as immich:
         await immich.connect()
         fetch = resuming(immich.stream_full_resolution_file, FAST)
-        server.faults.fail(500, times=5, path=path)
-        server.requests.clear()
+        fake_immich.faults.fail(500, times=5, path=path)
+        fake_immich.requests.clear()
         with pytest.raises(errors.ServerError):
             await collect(fetch, 0, 999, asset_id)
-        assert len(server.requests.select("GET", path)) == 1
-        server.faults.clear()
-        server.faults.ignore_range(path=path)
+        assert len(fake_immich.requests.select("GET", path)) == 1
+        fake_immich.faults.clear()
+        fake_immich.faults.ignore_range(path=path)
         with pytest.raises(errors.ProtocolError, match="ignored the range"):
             await collect(fetch, 100, 999, asset_id)
 
 
+@RETRIES_WARN
 async def test_resuming_over_http_fails_within_the_budget_when_the_server_is_gone(
-    server: FakeImmich,
+    fake_immich: FakeImmich,
 ) -> None:
-    asset_id, _ = asset(server)
-    async with ImmichConnector(server.url, server.api_key, retry_policy=None) as immich:
+    asset_id, _ = asset(fake_immich)
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=None) as immich:
         await immich.connect()
         policy = RetryPolicy(attempts=100, base_delay=0.05, max_delay=0.2, budget=1.0)
         fetch = resuming(immich.stream_full_resolution_file, policy)
-        server.faults.refuse_connections()
+        fake_immich.faults.refuse_connections()
         started = trio.current_time()
         with pytest.raises(errors.ConnectError):
             await collect(fetch, 0, 999, asset_id)
         assert trio.current_time() - started < 1.0 + 1.0  # budget + slack (refusal is quick)
-        server.faults.resume_connections()
+        fake_immich.faults.resume_connections()
         assert len(await collect(fetch, 0, 999, asset_id)) == 1000
 
 
 # -- the connector's own retries over real HTTP --------------------------------------
 
 
-async def test_connector_retries_idempotent_calls(server: FakeImmich) -> None:
-    async with ImmichConnector(server.url, server.api_key, retry_policy=FAST) as immich:
-        server.faults.fail(502, times=1, path="/api/server/version")
+@RETRIES_WARN
+async def test_connector_retries_idempotent_calls(fake_immich: FakeImmich) -> None:
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=FAST) as immich:
+        fake_immich.faults.fail(502, times=1, path="/api/server/version")
         await immich.connect()
-        server.faults.fail(503, times=2, path="/api/assets/statistics")
-        server.faults.fail(429, times=1, retry_after=1, path="/api/assets/statistics")
-        server.requests.clear()
+        fake_immich.faults.fail(503, times=2, path="/api/assets/statistics")
+        fake_immich.faults.fail(429, times=1, retry_after=1, path="/api/assets/statistics")
+        fake_immich.requests.clear()
         assert (await immich.get_asset_statistics())["total"] > 0
-        assert [r.status for r in server.requests.select("GET", "/api/assets/statistics")] == [
+        assert [r.status for r in fake_immich.requests.select("GET", "/api/assets/statistics")] == [
             503,
             503,
             429,
             200,
         ]
         # read-only POSTs: search
-        server.faults.fail(504, times=1, path="/api/search/metadata")
-        server.faults.truncate(times=1, path="/api/search/metadata")
+        fake_immich.faults.fail(504, times=1, path="/api/search/metadata")
+        fake_immich.faults.truncate(times=1, path="/api/search/metadata")
         assert len(await immich.get_assets(size=5)) == 5
         # thumbnails and HEAD
-        asset_id, content = asset(server)
-        server.faults.cut_after(10, times=1, path=f"/api/assets/{asset_id}/thumbnail")
+        asset_id, content = asset(fake_immich)
+        fake_immich.faults.cut_after(10, times=1, path=f"/api/assets/{asset_id}/thumbnail")
         data, content_type = await immich.get_thumbnail_response(asset_id, "preview")
         assert content_type == "image/jpeg" and data[:2] == b"\xff\xd8"
-        server.faults.fail(503, times=1, path=f"/api/assets/{asset_id}/original")
+        fake_immich.faults.fail(503, times=1, path=f"/api/assets/{asset_id}/original")
         assert await immich.head_original(asset_id) == len(content)
 
 
-async def test_connector_does_not_retry_final_errors(server: FakeImmich) -> None:
-    async with ImmichConnector(server.url, server.api_key, retry_policy=FAST) as immich:
+async def test_connector_does_not_retry_final_errors(fake_immich: FakeImmich) -> None:
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=FAST) as immich:
         await immich.connect()
-        server.faults.fail(500, times=3, path="/api/tags")
-        server.requests.clear()
+        fake_immich.faults.fail(500, times=3, path="/api/tags")
+        fake_immich.requests.clear()
         with pytest.raises(errors.ServerError):
             await immich.get_tags()
-        assert len(server.requests.select("GET", "/api/tags")) == 1
-        server.faults.clear()
-        server.faults.revoke_key()
+        assert len(fake_immich.requests.select("GET", "/api/tags")) == 1
+        fake_immich.faults.clear()
+        fake_immich.faults.revoke_key()
         with pytest.raises(errors.AuthenticationError):
             await immich.get_tags()
-        assert len(server.requests.select("GET", "/api/tags")) == 2
+        assert len(fake_immich.requests.select("GET", "/api/tags")) == 2
 
 
-async def test_connector_retries_are_bounded_by_the_budget(server: FakeImmich) -> None:
+@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry", optional=True)
+async def test_connector_retries_are_bounded_by_the_budget(fake_immich: FakeImmich) -> None:
     policy = RetryPolicy(attempts=100, base_delay=0.1, max_delay=0.3, budget=1.5)
     async with ImmichConnector(
-        server.url, server.api_key, retry_policy=policy, timeout=0.5
+        fake_immich.url, fake_immich.api_key, retry_policy=policy, timeout=0.5
     ) as immich:
         await immich.connect()
-        server.faults.delay(3, path="/api/assets/statistics")
+        fake_immich.faults.delay(3, path="/api/assets/statistics")
         started = trio.current_time()
         with pytest.raises(errors.RequestTimeout):
             await immich.get_asset_statistics()
         # timeout + budget + slack
         assert trio.current_time() - started < 0.5 + 1.5 + 1.0
-        server.faults.clear()
+        fake_immich.faults.clear()
 
 
-async def test_connector_without_retries_fails_at_once(server: FakeImmich) -> None:
+async def test_connector_without_retries_fails_at_once(fake_immich: FakeImmich) -> None:
     for disabled in (None, RetryPolicy(attempts=1)):
-        async with ImmichConnector(server.url, server.api_key, retry_policy=disabled) as immich:
+        async with ImmichConnector(
+            fake_immich.url, fake_immich.api_key, retry_policy=disabled
+        ) as immich:
             await immich.connect()
             assert immich.retry_policy is None
-            server.faults.fail(503, times=1, path="/api/assets/statistics")
+            fake_immich.faults.fail(503, times=1, path="/api/assets/statistics")
             with pytest.raises(errors.ServerError):
                 await immich.get_asset_statistics()
     with pytest.raises(errors.ConfigError):
-        ImmichConnector(server.url, server.api_key, retry_policy=3)  # type: ignore[arg-type]
+        ImmichConnector(fake_immich.url, fake_immich.api_key, retry_policy=3)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 from PIL import Image  # noqa: E402
+from PIL.PngImagePlugin import PngImageFile  # noqa: E402
 
 from immichfs.dask import job  # noqa: E402
 from immichfs.dask.images import CHECKSUM_CHUNK, ID_CHUNK  # noqa: E402
@@ -36,8 +37,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "depth_with_dask.py
 def client() -> Iterator[Any]:
     """Two worker processes, one thread each (as ``--workers 2`` starts them)."""
     with (
+        # the dashboard on a free port: None means the default 8787, taken on a shared machine
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as dask_client,
     ):
@@ -84,6 +86,9 @@ def _checksum(library: FakeLibrary, asset_id: str) -> str:
     return library.checksum(asset_id)
 
 
+@pytest.mark.expect_log(
+    "not really a photo.jpg: decode: UnidentifiedImageError", logger="immichfs.dask.job"
+)
 def test_a_library_is_processed_on_two_workers_then_only_what_changed(
     client: Any, fs: ImmichFileSystem, server: FakeImmich, library: FakeLibrary, tmp_path: Path
 ) -> None:
@@ -101,6 +106,7 @@ def test_a_library_is_processed_on_two_workers_then_only_what_changed(
     assert fs._session().run(_range_requests) == 0
     for asset_id, asset in photos.items():
         with Image.open(outdir / f"{asset_id}.png") as made:
+            assert isinstance(made, PngImageFile)
             assert made.mode == "L" and made.size == (asset.width, asset.height)
             assert made.text[ID_CHUNK] == asset_id
             assert made.text[CHECKSUM_CHUNK] == _checksum(library, asset_id)
@@ -129,6 +135,7 @@ def test_a_library_is_processed_on_two_workers_then_only_what_changed(
     assert failure["status"] == "failed" and failure["reason"].startswith("decode:")
     assert not (outdir / f"{broken.id}.png").exists()
     with Image.open(outdir / f"{changed.id}.png") as made:
+        assert isinstance(made, PngImageFile)
         assert made.text[CHECKSUM_CHUNK] == _checksum(library, changed.id)
 
 
@@ -160,6 +167,7 @@ def test_the_example_prints_one_summary_line(
     one = next(iter(photos))
     digest = base64.b64encode(hashlib.sha1(library.content(one)).digest()).decode()
     with Image.open(outdir / f"{one}.png") as made:
+        assert isinstance(made, PngImageFile)
         assert made.text[CHECKSUM_CHUNK] == digest
 
 

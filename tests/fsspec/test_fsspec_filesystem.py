@@ -34,7 +34,7 @@ def _checksum(data: bytes) -> str:
 
 
 def _path_of(fs: ImmichFileSystem, view: str, asset_id: str) -> str:
-    return next(p for p, e in fs.find(view, detail=True).items() if e["asset_id"] == asset_id)
+    return str(next(p for p, e in fs.find(view, detail=True).items() if e["asset_id"] == asset_id))
 
 
 def _large(fake_immich: Any) -> Any:
@@ -353,7 +353,7 @@ def test_a_child_process_reads_through_the_same_filesystem(
     immich_fs: ImmichFileSystem, method: str
 ) -> None:
     entry = immich_fs.ls("photos")[7]  # the loop thread runs in this process now
-    context = multiprocessing.get_context(method)
+    context: Any = multiprocessing.get_context(method)  # a fork or spawn context
     queue = context.Queue()
     child = context.Process(target=_read_in_child, args=(immich_fs, entry["name"], queue))
     child.start()

@@ -26,6 +26,8 @@ import httpx
 import psutil
 import pytest
 import trio
+from mountutil import clean_env
+from netutil import free_port
 
 from immichfs import options
 from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
@@ -198,14 +200,6 @@ def assert_error(response: httpx.Response, status: int, code: str, *words: str) 
     return body
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on (bound then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # -- without Immich ----------------------------------------------------------------------------
 
 SOME_ID = "1f0c5a3e-8b7a-4c53-9d1e-0a6f4b2c7d11"
@@ -223,6 +217,7 @@ API_REQUESTS = [
 ]
 
 
+@pytest.mark.expect_log("Immich is not configured", logger="immichfs.gateway.serve")
 async def test_unconfigured_gateway_answers_503_naming_the_variables() -> None:
     app = build_gateway(options.load_settings({}, env={}, config_path=None))
     assert app.connector is None
@@ -237,6 +232,10 @@ async def test_unconfigured_gateway_answers_503_naming_the_variables() -> None:
             assert body["variables"] == ["IMMICH_URL", "IMMICH_API_KEY", "IMMICH_API_KEY_FILE"]
 
 
+@pytest.mark.expect_log(
+    "Immich is not configured correctly: IMMICH_URL .* has no scheme",
+    logger="immichfs.gateway.serve",
+)
 async def test_malformed_url_is_503_naming_it() -> None:
     settings = options.load_settings(
         {}, env={"IMMICH_URL": "immich.local:2283", "IMMICH_API_KEY": "k" * 40}
@@ -263,6 +262,7 @@ async def test_dead_upstream_is_502() -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
+@pytest.mark.expect_log("Immich is not configured", logger="immichfs.gateway.serve")
 async def test_unknown_paths_and_methods() -> None:
     app = build_gateway(options.load_settings({}, env={}))
     async with running(app) as base, httpx.AsyncClient(base_url=base) as client:
@@ -613,6 +613,7 @@ async def test_token_is_required_when_set(fake_immich: Any) -> None:
         assert (await client.get("/healthz")).status_code == 200  # liveness probes need none
 
 
+@pytest.mark.expect_log("download of asset .* broke off", logger="immichfs.gateway.app")
 async def test_broken_upstream_mid_file_never_completes_the_body(
     client: httpx.AsyncClient, fake_library: Any, fake_immich: Any
 ) -> None:
@@ -704,12 +705,7 @@ def test_serve_streams_a_large_file_with_bounded_memory(
 ) -> None:
     """The real ``immichfs serve`` process: 200 MiB through it, its RSS barely moves."""
     asset = by_name(big_library, "large-video.mp4")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("IMMICH_", "IMMICHFS_"))
-    }
-    env.update(IMMICH_URL=big_immich.url, IMMICH_API_KEY=big_immich.api_key)
+    env = clean_env(IMMICH_URL=big_immich.url, IMMICH_API_KEY=big_immich.api_key)
     env["IMMICHFS_GATEWAY_TOKEN"] = TOKEN
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:
@@ -827,7 +823,7 @@ def test_serve_on_a_busy_port_fails_with_one_line() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH_", "IMMICHFS_"))}
+        env = clean_env()
         result = subprocess.run(
             [
                 sys.executable,

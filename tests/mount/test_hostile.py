@@ -13,8 +13,6 @@ import gzip
 import hashlib
 import os
 import random
-import socket
-import threading
 import tracemalloc
 import unicodedata
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +26,8 @@ import pytest
 import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from mountutil import MountProcess
+from netutil import Proxy
 
 from immichfs import errors
 from immichfs.catalog.cache import CacheSettings, MetadataCache
@@ -483,8 +483,6 @@ async def test_a_corrupt_or_unknown_encoding_is_an_error() -> None:
 def test_hostile_names_on_a_real_mount(
     hostile_library: tuple[FakeLibrary, list[str]], tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     library, ids = hostile_library
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -519,96 +517,16 @@ def test_hostile_names_on_a_real_mount(
 # -- a URL with a reverse-proxy path prefix, on a real mount ----------------------------------
 
 
-class PrefixProxy:
-    """A reverse proxy serving the fake server under ``/immich`` (as nginx would)."""
-
-    PREFIX = b"/immich"
-
-    def __init__(self, backend_port: int) -> None:
-        self.backend_port = backend_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/immich/"
-        self.forwarded: list[bytes] = []
-        self.refused: list[bytes] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> PrefixProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.listener.close()
-        self._thread.join(5)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        backend = socket.create_connection(("127.0.0.1", self.backend_port))
-        threading.Thread(target=self._pump, args=(backend, client), daemon=True).start()
-        buffer = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
-                lines = head.split(b"\r\n")
-                method, target, version = lines[0].split(b" ")
-                length = 0
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buffer) < length:
-                    buffer += client.recv(65536)
-                body, buffer = buffer[:length], buffer[length:]
-                if not target.startswith(self.PREFIX + b"/"):
-                    self.refused.append(target)
-                    client.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                    continue
-                self.forwarded.append(target)
-                lines[0] = b" ".join([method, target[len(self.PREFIX) :], version])
-                backend.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        except OSError:
-            return
-        finally:
-            with suppress(OSError):
-                backend.shutdown(socket.SHUT_RDWR)
-            backend.close()
-            client.close()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with suppress(OSError):
-                sink.shutdown(socket.SHUT_RDWR)
-
-
 def test_a_url_with_a_path_prefix_on_a_real_mount(
     fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     photo = fake_library.find("Kinkaku-ji.jpg")
     video = max(
         (a for a in fake_library.assets.values() if a.type == "VIDEO"), key=lambda a: a.size
     )
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    with FakeImmich(fake_library) as server, PrefixProxy(server.port) as proxy:
+    with FakeImmich(fake_library) as server, Proxy(server.port, prefix="/immich") as proxy:
         # a trailing slash and the prefix: requests go to /immich/api/...
         env = {"IMMICH_URL": proxy.url, "IMMICH_API_KEY": server.api_key}
         process = MountProcess(mountpoint, env, log_path=tmp_path / "mount.log")

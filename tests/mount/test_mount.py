@@ -16,14 +16,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mountutil import MountProcess, poll, unmount
+from mountutil import MountProcess, clean_env, poll, stat_past_the_kernel_cache, unmount
 
 pytestmark = pytest.mark.fuse
 
@@ -162,7 +161,7 @@ def test_tools_on_a_real_mount(
         assert image.format == "JPEG" and image.size[0] > 0
 
     # writes: EROFS
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: os.open(photos / "new.jpg", os.O_WRONLY | os.O_CREAT),
         lambda: os.open(photos / jpeg, os.O_RDWR),
         lambda: os.mkdir(photos / "dir"),
@@ -211,10 +210,8 @@ def test_tools_on_a_real_mount(
 
     # stat of a just-listed file makes no request, even after the kernel's TTL
     listed = os.listdir(photos)
-    time.sleep(1.2)  # past the kernel's 1 s attribute timeout: stat reaches immichfs
     fake_immich.reset_log()
-    for name in listed[:10]:
-        os.stat(photos / name)
+    stat_past_the_kernel_cache(mnt, [photos / name for name in listed[:10]])
     assert fake_immich.count() == 0, fake_immich.requests
 
     # unmount: both exit 0, and nothing went wrong on the way
@@ -315,12 +312,6 @@ def mount_command(mountpoint: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "immichfs", "mount", str(mountpoint), *args]
 
 
-def clean_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
-    env.update(values)
-    return env
-
-
 def test_without_foreground_returns_once_mounted(fake_immich: Any, tmp_path: Path) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -416,16 +407,22 @@ def test_a_quiet_library_is_not_listed_again(mutable_immich: Any, tmp_path: Path
     args = ("--listing-ttl", "2", "--refresh-interval", "0.5", "--kernel-ttl", "0.2")
     with mount_of(mutable_immich, tmp_path, *args) as (mountpoint, process):
 
+        def status() -> Any:
+            return json.loads((mountpoint / ".immichfs" / "status").read_bytes())
+
         def listing_loads() -> int:
-            status = json.loads((mountpoint / ".immichfs" / "status").read_bytes())
-            return int(status["cache"]["listings"]["loads"])
+            return int(status()["cache"]["listings"]["loads"])
+
+        def cycles_while_unchanged() -> int:
+            assert set(os.listdir(photos)) == names
+            return int(status()["refresh"]["cycles"])
 
         photos = mountpoint / "photos"
         names = set(os.listdir(photos))
         loads = listing_loads()
-        for _ in range(8):  # 4 s: twice the listing's time to live
-            time.sleep(0.5)
-            assert set(os.listdir(photos)) == names
+        # eight refresh cycles, 0.5 s apart: twice the listing's time to live
+        start = cycles_while_unchanged()
+        poll(cycles_while_unchanged, until=lambda cycles: cycles >= start + 8)
         assert listing_loads() == loads
         victim = next(
             name

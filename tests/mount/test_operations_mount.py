@@ -12,14 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from mountutil import MountProcess, unmount
+from mountutil import MountProcess, clean_env, stat_past_the_kernel_cache, unmount
 
 from immichfs.cli import mounthelper
 
@@ -28,13 +27,6 @@ pytestmark = pytest.mark.fuse
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 IS_ROOT = os.geteuid() == 0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "NOTIFY_SOCKET"))}
-    env["HOME"] = "/nonexistent"  # no ~/.config/immichfs/config.toml from the machine
-    env.update(extra)
-    return env
 
 
 def mounted_fstype(mountpoint: Path) -> str | None:
@@ -363,9 +355,8 @@ def test_warm_prints_progress_and_fills_the_cache(
         assert f"1 directories, {files} files" in result.stdout
         assert fake_immich.count() > 0  # warming asked the server
         fake_immich.reset_log()
-        time.sleep(1.5)  # past the kernel's entry/attr timeout: lookups reach immichfs
-        for entry in os.scandir(mountpoint / "photos"):
-            entry.stat(follow_symlinks=False)
+        photos = [Path(entry.path) for entry in os.scandir(mountpoint / "photos")]
+        stat_past_the_kernel_cache(mountpoint, photos)
         assert fake_immich.count() == 0, [r.path for r in fake_immich.requests]
     finally:
         process.cleanup()

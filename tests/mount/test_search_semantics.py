@@ -10,7 +10,6 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,19 +27,13 @@ LIMIT = 250
 QUERIES = ["kyoto", "beach", "Kyoto", "IMG_00", "kinkaku", "Fakon", "no such thing"]
 
 
-@pytest.fixture(params=[False, True], ids=["metadata", "smart"])
-def server(request: pytest.FixtureRequest, fake_library: Any) -> Iterator[FakeImmich]:
-    with FakeImmich(fake_library, smart_search=request.param) as immich:
-        yield immich
-
-
 @pytest.fixture
-def mounted(server: FakeImmich, tmp_path: Path) -> Iterator[Path]:
+def mounted(fake_immich: FakeImmich, tmp_path: Path) -> Iterator[Path]:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     process = MountProcess(
         mountpoint,
-        {"IMMICH_URL": server.url, "IMMICH_API_KEY": server.api_key},
+        {"IMMICH_URL": fake_immich.url, "IMMICH_API_KEY": fake_immich.api_key},
         args=["--refresh-interval", "3600"],
     )
     try:
@@ -51,8 +44,10 @@ def mounted(server: FakeImmich, tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def gateway(server: FakeImmich) -> AsyncIterator[tuple[httpx.AsyncClient, ImmichConnector]]:
-    async with ImmichConnector(server.url, server.api_key) as connector:
+async def gateway(
+    fake_immich: FakeImmich,
+) -> AsyncIterator[tuple[httpx.AsyncClient, ImmichConnector]]:
+    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as connector:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(
@@ -74,8 +69,14 @@ def listed_ids(directory: Path) -> set[str]:
     }
 
 
+@pytest.mark.parametrize(
+    "fake_immich",
+    [{"smart_search": False}, {"smart_search": True}],
+    ids=["metadata", "smart"],
+    indirect=True,
+)
 async def test_mount_gateway_and_library_search_alike(
-    mounted: Path, gateway: tuple[httpx.AsyncClient, ImmichConnector], server: FakeImmich
+    mounted: Path, gateway: tuple[httpx.AsyncClient, ImmichConnector], fake_immich: FakeImmich
 ) -> None:
     client, connector = gateway
     for query in QUERIES:
@@ -85,9 +86,9 @@ async def test_mount_gateway_and_library_search_alike(
         in_gateway = {asset["id"] for asset in response.json()}
         in_library = {a["id"] for a in await connector.search_assets(query, size=LIMIT)}
         assert in_mount == in_gateway == in_library, query
-        if query in ("kyoto", "beach", "IMG_00") or server.smart_search:
+        if query in ("kyoto", "beach", "IMG_00") or fake_immich.smart_search:
             assert in_mount, f"{query!r} finds nothing"
-    if not server.smart_search:
+    if not fake_immich.smart_search:
         # the README's example: a city in lower case still finds the temple
         names = await trio.to_thread.run_sync(os.listdir, mounted / "search" / "kyoto")
         assert any("kinkaku" in name.lower() for name in names), names

@@ -19,7 +19,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mountutil import MountProcess, clean_env
+from netutil import Proxy
 
 from immichfs import errors
 from immichfs.client.connector import DEFAULT_RETRY_POLICY, ImmichConnector
+from immichfs.client.http import read_key_file
 from immichfs.client.retry import RetryPolicy
-from immichfs.options import Settings, load_settings, read_key_file
+from immichfs.options import Settings, load_settings
 from immichfs_fake import FakeImmich, FakeLibrary
 
 #: a key that is easy to find anywhere it leaks
@@ -73,6 +75,7 @@ def exception_text(exc: BaseException) -> str:
 # -- the key in logs and exceptions, connector level ---------------------------------
 
 
+@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
 async def test_a_debug_session_never_shows_the_key(
     fake_library: FakeLibrary, raw_log: RawRecords, tmp_path: Path
 ) -> None:
@@ -184,6 +187,7 @@ async def test_the_key_goes_only_to_the_servers_origin(fake_library: FakeLibrary
 # -- key files --------------------------------------------------------------------------
 
 
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.client.http")
 @pytest.mark.parametrize("mode", [0o640, 0o644, 0o604, 0o660])
 def test_a_key_file_others_can_read_gets_a_warning(
     tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
@@ -220,9 +224,8 @@ def test_the_cli_warns_about_a_readable_key_file(fake_library: FakeLibrary, tmp_
     key_file = tmp_path / "immich.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o644)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
     with FakeImmich(fake_library, api_key=KEY) as server:
-        env.update(IMMICH_URL=server.url, IMMICH_API_KEY_FILE=str(key_file))
+        env = clean_env(IMMICH_URL=server.url, IMMICH_API_KEY_FILE=str(key_file))
         result = subprocess.run(
             [sys.executable, "-m", "immichfs", "check"],
             env=env,
@@ -257,7 +260,7 @@ def test_the_fake_server_listens_on_loopback_only(fake_library: FakeLibrary) -> 
         assert server.url.startswith("http://127.0.0.1:")
         # nothing answers on the machine's other addresses
         for family, _, _, _, address in socket.getaddrinfo(socket.gethostname(), server.port):
-            if address[0].startswith("127.") or address[0] == "::1":
+            if str(address[0]).startswith("127.") or address[0] == "::1":
                 continue
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.settimeout(2)
@@ -310,80 +313,17 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return Certificates(d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem")
 
 
-class TLSProxy:
-    """TLS on a loopback port in front of the (plain HTTP) fake server, in threads."""
-
-    def __init__(self, backend_port: int, certificates: Certificates) -> None:
-        self.backend_port = backend_port
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(certificates.cert, certificates.key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.handshakes = 0
-        self.failed_handshakes = 0
-        self._stopping = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> TLSProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping = True
-        # close() alone does not wake a thread blocked in accept() on Linux
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self._thread.join(5)
-
-    def _accept(self) -> None:
-        while not self._stopping:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        self.handshakes += 1
-        client.settimeout(10)
-        try:
-            tls = self.context.wrap_socket(client, server_side=True)
-        except (ssl.SSLError, OSError):
-            self.failed_handshakes += 1
-            client.close()
-            return
-        tls.settimeout(None)
-        backend = socket.create_connection(("127.0.0.1", self.backend_port))
-        back = threading.Thread(target=self._pump, args=(backend, tls), daemon=True)
-        back.start()
-        self._pump(tls, backend)
-        back.join(10)
-        tls.close()
-        backend.close()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.fixture
-def tls_immich(fake_library: FakeLibrary, certificates: Certificates) -> Iterator[TLSProxy]:
-    with FakeImmich(fake_library, api_key=KEY) as server, TLSProxy(server.port, certificates) as p:
+def tls_immich(fake_library: FakeLibrary, certificates: Certificates) -> Iterator[Proxy]:
+    """TLS on a loopback port in front of the (plain HTTP) fake server."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificates.cert, certificates.key)
+    with FakeImmich(fake_library, api_key=KEY) as server, Proxy(server.port, tls=context) as p:
         yield p
 
 
 async def test_tls_default_verification_fails_clearly(
-    tls_immich: TLSProxy, raw_log: RawRecords
+    tls_immich: Proxy, raw_log: RawRecords
 ) -> None:
     async with ImmichConnector(tls_immich.url, KEY, retry_policy=DEFAULT_RETRY_POLICY) as immich:
         with pytest.raises(errors.ImmichError) as info:
@@ -398,7 +338,7 @@ async def test_tls_default_verification_fails_clearly(
     assert KEY not in "\n".join(raw_log.lines)
 
 
-async def test_tls_with_the_ca_file_works(tls_immich: TLSProxy, certificates: Certificates) -> None:
+async def test_tls_with_the_ca_file_works(tls_immich: Proxy, certificates: Certificates) -> None:
     async with ImmichConnector(tls_immich.url, KEY, verify=str(certificates.ca)) as immich:
         assert (await immich.get_asset_statistics())["total"] > 0
     async with ImmichConnector(tls_immich.url, KEY, verify=str(certificates.other_ca)) as immich:
@@ -406,7 +346,7 @@ async def test_tls_with_the_ca_file_works(tls_immich: TLSProxy, certificates: Ce
             await immich.get_asset_statistics()
 
 
-async def test_tls_insecure_works_only_when_asked(tls_immich: TLSProxy) -> None:
+async def test_tls_insecure_works_only_when_asked(tls_immich: Proxy) -> None:
     async with ImmichConnector(tls_immich.url, KEY, verify=False) as immich:
         assert (await immich.get_asset_statistics())["total"] > 0
     # settings: verification is on unless --insecure / IMMICH_INSECURE says otherwise
@@ -418,7 +358,7 @@ async def test_tls_insecure_works_only_when_asked(tls_immich: TLSProxy) -> None:
     assert load_settings({}, env={"IMMICH_CA_CERT": "/etc/ca.pem"}).verify == "/etc/ca.pem"
 
 
-async def test_tls_on_the_byte_path(tls_immich: TLSProxy, certificates: Certificates) -> None:
+async def test_tls_on_the_byte_path(tls_immich: Proxy, certificates: Certificates) -> None:
     """The mount's ranged-GET client honours the same three choices."""
     from immichfs.client.config import ClientConfig
     from immichfs.client.originals import RangeGetClient
@@ -454,8 +394,6 @@ def _proc_text(pid: int, name: str) -> str:
 def test_a_debug_mount_session_never_shows_the_key(
     fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     key_file = tmp_path / "immich.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
@@ -518,17 +456,11 @@ def test_a_debug_mount_session_never_shows_the_key(
 
 
 def test_a_tls_mount_checks_the_certificate(
-    tls_immich: TLSProxy, certificates: Certificates, fake_library: FakeLibrary, tmp_path: Path
+    tls_immich: Proxy, certificates: Certificates, fake_library: FakeLibrary, tmp_path: Path
 ) -> None:
-    from mountutil import MountProcess
-
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("IMMICH")},
-        "IMMICH_URL": tls_immich.url,
-        "IMMICH_API_KEY": KEY,
-    }
+    env = clean_env(IMMICH_URL=tls_immich.url, IMMICH_API_KEY=KEY)
     # an untrusted certificate: one clear line, nothing mounted
     result = subprocess.run(
         [sys.executable, "-m", "immichfs", "mount", "--foreground", str(mountpoint)],

@@ -14,13 +14,14 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import pytest
 from mountutil import MountProcess
+from opsutil import CTX, Replies
 
 from immichfs.cli.status import (
     format_errors,
@@ -29,11 +30,8 @@ from immichfs.cli.status import (
     human_duration,
     read_status,
 )
-from immichfs.client.connector import ImmichConnector
 from immichfs.errors import UserError
-from immichfs.fuse.mount import build_mount
 from immichfs.fuse.operations import Operations
-from immichfs.options import Settings
 from immichfs.vfs.inodes import ROOT_INODE
 from immichfs.vfs.status import hit_rate
 
@@ -60,16 +58,6 @@ TOP_FIELDS = {
     "disk_cache",
 }
 CACHE_FIELDS = {"hits", "misses", "hit_rate", "entries", "size", "max_size", "loads"}
-
-
-class Ctx:
-    uid = 0
-    gid = 0
-    pid = 1
-    umask = 0o022
-
-
-CTX: Any = Ctx()
 
 
 # -- pure formatting -----------------------------------------------------------------
@@ -164,13 +152,6 @@ def test_read_status_finds_the_mount_of_a_path(tmp_path: Path) -> None:
 # -- the handlers, without the kernel -----------------------------------------------
 
 
-@pytest.fixture
-async def ops(fake_immich: Any) -> AsyncIterator[Operations]:
-    settings = Settings(url=fake_immich.url, api_key=fake_immich.api_key)
-    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as connector:
-        yield build_mount(connector, settings).operations
-
-
 async def read_all(operations: Operations, inode: int) -> tuple[pyfuse3.FileInfo, bytes]:
     info = await operations.open(inode, os.O_RDONLY, CTX)
     data = b""
@@ -180,8 +161,15 @@ async def read_all(operations: Operations, inode: int) -> tuple[pyfuse3.FileInfo
     return info, data
 
 
-async def test_status_through_the_handlers(ops: Operations, fake_immich: Any) -> None:
-    operations = ops
+@pytest.mark.expect_log(
+    "opendir: access denied: the API key was rejected",
+    level="ERROR",
+    logger="immichfs.fuse.operations",
+)
+async def test_status_through_the_handlers(
+    ops: tuple[Operations, Replies], fake_immich: Any
+) -> None:
+    operations, _ = ops
     directory = await operations.lookup(ROOT_INODE, b".immichfs", CTX)
     assert stat.S_ISDIR(directory.st_mode)
     entry = await operations.lookup(directory.st_ino, b"status", CTX)

@@ -13,69 +13,20 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
 import pytest
 import trio
 from cachetools import LRUCache
+from opsutil import CTX, Replies
 
-from immichfs.client.connector import ImmichConnector
 from immichfs.errors import AuthenticationError, NotFound, ServerError, StaleAsset
-from immichfs.fuse.mount import build_operations
 from immichfs.fuse.operations import Operations
-from immichfs.options import Settings
 from immichfs.vfs.inodes import ROOT_INODE
 
-
-@dataclass
-class Ctx:
-    """Stands in for pyfuse3.RequestContext (whose attributes are read-only)."""
-
-    uid: int = 0
-    gid: int = 0
-    pid: int = 1
-    umask: int = 0o022
-
-
-CTX: Any = Ctx()
 #: the organised views the composition root adds (immichfs.vfs.views)
 VIEWS = {b"albums", b"people", b"tags", b"by-date", b"favorites", b"archive"}
-
-
-@dataclass
-class Replies:
-    """An injected readdir_reply: collects entries, accepts at most ``room`` per call."""
-
-    room: int = 1_000_000
-    entries: list[tuple[bytes, int, int]] = field(default_factory=list)
-    _used: int = 0
-
-    def __call__(
-        self, token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int
-    ) -> bool:
-        if self._used >= self.room:
-            return False
-        self._used += 1
-        self.entries.append((name, attr.st_ino, next_id))
-        return True
-
-    def next_call(self) -> None:
-        self._used = 0
-
-
-@pytest.fixture
-async def ops(fake_immich: Any) -> AsyncIterator[tuple[Operations, Replies]]:
-    replies = Replies()
-    settings = Settings(url=fake_immich.url, api_key=fake_immich.api_key, listing_ttl=30)
-    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as connector:
-        operations = build_operations(connector, settings)
-        operations.readdir_reply = replies
-        yield operations, replies
-        # nothing leaks: every open handle was released
-        assert operations.open_handles() == 0
 
 
 async def forget_all(operations: Operations) -> None:
@@ -209,7 +160,7 @@ async def test_readdir_of_a_listing_larger_than_the_entry_cache(
     photos_inode = (await operations.lookup(ROOT_INODE, b"photos", CTX)).st_ino
     expected = await list_dir(operations, replies, photos_inode)
     # a bound below the listing's size: nothing kept (and no error), same answers
-    operations._ready = LRUCache(maxsize=10, getsizeof=len)
+    operations._ready = LRUCache(maxsize=10, getsizeof=len)  # type: ignore[arg-type]
     assert await list_dir(operations, replies, photos_inode) == expected
     assert len(operations._ready) == 0
     await forget_all(operations)
@@ -336,15 +287,26 @@ async def test_xattrs(ops: tuple[Operations, Replies]) -> None:
 # -- the errno guard, with a tree that fails on purpose
 
 
+def logged(level: str, message: str) -> pytest.MarkDecorator:
+    """The guard's log line for a failed lookup."""
+    return pytest.mark.expect_log(
+        f"^lookup: {message}$", level=level, logger="immichfs.fuse.operations"
+    )
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
         (NotFound("gone"), errno.ENOENT),
-        (StaleAsset("changed"), errno.ESTALE),
-        (AuthenticationError("revoked", status=401), errno.EACCES),
-        (ServerError("502", status=502), errno.EIO),
-        (RuntimeError("a bug"), errno.EIO),
-        (KeyError("a bug"), errno.EIO),
+        pytest.param(StaleAsset("changed"), errno.ESTALE, marks=logged("WARNING", "changed")),
+        pytest.param(
+            AuthenticationError("revoked", status=401),
+            errno.EACCES,
+            marks=logged("ERROR", "access denied: revoked"),
+        ),
+        pytest.param(ServerError("502", status=502), errno.EIO, marks=logged("ERROR", "502")),
+        pytest.param(RuntimeError("a bug"), errno.EIO, marks=logged("ERROR", "unexpected error")),
+        pytest.param(KeyError("a bug"), errno.EIO, marks=logged("ERROR", "unexpected error")),
     ],
 )
 async def test_errors_become_errno(
@@ -386,6 +348,7 @@ async def test_cancellation_is_not_swallowed(
     assert scope.cancelled_caught
 
 
+@pytest.mark.expect_log(r"kernel forgot inode \d+ 3 times but held 0", logger="immichfs.vfs.inodes")
 async def test_forget_never_raises(ops: tuple[Operations, Replies]) -> None:
     operations, _ = ops
     await operations.forget([(424242, 3)])

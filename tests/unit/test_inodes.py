@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from immichfs.vfs.inodes import ROOT_INODE, DirSnapshot, HandleTable, InodeTable
 
 
@@ -50,6 +52,7 @@ def test_remember_each_counts_every_occurrence() -> None:
     assert table.outstanding() == {a: 3, b: 1}
 
 
+@pytest.mark.expect_log(r"kernel forgot inode \d+ 5 times but held 0", logger="immichfs.vfs.inodes")
 def test_forget_more_than_held_does_not_raise() -> None:
     table = InodeTable(("dir", "/"))
     inode = table.inode(("asset", "x"))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from immichfs import options
-from immichfs.options import OPTIONS, ConfigError, load_settings
+from immichfs.errors import ConfigError
+from immichfs.options import OPTIONS, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "k3y-" + "x" * 36
@@ -190,12 +191,13 @@ def test_bad_key_file(tmp_path: Path, content: str | None, message: str) -> None
         load_settings(parse("--api-key-file", str(key_file)), env={})
 
 
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.client.http")
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_readable_key_file_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
 ) -> None:
     key_file = write(tmp_path / "key", KEY, mode)
-    with caplog.at_level(logging.WARNING, logger="immichfs.options"):
+    with caplog.at_level(logging.WARNING, logger="immichfs.client.http"):
         settings = load_settings(parse("--api-key-file", str(key_file)), env={})
     assert settings.api_key == KEY  # a warning, not a refusal (container secrets are 0644)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -206,16 +208,17 @@ def test_readable_key_file_warns(
 
 def test_private_key_file_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     key_file = write(tmp_path / "key", KEY, 0o600)
-    with caplog.at_level(logging.DEBUG, logger="immichfs.options"):
+    with caplog.at_level(logging.DEBUG, logger="immichfs.client.http"):
         load_settings(parse("--api-key-file", str(key_file)), env={})
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.expect_log("is readable by group or others", logger="immichfs.client.http")
 def test_key_in_readable_config_file_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     file = write(tmp_path / "c.toml", f'api_key = "{KEY}"\n', 0o644)
-    with caplog.at_level(logging.WARNING, logger="immichfs.options"):
+    with caplog.at_level(logging.WARNING, logger="immichfs.client.http"):
         settings = load_settings(parse("--config", str(file)), env={})
     assert settings.api_key == KEY
     assert "readable by group or others" in caplog.text

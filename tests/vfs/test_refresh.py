@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from memory_source import Clock
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog
@@ -282,21 +283,11 @@ def test_refresh_command_on_something_else(tmp_path: Any) -> None:
     assert result.stdout == ""
 
 
-class Clock:
-    """The caches' clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def renewing(
     mutable_immich: FakeImmich,
 ) -> AsyncIterator[tuple[Tree, RefreshTask, Clock]]:
-    clock = Clock()
+    clock = Clock(1000.0)
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
         tree, task = timed_tree(client, clock)
         await task.refresh()  # the first cycle learns the albums and the counts
@@ -374,7 +365,7 @@ async def test_without_asset_statistics_listings_simply_expire(
 async def test_the_run_loop_counts_assets_before_anything_is_listed(
     mutable_immich: FakeImmich,
 ) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
         tree, task = timed_tree(client, clock, interval=3600)
         async with trio.open_nursery() as nursery:
@@ -391,7 +382,7 @@ async def test_the_run_loop_counts_assets_before_anything_is_listed(
 async def test_a_renewed_listing_keeps_its_assets_cached(
     mutable_immich: FakeImmich,
 ) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     async with ImmichConnector(mutable_immich.url, mutable_immich.api_key) as client:
         tree, task = timed_tree(client, clock, asset_ttl=40)
         await task.refresh()

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memory_source import MemorySource, make_asset
+from memory_source import Clock, MemorySource, make_asset
 
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
@@ -37,14 +37,6 @@ from immichfs.vfs.tree import (
     TreeSettings,
     extension_for,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def build(

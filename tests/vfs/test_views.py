@@ -64,12 +64,6 @@ def build(source: Any, options: ViewOptions | None = None, **tree: Any) -> tuple
 
 
 @pytest.fixture
-async def connector(fake_immich: FakeImmich) -> AsyncIterator[ImmichConnector]:
-    async with ImmichConnector(fake_immich.url, fake_immich.api_key) as client:
-        yield client
-
-
-@pytest.fixture
 async def source(connector: ImmichConnector) -> RecordingSource:
     return RecordingSource(connector)
 
@@ -124,7 +118,7 @@ async def test_albums_match_the_api(
     # every album the key sees, shared-with-me included, each under its own name
     assert len(directories) == len(albums) == len(fake_library.albums)
     assert all(is_valid(name) for name in directories)
-    by_id = {d.key[1]: name for name, d in directories.items()}
+    by_id = {d.key[1]: name for name, d in directories.items()}  # type: ignore[index]
     api_counts = {a["id"]: a["assetCount"] for a in albums}
     for album_id, name in by_id.items():
         listed = await asset_ids(tree, ("album", album_id))
@@ -193,7 +187,7 @@ async def test_people(source: RecordingSource, fake_library: FakeLibrary) -> Non
     }
     assert hidden.name not in directories
     for name, directory in directories.items():
-        person_id = directory.key[1]
+        person_id = directory.key[1]  # type: ignore[index]
         expected = {a.id for a in timeline(fake_library) if person_id in a.person_ids}
         assert set(await asset_ids(tree, directory.key)) == expected, name
         assert expected, f"{name} should have photos in the sample library"
