@@ -419,12 +419,14 @@ class CatalogMemory:
     """Listings served from the on-disk catalog, then brought up to date.
 
     - The first load of a directory in a mount whose catalog holds it returns the
-      saved assets at once and reloads them from the server in the background;
-      when that is done, ``on_fresh(key, assets)`` is called (the caller forgets
-      the listing it built, so the next ``ls`` shows the fresh one, which this
-      hands out without a second request). Until then the saved assets are
-      *unconfirmed*: :meth:`confirmed` waits for the reload, so cached bytes of an
-      asset whose checksum changed while unmounted are never served for it.
+      saved assets at once and reloads them from the server in the background,
+      starting a second later (plus a second per 25,000 assets, at most 10 s: the
+      first ``ls`` goes first). When that is done, ``on_fresh(key, assets)`` is
+      called (the caller forgets the listing it built, so the next ``ls`` shows
+      the fresh one, which this hands out without a second request). Until then
+      the saved assets are *unconfirmed*: :meth:`confirmed` asks the server for
+      one of them alone (or waits for the reload), so cached bytes of an asset
+      whose checksum changed while unmounted are never served for it.
     - Every listing loaded from the server is saved (in a worker thread).
     - When the server is unreachable (``reachability`` says so, or a load fails
       with a transient error after its retries) the saved listing is served,
@@ -486,7 +488,10 @@ class CatalogMemory:
                     ids = [a.id for a in saved[0]]
                     for asset_id in ids:
                         self._unconfirmed.setdefault(asset_id, []).append(done)
-                    trio.lowlevel.spawn_system_task(self._reload, key, loader, ids, done)
+                    # started a moment later: the first `ls` after a remount is served
+                    # before the reload competes with it for this process's one core
+                    delay = min(10.0, 1.0 + len(ids) / 25_000)
+                    trio.lowlevel.spawn_system_task(self._reload, key, loader, ids, done, delay)
                 return saved[0]
             if not self.reachability():
                 raise Offline(
@@ -518,10 +523,16 @@ class CatalogMemory:
             log.warning("cannot save the catalog: %s", exc)
 
     async def _reload(
-        self, key: Hashable, loader: AssetsLoader, ids: list[str], done: trio.Event
+        self,
+        key: Hashable,
+        loader: AssetsLoader,
+        ids: list[str],
+        done: trio.Event,
+        delay: float = 0.0,
     ) -> None:
         try:
             try:
+                await trio.sleep(delay)
                 assets = await loader()
                 await trio.to_thread.run_sync(self.store.save_listing, key, assets)
             except Exception as exc:
