@@ -43,7 +43,8 @@ def build_tree(
     )
     catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
     readers = ReaderPool(
-        fetch or connector.stream_full_resolution_file, ReadaheadConfig.from_settings(settings)
+        fetch or connector.stream_full_resolution_file,
+        ReadaheadConfig.from_settings(settings, options.retry_policy(settings)),
     )
     tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
     views = install_views(
