@@ -177,6 +177,15 @@ class Operations(pyfuse3.Operations):
         self._ready: LRUCache[Key, _ReadyEntries] = LRUCache(
             maxsize=ready_entries, getsizeof=lambda ready: max(1, len(ready.entries))
         )
+        #: set once the kernel's INIT is answered (see ``init``)
+        self.initialised = trio.Event()
+
+    def init(self) -> None:
+        """Called by pyfuse3 while it answers the kernel's INIT. The answer is written
+        before any task runs again, so a task waiting for ``initialised`` runs after
+        it: the kernel sets the mount's read-ahead from that answer, and a larger
+        read-ahead set before it would be undone."""
+        self.initialised.set()
 
     def _count_error(self, exc: pyfuse3.FUSEError) -> None:
         code = exc.errno
