@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from immichfs import options
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
-from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
+from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReaderPool
 from immichfs.client.connector import ImmichConnector
 from immichfs.client.originals import RangeGetClient
 from immichfs.vfs.tree import Tree, TreeSettings
@@ -44,7 +44,7 @@ def build_tree(
     catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
     readers = ReaderPool(
         fetch or connector.stream_full_resolution_file,
-        ReadaheadConfig.from_settings(settings, options.retry_policy(settings)),
+        options.readahead_config(settings),
     )
     tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
     views = install_views(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from immichfs.catalog.reader import MiB, ReadaheadConfig
 from immichfs.client.config import DEFAULT_TIMEOUT, ClientConfig
 from immichfs.client.http import read_key_file, warn_if_readable
 from immichfs.client.retry import RetryPolicy
@@ -562,6 +563,20 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     """The retry policy of ``settings`` (``retry_budget``; 0 turns retries off)."""
     budget = settings.retry_budget
     return RetryPolicy(budget=budget, attempts=1 if budget <= 0 else RetryPolicy.attempts)
+
+
+def readahead_config(settings: Settings) -> ReadaheadConfig:
+    """The byte path's tunables of ``settings`` (readahead_mb, readahead_budget_mb, and
+    the timeout plus the retry budget as the longest a read may wait)."""
+    retry = retry_policy(settings)
+    ahead = max(1, int(settings.readahead_mb)) * MiB
+    return ReadaheadConfig(
+        max_ahead=ahead,
+        max_window=min(ReadaheadConfig.max_window, ahead),
+        global_budget=max(1, int(settings.readahead_budget_mb)) * MiB,
+        retry=retry,
+        read_timeout=settings.timeout + retry.budget,
+    )
 
 
 def client_config(settings: Settings, *, retry: bool = True) -> ClientConfig:

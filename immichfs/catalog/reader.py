@@ -246,19 +246,6 @@ class ReadaheadConfig:
             min(self.initial_window, self.max_ahead), min(self.max_window, self.max_ahead // 4)
         )
 
-    @classmethod
-    def from_settings(cls, settings: Any, retry: RetryPolicy) -> ReadaheadConfig:
-        """Build from ``immichfs.options.Settings`` (readahead_mb, readahead_budget_mb,
-        timeout) and the mount's retry policy (``immichfs.options.retry_policy``)."""
-        ahead = max(1, int(settings.readahead_mb)) * MiB
-        return cls(
-            max_ahead=ahead,
-            max_window=min(8 * MiB, ahead),
-            global_budget=max(1, int(settings.readahead_budget_mb)) * MiB,
-            retry=retry,
-            read_timeout=float(getattr(settings, "timeout", 30.0)) + retry.budget,
-        )
-
 
 class OriginEstimate:
     """What one request to the origin costs, learnt from the responses the pool gets.
