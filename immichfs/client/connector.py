@@ -93,6 +93,33 @@ _ASSET_TYPES = {"ALL": None, "IMAGE": "IMAGE", "VIDEO": "VIDEO"}
 
 Version = tuple[int, int, int]
 
+#: ``GET /config`` replaces ``/server/config`` and ``/server/features`` from here
+CONFIG_SINCE = (3, 2, 0)
+
+
+def features_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``/server/features`` flags a 3.2 ``UserConfigDto`` (``GET /config``) implies."""
+
+    def on(*path: str) -> bool:
+        node: Any = config
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        return node is True
+
+    ml = on("machineLearning", "enabled")
+    return {
+        "smartSearch": ml and on("machineLearning", "clip", "enabled"),
+        "facialRecognition": ml and on("machineLearning", "facialRecognition", "enabled"),
+        "duplicateDetection": ml and on("machineLearning", "duplicateDetection", "enabled"),
+        "ocr": ml and on("machineLearning", "ocr", "enabled"),
+        "map": on("map", "enabled"),
+        "reverseGeocoding": on("reverseGeocoding", "enabled"),
+        "trash": on("trash", "enabled"),
+        "oauth": on("oauth", "enabled"),
+        "passwordLogin": on("passwordLogin", "enabled"),
+        "realtimeTranscoding": on("ffmpeg", "realtime", "enabled"),
+    }
+
 
 def _bool_param(value: Any) -> Any:
     # Immich's query booleans are the strings true/false
@@ -484,13 +511,29 @@ class ImmichConnector:
             raise ProtocolError("the server did not confirm the API key (authStatus)")
 
     async def get_server_features(self) -> dict[str, Any]:
-        """``GET /api/server/features`` (``smartSearch``, ``trash``, ...)."""
-        data = expect_json_object(
-            await self._json("GET", "/server/features", what="server features"),
-            "server features",
-        )
+        """The server's features as ``/server/features`` names them (``smartSearch``, ``trash``).
+
+        On 3.2+, where ``/server/features`` is deprecated, they are read from
+        ``GET /api/config`` (``userConfig.read``); a key without that permission
+        falls back to ``/server/features``, which still answers.
+        """
+        data: dict[str, Any] | None = None
+        if await self.connect() >= CONFIG_SINCE:
+            try:
+                data = features_from_config(await self.get_config())
+            except (NotFound, PermissionDenied) as exc:
+                log.debug("GET /config refused (%s): asking /server/features", exc)
+        if data is None:
+            data = expect_json_object(
+                await self._json("GET", "/server/features", what="server features"),
+                "server features",
+            )
         self._features = data
         return data
+
+    async def get_config(self) -> dict[str, Any]:
+        """``GET /api/config`` (3.2+, ``userConfig.read``): the settings users may see."""
+        return expect_json_object(await self._json("GET", "/config", what="config"), "config")
 
     async def get_key_permissions(self) -> list[str] | None:
         """The key's permissions (``["all"]`` for a full key); None when unknown.
@@ -706,42 +749,95 @@ class ImmichConnector:
 
     # -- search -----------------------------------------------------------------
 
+    async def search_v2(self) -> bool:
+        """Whether the server has search v2 (``filter``, ``orderBy``, ``cursor``: 3.2+).
+
+        The one choice every search makes: v2 servers are sent a filter tree and
+        paged by cursor, older ones the flat fields and page numbers.
+        """
+        return await self.connect() >= search.SEARCH_V2
+
     async def search_metadata(
         self, filters: Mapping[str, Any], *, page: int = 1, size: int = 1000
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """One page of ``POST /api/search/metadata`` (Immich's 1-based ``page``).
+        """One page of ``POST /api/search/metadata`` by Immich's 1-based ``page``.
 
-        Returns (assets, next page number or None). ``withExif`` is on (the file
-        size lives there) and ``visibility`` is always sent — ``timeline`` unless
-        ``filters`` sets it — because its default differs between versions;
-        ``"visibility": None`` in ``filters`` leaves it to the server.
+        Returns (assets, next page number or None). ``filters`` are Immich's flat
+        search fields; on 3.2+ they are sent as a filter tree
+        (:func:`immichfs.client.search.filter_tree`) and only the page number
+        stays a deprecated field (a cursor cannot jump to a page: use
+        :meth:`iter_search_metadata` to walk a listing). ``withExif`` is on (the
+        file size lives there) and ``visibility`` is always sent — ``timeline``
+        unless ``filters`` sets it — because its default differs between
+        versions; ``"visibility": None`` in ``filters`` leaves it to the server.
         """
         if isinstance(page, bool) or not isinstance(page, int) or page < 1:
             raise ValueError(f"page must be an integer ≥ 1 (Immich's pages), not {page!r}")
         _page_args(size, 0)
-        body = self._search_body(filters)
+        body = self._search_body(filters, v2=await self.search_v2())
         body.update(page=page, size=size)
         data = await self._json(
             "POST", "/search/metadata", body=body, what="search", idempotent=True
         )
         return self._search_page(data, page, "search")
 
+    async def search_metadata_page(
+        self, filters: Mapping[str, Any], *, cursor: str | None = None, size: int = 1000
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``POST /api/search/metadata`` after ``cursor`` (None: the first).
+
+        Returns (assets, the cursor of the next page or None after the last). On
+        3.2+ the cursor is Immich's ``nextCursor``: a page continues after the
+        last asset of the one before, so assets added or removed meanwhile
+        neither shift nor repeat the pages. Below 3.2 it is the page number.
+        """
+        _page_args(size, 0)
+        if not await self.search_v2():
+            page = 1 if cursor is None else int(cursor)
+            items, next_page = await self.search_metadata(filters, page=page, size=size)
+            return items, None if next_page is None else str(next_page)
+        body = self._search_body(filters, v2=True)
+        body["size"] = size
+        if cursor is not None:
+            body["cursor"] = cursor
+        data = await self._json(
+            "POST", "/search/metadata", body=body, what="search", idempotent=True
+        )
+        items, _ = self._search_page(data, 1, "search", cursor=True)
+        next_cursor = data["assets"].get("nextCursor")
+        if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+            raise ProtocolError(f"search: nextCursor is {next_cursor!r}, not a cursor")
+        if next_cursor is not None and next_cursor == cursor:
+            raise ProtocolError("search: nextCursor does not move past the page")
+        return items, next_cursor
+
     @staticmethod
-    def _search_body(filters: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _search_body(filters: Mapping[str, Any] | None, *, v2: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"withExif": True, "visibility": "timeline"}
         body.update(filters or {})
         if body.get("visibility") is None:
             del body["visibility"]
-        return body
+        if not v2:
+            return body
+        kept = {k: v for k, v in body.items() if k in search.BODY_FIELDS}
+        tree, rest = search.filter_tree({k: v for k, v in body.items() if k not in kept})
+        if rest:
+            # fields the tree does not know still work, deprecated, ANDed with it
+            log.debug("search: sent as flat fields: %s", ", ".join(sorted(rest)))
+        return {**kept, **rest, "filter": tree}
 
     @staticmethod
-    def _search_page(data: Any, page: int, what: str) -> tuple[list[dict[str, Any]], int | None]:
+    def _search_page(
+        data: Any, page: int, what: str, *, cursor: bool = False
+    ) -> tuple[list[dict[str, Any]], int | None]:
         assets = data.get("assets") if isinstance(data, dict) else None
         items = assets.get("items") if isinstance(assets, dict) else None
         if not isinstance(assets, dict) or not isinstance(items, list):
             raise ProtocolError(f"{what}: the answer has no assets.items list")
         if not all(isinstance(item, dict) for item in items):
             raise ProtocolError(f"{what}: an item of assets.items is not an object")
+        if cursor:
+            return items, None  # paged by nextCursor (the caller reads it)
         raw_next = assets.get("nextPage")
         next_page: int | None
         if raw_next is None:
@@ -759,12 +855,14 @@ class ImmichConnector:
     async def iter_search_metadata(
         self, filters: Mapping[str, Any], *, page_size: int = 1000
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every asset matching ``filters``, page after page."""
-        page: int | None = 1
-        while page is not None:
-            items, page = await self.search_metadata(filters, page=page, size=page_size)
+        """Every asset matching ``filters``, page after page (by cursor on 3.2+)."""
+        cursor: str | None = None
+        while True:
+            items, cursor = await self.search_metadata_page(filters, cursor=cursor, size=page_size)
             for item in items:
                 yield item
+            if cursor is None:
+                return
 
     async def search_smart(
         self, query: str, *, size: int = 100, filters: Mapping[str, Any] | None = None
@@ -776,7 +874,7 @@ class ImmichConnector:
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive integer, not {size!r}")
-        body = self._search_body(filters)
+        body = self._search_body(filters, v2=await self.search_v2())
         body["query"] = query
         results: list[dict[str, Any]] = []
         page: int | None = 1
