@@ -41,7 +41,11 @@ def build_tree(
             max_assets=settings.cache_entries,
         )
     )
-    catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
+    catalog = Catalog(
+        connector,
+        cache,
+        CatalogSettings(search_limit=settings.search_limit, edited=settings.edits == "edited"),
+    )
     readers = ReaderPool(
         fetch or connector.stream_full_resolution_file,
         options.readahead_config(settings),

@@ -87,9 +87,11 @@ class CatalogSource(text_search.SearchApi, Protocol):
 
     async def get_asset_statistics(self) -> dict[str, Any]: ...
 
-    async def head_original(self, asset_id: str) -> int: ...
+    async def head_original(self, asset_id: str, *, edited: bool = ...) -> int: ...
 
-    async def get_thumbnail_response(self, asset_id: str, size: str = ...) -> tuple[bytes, str]: ...
+    async def get_thumbnail_response(
+        self, asset_id: str, size: str = ..., *, edited: bool = ...
+    ) -> tuple[bytes, str]: ...
 
     async def get_albums(self) -> list[dict[str, Any]]: ...
 
@@ -109,6 +111,8 @@ class CatalogSettings:
     search_limit: int = 250
     #: assets per ``/search/metadata`` page (Immich's largest)
     page_size: int = 1000
+    #: serve edited assets' edited renditions (``edits = "edited"``), else originals
+    edited: bool = False
 
 
 # -- keys of cached answers (the refresh task drops and renews by them) -----------------
@@ -482,6 +486,40 @@ class Catalog:
 
     # -- files
 
+    def serves_edited(self, asset: Asset) -> bool:
+        """Whether the asset's file is its edited rendition (``edited`` and edited in Immich)."""
+        return self.settings.edited and asset.is_edited is True
+
+    @staticmethod
+    def _edited_key(asset: Asset) -> tuple[str, str]:
+        # an edit changes updatedAt, never the checksum (that is the original's)
+        when = iso_instant(asset.updated_at) if asset.updated_at else ""
+        return (asset.id, f"edited {asset.checksum} {when}")
+
+    def known_file_size(self, asset: Asset) -> int | None:
+        """The size of what the asset's file serves, if known without a request."""
+        if self.serves_edited(asset):
+            return self.cache.sizes.peek(self._edited_key(asset))
+        return self.known_size(asset)
+
+    async def file_size(self, asset: Asset) -> int:
+        """The size of what the asset's file serves: the original's
+        (:meth:`original_size`) or the edited rendition's, which no JSON answer
+        carries: one HEAD with ``edited=true``, kept ``file_info_ttl`` per version."""
+        if not self.serves_edited(asset):
+            return await self.original_size(asset)
+        size: int = await self.cache.sizes.get(
+            self._edited_key(asset), lambda: self.source.head_original(asset.id, edited=True)
+        )
+        return size
+
+    def content_tag(self, asset: Asset) -> str:
+        """What pins the bytes of the asset's file: the original's checksum, or for an
+        edited rendition the edit's version (the checksum is not of those bytes)."""
+        if self.serves_edited(asset):
+            return " ".join(self._edited_key(asset))
+        return asset.checksum
+
     def known_size(self, asset: Asset) -> int | None:
         """The original's size if known without a request (Immich's, or learned before)."""
         if asset.size is not None:
@@ -497,17 +535,25 @@ class Catalog:
         )
         return size
 
+    def _thumbnail_loader(
+        self, asset_id: str, size: str
+    ) -> Callable[[], Awaitable[tuple[bytes, str]]]:
+        if self.settings.edited:
+            # edited=true: an edited asset's rendition of its edit, any other's as usual
+            return lambda: self.source.get_thumbnail_response(asset_id, size, edited=True)
+        return lambda: self.source.get_thumbnail_response(asset_id, size)
+
     async def thumbnail(self, asset_id: str, size: str) -> Thumbnail:
         """A rendition's bytes and type (``size``: Immich's name, ``preview``/``thumbnail``)."""
         data, content_type = await self.cache.thumbnails.get(
-            (size, asset_id), lambda: self.source.get_thumbnail_response(asset_id, size)
+            (size, asset_id), self._thumbnail_loader(asset_id, size)
         )
         return Thumbnail(data, content_type)
 
     async def thumbnail_info(self, asset_id: str, size: str) -> tuple[int, str]:
         """(length, content type) of a rendition; fetched (and kept) on first need."""
         return await self.cache.thumbnails.get_info(
-            (size, asset_id), lambda: self.source.get_thumbnail_response(asset_id, size)
+            (size, asset_id), self._thumbnail_loader(asset_id, size)
         )
 
     def known_thumbnail_info(self, asset_id: str, size: str) -> tuple[int, str] | None:

@@ -123,6 +123,7 @@ class RangeIntoFetcher(Protocol):
     the exact offset reached. ``total`` is the file size the caller expects
     (a different size on the server raises StaleAsset); ``etag`` likewise pins
     the version. It returns the response's ETag (None if the server sent none).
+    ``edited`` reads the edited rendition instead of the original.
     ``immichfs.client.originals.RangeGetClient`` implements it.
     """
 
@@ -135,6 +136,7 @@ class RangeIntoFetcher(Protocol):
         total: int | None = None,
         etag: str | None = None,
         progress: Callable[[int], None] | None = None,
+        edited: bool = False,
     ) -> str | None: ...
 
 
@@ -174,6 +176,7 @@ class RangeStreamFetcher(Protocol):
         *,
         total: int | None = None,
         etag: str | None = None,
+        edited: bool = False,
     ) -> AbstractAsyncContextManager[RangeBody]: ...
 
 
@@ -673,8 +676,10 @@ class ReaderPool:
                     reader._close_now()
                 nursery.cancel_scope.cancel()
 
-    def open(self, asset_id: str, size: int) -> AssetReader:
-        reader = AssetReader(self, asset_id, size, self._next_id)
+    def open(self, asset_id: str, size: int, *, edited: bool = False) -> AssetReader:
+        """A reader of ``size`` bytes of the asset's original (its edited rendition
+        with ``edited``: the fetcher is asked for that, with the same checks)."""
+        reader = AssetReader(self, asset_id, size, self._next_id, edited=edited)
         self._readers[self._next_id] = reader
         self._next_id += 1
         return reader
@@ -771,7 +776,11 @@ class AssetReader:
     #: two responses at once must bring this much more than one for windows to stay
     _PARALLEL_PAYS = 1.3
 
-    def __init__(self, pool: ReaderPool, asset_id: str, size: int, reader_id: int) -> None:
+    def __init__(
+        self, pool: ReaderPool, asset_id: str, size: int, reader_id: int, *, edited: bool = False
+    ) -> None:
+        #: the edited rendition is read (``edited=true``), not the original
+        self.edited = edited
         self._pool = pool
         self._config = pool.config
         self._id = reader_id
@@ -1204,6 +1213,7 @@ class AssetReader:
                 total=self.size,
                 etag=self.etag,
                 progress=progress,
+                **({"edited": True} if self.edited else {}),
             )
             if window.filled != window.size:
                 raise TruncatedBody(
@@ -1216,7 +1226,12 @@ class AssetReader:
         filled = base
         size = window.size
         buf = window.buf
-        async with fetch(self.asset_id, start, window.end - 1) as chunks:
+        ranged = (
+            fetch(self.asset_id, start, window.end - 1, edited=True)  # type: ignore[call-arg]
+            if self.edited
+            else fetch(self.asset_id, start, window.end - 1)
+        )
+        async with ranged as chunks:
             async for chunk in chunks:
                 n = len(chunk)
                 if filled + n > size:
@@ -1311,7 +1326,12 @@ class AssetReader:
         pool._counters["range_requests"] += 1
         asked = trio.current_time()
         async with pool._streamer.open_range(
-            self.asset_id, stream.position, stream.end - 1, total=self.size, etag=self.etag
+            self.asset_id,
+            stream.position,
+            stream.end - 1,
+            total=self.size,
+            etag=self.etag,
+            **({"edited": True} if self.edited else {}),
         ) as body:
             pool.estimate.note_latency(trio.current_time() - asked)
             self._pin_etag(body.etag)

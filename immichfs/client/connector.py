@@ -622,9 +622,13 @@ class ImmichConnector:
         return data
 
     async def get_thumbnail_response(
-        self, asset_id: str, size: str = "preview"
+        self, asset_id: str, size: str = "preview", *, edited: bool = False
     ) -> tuple[bytes, str]:
-        """(bytes, content type) of a rendition; follows ``fullsize``'s redirect."""
+        """(bytes, content type) of a rendition; follows ``fullsize``'s redirect.
+
+        ``edited`` asks for the rendition of the edited asset (``edited=true``,
+        v2.5+; an unedited asset answers as without it).
+        """
         if size not in _THUMBNAIL_SIZES:
             raise ValueError(f"size must be one of {', '.join(_THUMBNAIL_SIZES)}, not {size!r}")
         what = f"asset {asset_id}: {size}"
@@ -634,7 +638,7 @@ class ImmichConnector:
             async with self._open(
                 "GET",
                 path,
-                params={"size": size},
+                params={"size": size, **({"edited": True} if edited else {})},
                 headers={"Accept": "image/*", "Accept-Encoding": "identity"},
                 follow_redirects=True,
                 what=what,
@@ -654,14 +658,23 @@ class ImmichConnector:
 
         return await self._retrying(once, what, path=path)
 
-    async def head_original(self, asset_id: str) -> int:
-        """The size in bytes of the original (``HEAD``, ``Content-Length``)."""
-        what = f"asset {asset_id}: original"
+    async def head_original(self, asset_id: str, *, edited: bool = False) -> int:
+        """The size in bytes of the original (``HEAD``, ``Content-Length``).
+
+        ``edited``: of the edited rendition (``edited=true``, v2.5+), whose size no
+        JSON answer carries; an unedited asset answers with its original's.
+        """
+        what = f"asset {asset_id}: {'edited' if edited else 'original'}"
         path = self._asset_path(asset_id, "original")
 
         async def once() -> int | None:
             async with self._open(
-                "HEAD", path, headers={"Accept-Encoding": "identity"}, what=what, about_id=True
+                "HEAD",
+                path,
+                params={"edited": True} if edited else None,
+                headers={"Accept-Encoding": "identity"},
+                what=what,
+                about_id=True,
             ) as response:
                 return _length(response)
 
@@ -670,13 +683,18 @@ class ImmichConnector:
             raise ProtocolError(f"{what}: no Content-Length in the answer to HEAD")
         return length
 
-    async def get_full_resolution_file(self, asset_id: str) -> bytes:
+    async def get_full_resolution_file(self, asset_id: str, *, edited: bool = False) -> bytes:
         """The whole original file in memory (use the stream for big files)."""
-        async with self.stream_full_resolution_file(asset_id) as chunks:
+        async with self.stream_full_resolution_file(asset_id, edited=edited) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
     def stream_full_resolution_file(
-        self, asset_id: str, start: int | None = None, end: int | None = None
+        self,
+        asset_id: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        edited: bool = False,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """The original's bytes as an async iterator of chunks, memory-bounded.
 
@@ -686,15 +704,17 @@ class ImmichConnector:
         a matching ``Content-Range`` (a 200 is refused with ProtocolError, never
         served as the range). A range must not start past the end of the file:
         Immich answers that with 404/500, not 416, so callers clamp to the size they
-        know. A body that ends early raises TruncatedBody.
+        know. A body that ends early raises TruncatedBody. ``edited`` streams the
+        edited rendition instead (``edited=true``, v2.5+; the original of an
+        unedited asset).
         """
-        return self._stream_original(asset_id, start, end)
+        return self._stream_original(asset_id, start, end, edited)
 
     @asynccontextmanager
     async def _stream_original(
-        self, asset_id: str, start: int | None, end: int | None
+        self, asset_id: str, start: int | None, end: int | None, edited: bool = False
     ) -> AsyncGenerator[AsyncIterator[bytes], None]:
-        what = f"asset {asset_id}: original"
+        what = f"asset {asset_id}: {'edited' if edited else 'original'}"
         path = self._asset_path(asset_id, "original")
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         ranged = start is not None or end is not None
@@ -712,6 +732,7 @@ class ImmichConnector:
         async with self._open(
             "GET",
             path,
+            params={"edited": True} if edited else None,
             headers=headers,
             what=what,
             about_id=True,

@@ -23,7 +23,9 @@ What it does and checks:
   the exact offset; a different total size or ETag raises StaleAsset;
 - errors as :mod:`immichfs.errors` (the same translation as the connector);
 - redirects, the one thing it does not handle, go to ``fallback`` (the
-  connector's ``stream_full_resolution_file``) when one is given.
+  connector's ``stream_full_resolution_file``) when one is given;
+- ``edited=True`` asks for the edited rendition (``?edited=true``, Immich
+  2.5+) with the same checks: its own size and ETag pin it, never the original's.
 
 The API key is sent as ``x-api-key`` and kept out of logs, messages and reprs.
 """
@@ -411,15 +413,19 @@ class RangeGetClient:
         total: int | None = None,
         etag: str | None = None,
         progress: Callable[[int], None] | None = None,
+        edited: bool = False,
     ) -> str | None:
-        """Fill ``view`` with bytes ``start .. start+len(view)-1`` of the original.
+        """Fill ``view`` with bytes ``start .. start+len(view)-1`` of the original
+        (of the edited rendition with ``edited``).
 
         Returns the response's ETag. See ``immichfs.catalog.reader.RangeIntoFetcher``.
         """
         if len(view) == 0:
             return etag
         end = start + len(view) - 1
-        async with self.open_range(asset_id, start, end, total=total, etag=etag) as body:
+        async with self.open_range(
+            asset_id, start, end, total=total, etag=etag, edited=edited
+        ) as body:
             await body.read_into(view, progress)
             return body.etag
 
@@ -432,6 +438,7 @@ class RangeGetClient:
         *,
         total: int | None = None,
         etag: str | None = None,
+        edited: bool = False,
     ) -> AsyncIterator[_Exchange | _ChunkBody]:
         """Ask for bytes ``start..end`` (inclusive); the checked body, read at the caller's pace.
 
@@ -441,7 +448,7 @@ class RangeGetClient:
         ``immichfs.catalog.reader.RangeStreamFetcher``.
         """
         try:
-            async with self._exchange(asset_id, start, end, total, etag) as exchange:
+            async with self._exchange(asset_id, start, end, total, etag, edited) as exchange:
                 yield exchange
                 return
         except _Redirected:
@@ -449,23 +456,31 @@ class RangeGetClient:
         # a redirect: the connector (httpx) handles what this client does not
         assert self._fallback is not None
         self._fallbacks += 1
-        async with self._fallback(asset_id, start, end) as chunks:
+        async with self._fall_back(asset_id, start, end, edited) as chunks:
             yield _ChunkBody(chunks, end - start + 1, f"asset {asset_id}")
 
     def stream(
-        self, asset_id: str, start: int, end: int
+        self, asset_id: str, start: int, end: int, *, edited: bool = False
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Bytes ``start..end`` (inclusive) as chunks: the RangeFetcher interface."""
-        return self._stream(asset_id, start, end)
+        return self._stream(asset_id, start, end, edited)
 
     __call__ = stream
 
+    def _fall_back(
+        self, asset_id: str, start: int, end: int, edited: bool
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        assert self._fallback is not None
+        if edited:
+            return self._fallback(asset_id, start, end, edited=True)  # type: ignore[call-arg]
+        return self._fallback(asset_id, start, end)
+
     @asynccontextmanager
     async def _stream(
-        self, asset_id: str, start: int, end: int
+        self, asset_id: str, start: int, end: int, edited: bool = False
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         try:
-            async with self._exchange(asset_id, start, end, None, None) as exchange:
+            async with self._exchange(asset_id, start, end, None, None, edited) as exchange:
                 chunks = exchange.chunks()
                 try:
                     yield chunks
@@ -476,14 +491,20 @@ class RangeGetClient:
             pass
         assert self._fallback is not None
         self._fallbacks += 1
-        async with self._fallback(asset_id, start, end) as fallback_chunks:
+        async with self._fall_back(asset_id, start, end, edited) as fallback_chunks:
             yield fallback_chunks
 
     # -- the exchange -------------------------------------------------------------------
 
     @asynccontextmanager
     async def _exchange(
-        self, asset_id: str, start: int, end: int, total: int | None, etag: str | None
+        self,
+        asset_id: str,
+        start: int,
+        end: int,
+        total: int | None,
+        etag: str | None,
+        edited: bool = False,
     ) -> AsyncGenerator[_Exchange, None]:
         check_asset_id(asset_id)
         if start < 0 or end < start:
@@ -492,8 +513,9 @@ class RangeGetClient:
             raise ValueError(f"range {start}-{end} goes past the end of the file ({total})")
         if self._closed:
             raise ConnectError("the byte client was closed")
-        what = f"asset {asset_id}: original bytes {start}-{end}"
-        target = f"{self._prefix}/api/assets/{asset_id}/original".encode("ascii")
+        what = f"asset {asset_id}: {'edited' if edited else 'original'} bytes {start}-{end}"
+        query = "?edited=true" if edited else ""
+        target = f"{self._prefix}/api/assets/{asset_id}/original{query}".encode("ascii")
         headers = [*self._headers, (b"Range", f"bytes={start}-{end}".encode("ascii"))]
         request = h11.Request(method="GET", target=target, headers=headers)
         async with self._limiter:

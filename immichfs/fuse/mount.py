@@ -53,6 +53,8 @@ SHOWN_SETTINGS = (
     "retry_budget",
     "search_limit",
     "show_trash",
+    "edits",
+    "sidecars",
     "allow_other",
 )
 

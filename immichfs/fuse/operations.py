@@ -21,7 +21,8 @@ Kernel caching: entry and attribute timeouts are ``kernel_ttl`` (short, never 0
 — see the ``kernel_ttl`` option); an attribute whose size is not known yet gets
 an attribute timeout of 0 so the kernel asks again (``getattr`` then learns it).
 Files are opened with ``keep_cache`` while the asset's checksum is the one seen
-at the previous open: the bytes of an uploaded asset are fixed by its checksum.
+at the previous open: the bytes of an uploaded asset are fixed by its checksum
+(an edited rendition's by its edit's version: :meth:`Catalog.content_tag`).
 """
 
 from __future__ import annotations
@@ -409,9 +410,11 @@ class Operations(pyfuse3.Operations):
         handle = await self.tree.open(node)
         keep_cache = False
         if isinstance(node, AssetFile) and node.asset.checksum:
-            # the page cache may be kept while the content is the one seen before
-            keep_cache = self._checksums.get(inode) == node.asset.checksum
-            self._checksums[inode] = node.asset.checksum
+            # the page cache may be kept while the content is the one seen before (an
+            # edited rendition's tag is its edit's version, not the original's checksum)
+            tag = self.tree.catalog.content_tag(node.asset)
+            keep_cache = self._checksums.get(inode) == tag
+            self._checksums[inode] = tag
         # a generated file (status) changes length: read past st_size, never cached
         direct_io = bool(getattr(handle, "direct_io", False))
         return pyfuse3.FileInfo(

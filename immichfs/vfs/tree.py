@@ -558,7 +558,7 @@ class Tree:
         if type(node) is AssetFile:
             # nearly every readdir entry: checked first (an ABC isinstance costs more)
             known = node.asset
-            if known.size is not None:
+            if known.size is not None and known.is_edited is not True:
                 return Attributes(False, known.size, known.file_modified_at, known.file_created_at)
         if isinstance(node, Directory):
             listing = node.cached_listing()
@@ -568,7 +568,7 @@ class Tree:
         asset = node.asset
         size: int | None
         if isinstance(node, AssetFile):
-            size = self.catalog.known_size(asset)
+            size = self.catalog.known_file_size(asset)
         else:
             info = self.catalog.known_thumbnail_info(asset.id, node.size)
             size = info[0] if info is not None else None
@@ -584,8 +584,8 @@ class Tree:
     async def attributes(self, node: Node) -> Attributes:
         """Exact attributes; may fetch a thumbnail or HEAD an original to learn a size."""
         if isinstance(node, AssetFile):
-            if node.asset.size is None:
-                await self.catalog.original_size(node.asset)
+            if self.catalog.known_file_size(node.asset) is None:
+                await self.catalog.file_size(node.asset)
         elif isinstance(node, ThumbnailFile):
             await self.catalog.thumbnail_info(node.asset.id, node.size)
         elif not isinstance(node, Directory):
@@ -613,6 +613,8 @@ class Tree:
         if isinstance(node, AssetFile):
             if asset.checksum:
                 values["user.immich.checksum"] = asset.checksum
+            if asset.is_edited is not None:
+                values["user.immich.edited"] = "1" if asset.is_edited else "0"
         else:
             values["user.immich.thumbnail_size"] = node.size
         return {name: value.encode("utf-8") for name, value in values.items()}
@@ -622,7 +624,9 @@ class Tree:
     async def open(self, node: FileNode | VirtualFile) -> OpenFile:
         """An open handle on a file's bytes."""
         if isinstance(node, AssetFile):
-            size = await self.catalog.original_size(node.asset)
+            size = await self.catalog.file_size(node.asset)
+            if self.catalog.serves_edited(node.asset):
+                return self.readers.open(node.asset.id, size, edited=True)
             return self.readers.open(node.asset.id, size)
         if not isinstance(node, ThumbnailFile):
             return await node.open()

@@ -1,0 +1,121 @@
+"""Immich 3.2 features in a real mount of the fake (3.2 mode): edited renditions
+(``--edits``), XMP sidecars (``--sidecars``), and listings by cursor."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mountutil import MountProcess
+
+from immichfs_fake import FakeImmich, FakeLibrary
+
+V32 = "3.2.0"
+
+
+@pytest.fixture
+def immich32(fake_library: FakeLibrary) -> Iterator[FakeImmich]:
+    with FakeImmich(fake_library, version=V32) as server:
+        yield server
+
+
+def mount(server: Any, tmp_path: Path, *args: str) -> MountProcess:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    process = MountProcess(
+        mountpoint,
+        {"IMMICH_URL": server.url, "IMMICH_API_KEY": server.api_key},
+        args=["--refresh-interval", "3600", *args],
+        log_path=tmp_path / "mount.log",
+    )
+    try:
+        process.wait_mounted()
+    except BaseException:
+        process.cleanup()
+        raise
+    return process
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def edited_photos(lib: FakeLibrary) -> list[Any]:
+    return sorted(
+        (
+            a
+            for a in lib.assets.values()
+            if a.is_edited
+            and a.type == "IMAGE"
+            and a.visibility == "timeline"
+            and not a.is_trashed
+            and a.owner_id == lib.me.id
+        ),
+        key=lambda a: a.id,
+    )
+
+
+def by_id(directory: Path) -> dict[str, Path]:
+    found = {}
+    for entry in os.scandir(directory):
+        if entry.name.endswith(".xmp"):
+            continue
+        found[os.getxattr(entry.path, "user.immich.id").decode()] = Path(entry.path)
+    return found
+
+
+@pytest.mark.parametrize("edits", ["edited", "original"])
+def test_edits_serve_the_chosen_rendition(
+    immich32: FakeImmich, fake_library: FakeLibrary, tmp_path: Path, edits: str
+) -> None:
+    lib = fake_library
+    edited = edited_photos(lib)
+    assert len(edited) >= 2
+    process = mount(immich32, tmp_path, "--edits", edits)
+    try:
+        files = by_id(process.mountpoint / "photos")
+        for asset in edited[:3]:
+            path = files[asset.id]
+            want = lib.edited_content(asset.id) if edits == "edited" else lib.content(asset.id)
+            assert len(want) != len(lib.content(asset.id)) or edits == "original"
+            assert path.stat().st_size == len(want)
+            assert file_sha1(path) == sha1(want)
+            assert os.getxattr(path, "user.immich.edited") == b"1"
+            # the checksum attribute is always the original's SHA-1
+            checksum = base64.b64decode(os.getxattr(path, "user.immich.checksum")).hex()
+            assert checksum == sha1(lib.content(asset.id))
+        unedited = next(
+            a
+            for a in lib.assets.values()
+            if a.id in files and not a.is_edited and a.type == "IMAGE"
+        )
+        assert os.getxattr(files[unedited.id], "user.immich.edited") == b"0"
+        assert file_sha1(files[unedited.id]) == sha1(lib.content(unedited.id))
+        status = json.loads((process.mountpoint / ".immichfs" / "status").read_bytes())
+        assert status["settings"]["edits"] == edits
+    finally:
+        process.cleanup()
+    heads = [r for r in immich32.requests.select("HEAD", "/api/assets/")]
+    if edits == "original":
+        # sizes come from the listing: no HEAD, and edited=true never asked
+        assert not heads
+        assert not [r for r in immich32.requests if "edited=true" in r.query]
+    else:
+        # at most one HEAD per edited file (its size), none for the others
+        assert heads and all("edited=true" in r.query for r in heads)
+        asked = [r.path.split("/")[3] for r in heads]
+        assert len(asked) == len(set(asked)) and set(asked) <= {a.id for a in edited}
