@@ -664,10 +664,18 @@ class ImmichConnector:
         ``edited``: of the edited rendition (``edited=true``, v2.5+), whose size no
         JSON answer carries; an unedited asset answers with its original's.
         """
+        size, _ = await self.head_original_file(asset_id, edited=edited)
+        return size
+
+    async def head_original_file(
+        self, asset_id: str, *, edited: bool = False
+    ) -> tuple[int, str | None]:
+        """(size, Content-Type) of the original or, with ``edited``, of the edited
+        rendition (its own format: Immich writes edits as new files), by one HEAD."""
         what = f"asset {asset_id}: {'edited' if edited else 'original'}"
         path = self._asset_path(asset_id, "original")
 
-        async def once() -> int | None:
+        async def once() -> tuple[int | None, str | None]:
             async with self._open(
                 "HEAD",
                 path,
@@ -676,12 +684,13 @@ class ImmichConnector:
                 what=what,
                 about_id=True,
             ) as response:
-                return _length(response)
+                content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                return _length(response), content_type or None
 
-        length = await self._retrying(once, what, path=path)
+        length, content_type = await self._retrying(once, what, path=path)
         if length is None:
             raise ProtocolError(f"{what}: no Content-Length in the answer to HEAD")
-        return length
+        return length, content_type
 
     async def get_full_resolution_file(self, asset_id: str, *, edited: bool = False) -> bytes:
         """The whole original file in memory (use the stream for big files)."""

@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.client import search
 from immichfs.client.connector import ImmichConnector, features_from_config
