@@ -10,6 +10,7 @@ pyfuse3.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,10 +18,12 @@ from immichfs import options
 from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReaderPool
-from immichfs.client.connector import ImmichConnector
+from immichfs.client.connector import ASSET_FILES_SINCE, ImmichConnector
 from immichfs.client.originals import RangeGetClient
 from immichfs.vfs.tree import Tree, TreeSettings
 from immichfs.vfs.views import ViewOptions, Views, ViewsExtension, install_views
+
+log = logging.getLogger(__name__)
 
 
 def build_tree(
@@ -50,7 +53,11 @@ def build_tree(
         fetch or connector.stream_full_resolution_file,
         options.readahead_config(settings),
     )
-    tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
+    tree = Tree(
+        catalog,
+        readers,
+        TreeSettings(show_trash=settings.show_trash, sidecars=_sidecars(connector, settings)),
+    )
     views = install_views(
         tree,
         ViewOptions(
@@ -59,6 +66,22 @@ def build_tree(
         ),
     )
     return tree, views
+
+
+def _sidecars(connector: ImmichConnector, settings: options.Settings) -> bool:
+    """``sidecars`` where the server has the asset files API (3.2+), with a warning
+    where it has not."""
+    if not settings.sidecars:
+        return False
+    version = connector.server_version
+    if version is not None and version < ASSET_FILES_SINCE:
+        log.warning(
+            "--sidecars needs Immich 3.2 or newer (the asset files API); this server is "
+            "v%s: no sidecars are shown",
+            ".".join(map(str, version)),
+        )
+        return False
+    return True
 
 
 def byte_client(connector: ImmichConnector) -> RangeGetClient:

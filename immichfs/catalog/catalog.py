@@ -95,6 +95,12 @@ class CatalogSource(text_search.SearchApi, Protocol):
 
     async def get_albums(self) -> list[dict[str, Any]]: ...
 
+    async def get_asset_files(
+        self, asset_id: str, type: str | None = ..., is_edited: bool | None = ...
+    ) -> list[dict[str, Any]]: ...
+
+    async def get_asset_file(self, file_id: str, *, limit: int = ...) -> bytes: ...
+
     async def get_people(self, *, with_hidden: bool = ...) -> list[dict[str, Any]]: ...
 
     async def get_tags(self) -> list[dict[str, Any]]: ...
@@ -113,6 +119,8 @@ class CatalogSettings:
     page_size: int = 1000
     #: serve edited assets' edited renditions (``edits = "edited"``), else originals
     edited: bool = False
+    #: most asset-files requests in flight when a directory's sidecars are learned
+    sidecar_concurrency: int = 8
 
 
 # -- keys of cached answers (the refresh task drops and renews by them) -----------------
@@ -580,6 +588,83 @@ class Catalog:
 
         content_type: str = await self.cache.misc.get(("thumbnail-type", size), probe)
         return content_type
+
+    # -- sidecars (the asset files API, 3.2+)
+
+    @staticmethod
+    def _sidecar_key(asset: Asset) -> tuple[str, str, str]:
+        when = iso_instant(asset.updated_at) if asset.updated_at else asset.checksum
+        return ("sidecar", asset.id, when)
+
+    def known_sidecar(self, asset: Asset) -> tuple[bool, str | None]:
+        """(known, the sidecar's file id or None) without a request."""
+        key = self._sidecar_key(asset)
+        if key not in self.cache.files:
+            return False, None
+        file_id: str | None = self.cache.files.peek(key)
+        return True, file_id
+
+    async def sidecar(self, asset: Asset) -> str | None:
+        """The id of the asset's XMP sidecar file, None if it has none: one
+        ``GET /asset-files?type=sidecar`` per version of the asset, single-flight."""
+
+        async def load() -> str | None:
+            files = await self.source.get_asset_files(asset.id, type="sidecar")
+            ids = sorted(str(f["id"]) for f in files if f.get("type") == "sidecar")
+            return ids[0] if ids else None
+
+        file_id: str | None = await self.cache.files.get(self._sidecar_key(asset), load)
+        return file_id
+
+    async def sidecars(self, assets: Sequence[Asset]) -> dict[str, str]:
+        """asset id → sidecar file id for those of ``assets`` that have one; asked
+        ``sidecar_concurrency`` at a time for the assets not known yet."""
+        found: dict[str, str] = {}
+        unknown: list[Asset] = []
+        for asset in assets:
+            known, file_id = self.known_sidecar(asset)
+            if not known:
+                unknown.append(asset)
+            elif file_id is not None:
+                found[asset.id] = file_id
+        if unknown:
+            limit = trio.CapacityLimiter(max(self.settings.sidecar_concurrency, 1))
+            failures: list[Exception] = []
+
+            async def learn(asset: Asset) -> None:
+                async with limit:
+                    if failures:
+                        return
+                    try:
+                        file_id = await self.sidecar(asset)
+                    except Exception as exc:
+                        failures.append(exc)
+                        return
+                if file_id is not None:
+                    found[asset.id] = file_id
+
+            async with trio.open_nursery() as nursery:
+                for asset in unknown:
+                    nursery.start_soon(learn, asset)
+            if failures:
+                raise failures[0]
+        return found
+
+    async def sidecar_content(self, asset: Asset, file_id: str) -> bytes:
+        """The sidecar's exact bytes (``/asset-files/{id}/download``), kept per version."""
+        when = self._sidecar_key(asset)[2]
+        data, _ = await self.cache.thumbnails.get(
+            ("sidecar", f"{file_id} {when}"), lambda: self._sidecar_download(file_id)
+        )
+        return data
+
+    def known_sidecar_size(self, asset: Asset, file_id: str) -> int | None:
+        when = self._sidecar_key(asset)[2]
+        info = self.cache.thumbnails.peek_info(("sidecar", f"{file_id} {when}"))
+        return info[0] if info is not None else None
+
+    async def _sidecar_download(self, file_id: str) -> tuple[bytes, str]:
+        return await self.source.get_asset_file(file_id), "application/octet-stream"
 
     # -- what changed (for the refresh task)
 

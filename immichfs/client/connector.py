@@ -95,6 +95,9 @@ Version = tuple[int, int, int]
 
 #: ``GET /config`` replaces ``/server/config`` and ``/server/features`` from here
 CONFIG_SINCE = (3, 2, 0)
+#: the asset files API (``/asset-files``: renditions, sidecars) from here
+ASSET_FILES_SINCE = (3, 2, 0)
+ASSET_FILE_TYPES = ("fullsize", "preview", "thumbnail", "sidecar", "encoded_video")
 
 
 def features_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -776,6 +779,97 @@ class ImmichConnector:
             response.headers.get("content-range"), first, end, what
         )
         return got_last - got_first + 1
+
+    # -- asset files (3.2+, alpha): renditions and sidecars ------------------------
+
+    async def _check_asset_files(self) -> None:
+        if await self.connect() < ASSET_FILES_SINCE:
+            raise UnsupportedVersion(
+                "the asset files API (sidecars, renditions) needs Immich 3.2 or newer"
+            )
+
+    async def get_asset_files(
+        self,
+        asset_id: str,
+        type: str | None = None,
+        is_edited: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET /api/asset-files``: an asset's stored files (``assetFile.read``, 3.2+).
+
+        ``type`` is ``fullsize``, ``preview``, ``thumbnail``, ``sidecar`` or
+        ``encoded_video``; ``is_edited`` picks the renditions of the edit (or not).
+        Each is Immich's ``AssetFileResponseDto`` (``id``, ``type``, ``isEdited``,
+        ``path``, dates; no byte size: HEAD the download for that).
+        """
+        if type is not None and type not in ASSET_FILE_TYPES:
+            raise ValueError(f"type must be one of {', '.join(ASSET_FILE_TYPES)}, not {type!r}")
+        await self._check_asset_files()
+        params: dict[str, Any] = {"assetId": check_asset_id(asset_id)}
+        if type is not None:
+            params["type"] = type
+        if is_edited is not None:
+            params["isEdited"] = is_edited
+        what = f"asset {asset_id}: files"
+        data = expect_json_list(
+            await self._json("GET", "/asset-files", params=params, what=what, about_id=True),
+            what,
+        )
+        files = [f for f in data if isinstance(f, dict)]
+        for found in files:
+            if not isinstance(found.get("id"), str) or not isinstance(found.get("type"), str):
+                raise ProtocolError(f"{what}: a file without an id or type")
+        return files
+
+    async def get_asset_file_info(self, file_id: str) -> dict[str, Any]:
+        """``GET /api/asset-files/{id}``: one stored file (``assetFile.read``, 3.2+)."""
+        await self._check_asset_files()
+        what = f"asset file {file_id}"
+        path = f"/asset-files/{check_asset_id(file_id)}"
+        return expect_json_object(await self._json("GET", path, what=what, about_id=True), what)
+
+    async def get_asset_file(self, file_id: str, *, limit: int = MAX_JSON_BYTES) -> bytes:
+        """A stored file's bytes in memory (a sidecar); more than ``limit`` is refused."""
+        what = f"asset file {file_id}"
+        path = f"/asset-files/{check_asset_id(file_id)}/download"
+        await self._check_asset_files()
+
+        async def once() -> bytes:
+            async with self.stream_asset_file(file_id) as chunks:
+                parts: list[bytes] = []
+                got = 0
+                async for chunk in chunks:
+                    got += len(chunk)
+                    if got > limit:
+                        raise ProtocolError(f"{what}: larger than {limit} bytes")
+                    parts.append(chunk)
+                return b"".join(parts)
+
+        return await self._retrying(once, what, path=path)
+
+    @asynccontextmanager
+    async def stream_asset_file(self, file_id: str) -> AsyncGenerator[AsyncIterator[bytes], None]:
+        """``GET /api/asset-files/{id}/download`` (``assetFile.download``, 3.2+) as an
+        async iterator of chunks, checked against its ``Content-Length``."""
+        await self._check_asset_files()
+        what = f"asset file {file_id}"
+        path = f"/asset-files/{check_asset_id(file_id)}/download"
+        async with self._open(
+            "GET",
+            path,
+            headers={"Accept": "*/*", "Accept-Encoding": "identity"},
+            what=what,
+            about_id=True,
+        ) as response:
+            encoding = response.headers.get("content-encoding", "identity").lower()
+            if encoding not in ("", "identity"):
+                raise ProtocolError(f"{what}: the server sent it {encoding}-encoded")
+            if response.status_code != 200:
+                raise ProtocolError(f"{what}: expected 200, got {response.status_code}")
+            chunks = self._chunks(response, _length(response), what)
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()
 
     # -- search -----------------------------------------------------------------
 

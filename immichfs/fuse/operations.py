@@ -335,7 +335,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = await self._directory(inode)
-        listing = await directory.listing()
+        listing = await self.tree.listdir(directory.key)
         parent = self.tree.directory(directory.parent) or directory
         entries = [(".", directory), ("..", parent), *listing.entries]
         return self.dirs.add(DirSnapshot(directory.key, entries, listing))

@@ -119,3 +119,78 @@ def test_edits_serve_the_chosen_rendition(
         assert heads and all("edited=true" in r.query for r in heads)
         asked = [r.path.split("/")[3] for r in heads]
         assert len(asked) == len(set(asked)) and set(asked) <= {a.id for a in edited}
+
+
+def with_sidecars(lib: FakeLibrary) -> list[Any]:
+    return sorted(
+        (
+            a
+            for a in lib.assets.values()
+            if a.has_sidecar
+            and a.visibility == "timeline"
+            and not a.is_trashed
+            and a.owner_id == lib.me.id
+        ),
+        key=lambda a: a.id,
+    )
+
+
+def test_sidecars_read_byte_exact(
+    immich32: FakeImmich, fake_library: FakeLibrary, tmp_path: Path
+) -> None:
+    lib = fake_library
+    wanted = with_sidecars(lib)
+    assert len(wanted) >= 3
+    process = mount(immich32, tmp_path, "--sidecars")
+    try:
+        root = process.mountpoint
+        listed: dict[str, Path] = {}
+        for kind in ("photos", "videos"):
+            names = set(os.listdir(root / kind))
+            for name in names:
+                path = root / kind / name
+                if not name.endswith(".xmp"):
+                    assert (name + ".xmp" in names) == lib.assets[
+                        os.getxattr(path, "user.immich.id").decode()
+                    ].has_sidecar
+                    continue
+                asset_id = os.getxattr(root / kind / name.removesuffix(".xmp"), "user.immich.id")
+                listed[asset_id.decode()] = path
+        assert set(listed) == {a.id for a in wanted}
+        for asset in wanted:
+            path = listed[asset.id]
+            data = lib.sidecar_content(asset.id)
+            assert path.stat().st_size == len(data)
+            assert path.read_bytes() == data
+            assert oct(path.stat().st_mode & 0o777) == oct(0o444)
+            with pytest.raises(OSError):
+                path.open("ab")
+        # a file without a sidecar has no NAME.xmp, even when looked up by name
+        plain = next(
+            p
+            for p in (root / "photos").iterdir()
+            if not p.name.endswith(".xmp") and not (root / "photos" / (p.name + ".xmp")).exists()
+        )
+        assert not Path(str(plain) + ".xmp").exists()
+        asked = len(immich32.requests.select("GET", "/api/asset-files"))
+        # listing again asks nothing more: each asset's answer is kept
+        for kind in ("photos", "videos"):
+            os.listdir(root / kind)
+        assert len(immich32.requests.select("GET", "/api/asset-files")) == asked
+    finally:
+        process.cleanup()
+    queries = [r for r in immich32.requests.select("GET", "/api/asset-files") if r.query]
+    per_asset = [r.query for r in queries if "type=sidecar" in r.query]
+    assert len(per_asset) == len(set(per_asset)), "an asset's sidecar was asked twice"
+
+
+def test_sidecars_off_below_32(fake_library: FakeLibrary, tmp_path: Path) -> None:
+    with FakeImmich(fake_library, version="3.1.0") as server:
+        process = mount(server, tmp_path, "--sidecars")
+        try:
+            names = os.listdir(process.mountpoint / "photos")
+            assert names and not [n for n in names if n.endswith(".xmp")]
+        finally:
+            process.cleanup()
+        assert "needs Immich 3.2" in (tmp_path / "mount.log").read_text()
+        assert not server.requests.select("GET", "/api/asset-files")
