@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _check_only(settings: options.Settings) -> None:
     async with ImmichConnector(config=options.client_config(settings, retry=False)) as connector:
         await check_server(connector)
-        missing = missing_permissions(await connector.get_key_permissions())
+        missing = missing_permissions(
+            await connector.get_key_permissions(), connector.server_version, settings
+        )
     if REQUIRED_PERMISSION in missing:
         raise UserError(
             f"the API key lacks {REQUIRED_PERMISSION}: without it "

@@ -39,7 +39,7 @@ from typing import NamedTuple, Protocol, Union, runtime_checkable
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
-from immichfs.errors import NotFound
+from immichfs.errors import NotFound, PermissionDenied
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
 
@@ -465,6 +465,7 @@ class Tree:
         self._resolvers: dict[str, Callable[[Key], Directory | None]] = {}
         self._extensions: list[TreeExtension] = []
         self._xattr_provider: XattrProvider | None = None
+        self._sidecars_denied = False
         self.root = StaticDirectory(self, ROOT_KEY, ROOT_KEY)
         self._register(self.root)
 
@@ -577,8 +578,17 @@ class Tree:
         if directory is None:
             raise NotFound(f"no directory {directory_key!r}")
         listing = await directory.listing()
-        if self.settings.sidecars and listing.assets:
-            return await self._with_sidecars(directory, listing)
+        if self.settings.sidecars and listing.assets and not self._sidecars_denied:
+            try:
+                return await self._with_sidecars(directory, listing)
+            except PermissionDenied as exc:
+                # the files are still listed; only their sidecars are not
+                self._sidecars_denied = True
+                log.warning(
+                    "--sidecars: no NAME.xmp files are listed: the API key lacks %s (%s)",
+                    exc.permission or "assetFile.read",
+                    exc,
+                )
         return listing
 
     # -- sidecars

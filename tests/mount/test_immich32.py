@@ -194,3 +194,19 @@ def test_sidecars_off_below_32(fake_library: FakeLibrary, tmp_path: Path) -> Non
             process.cleanup()
         assert "needs Immich 3.2" in (tmp_path / "mount.log").read_text()
         assert not server.requests.select("GET", "/api/asset-files")
+
+
+def test_sidecars_without_asset_file_permissions(fake_library: FakeLibrary, tmp_path: Path) -> None:
+    permissions = ["asset.read", "asset.view", "asset.download", "asset.statistics"]
+    with FakeImmich(fake_library, version=V32, permissions=permissions) as server:
+        process = mount(server, tmp_path, "--sidecars")
+        try:
+            names = os.listdir(process.mountpoint / "photos")
+            again = os.listdir(process.mountpoint / "photos")
+        finally:
+            process.cleanup()
+        assert names and sorted(names) == sorted(again)
+        assert not [n for n in names if n.endswith(".xmp")]
+        log = (tmp_path / "mount.log").read_text()
+        assert "the API key lacks assetFile.read" in log
+        assert log.count("--sidecars: no NAME.xmp") == 1
