@@ -44,7 +44,7 @@ from immichfs.gateway.serve import build_gateway, serve_gateway
 
 TOKEN = "gw-token-" + "Z" * 24
 #: the Immich versions the fake emulates; behaviour that differs between them is run on each
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 every_version = pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
 
 
