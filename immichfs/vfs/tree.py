@@ -39,7 +39,7 @@ from typing import NamedTuple, Protocol, Union, runtime_checkable
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
-from immichfs.errors import NotFound, PermissionDenied
+from immichfs.errors import NotFound, PermissionDenied, UnsupportedVersion
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
 
@@ -563,7 +563,12 @@ class Tree:
         if directory is None:
             raise NotFound(f"no directory {directory_key!r}")
         node: Node | None = await directory.lookup(name)
-        if node is None and self.settings.sidecars and name.endswith(SIDECAR_SUFFIX):
+        if (
+            node is None
+            and self.settings.sidecars
+            and not self._sidecars_denied
+            and name.endswith(SIDECAR_SUFFIX)
+        ):
             node = await self._sidecar_of(directory, name.removesuffix(SIDECAR_SUFFIX))
         for extension in self._extensions:
             if node is not None:
@@ -581,14 +586,9 @@ class Tree:
         if self.settings.sidecars and listing.assets and not self._sidecars_denied:
             try:
                 return await self._with_sidecars(directory, listing)
-            except PermissionDenied as exc:
-                # the files are still listed; only their sidecars are not
-                self._sidecars_denied = True
-                log.warning(
-                    "--sidecars: no NAME.xmp files are listed: the API key lacks %s (%s)",
-                    exc.permission or "assetFile.read",
-                    exc,
-                )
+            except (PermissionDenied, UnsupportedVersion) as exc:
+                # UnsupportedVersion: a tree built before the server's version was known
+                self._no_sidecars(exc)
         return listing
 
     # -- sidecars
@@ -598,8 +598,24 @@ class Tree:
         node = await directory.lookup(name)
         if not isinstance(node, AssetFile):
             return None
-        file_id = await self.catalog.sidecar(node.asset)
+        try:
+            file_id = await self.catalog.sidecar(node.asset)
+        except (PermissionDenied, UnsupportedVersion) as exc:
+            self._no_sidecars(exc)
+            return None
         return None if file_id is None else SidecarFile(node.asset, file_id)
+
+    def _no_sidecars(self, exc: PermissionDenied | UnsupportedVersion) -> None:
+        """Sidecars are off from now on (the files are still listed), said once."""
+        self._sidecars_denied = True
+        if isinstance(exc, PermissionDenied):
+            log.warning(
+                "--sidecars: no NAME.xmp files are listed: the API key lacks %s (%s)",
+                exc.permission or "assetFile.read",
+                exc,
+            )
+        else:
+            log.warning("--sidecars: no NAME.xmp files are listed: %s", exc)
 
     async def _with_sidecars(self, directory: Directory, listing: Listing) -> Listing:
         """``listing`` plus ``NAME.xmp`` for each asset with a sidecar, kept as long as
