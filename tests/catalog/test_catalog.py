@@ -305,3 +305,23 @@ async def test_a_month_is_one_search_window_filtered_on_local_time(month: int) -
     found = await catalog.month_assets(2020, month)
     assert ids(found) == [month]
     assert source.filters[-1]["takenAfter"] < f"2020-{month:02d}-01"
+
+
+def test_an_edited_file_is_pinned_by_its_edit_not_the_original_checksum() -> None:
+    data = make_asset(1, "a.jpg")
+    original = Asset.from_json(data)
+    edited = Asset.from_json({**data, "isEdited": True})
+    edited_again = Asset.from_json(
+        {**data, "isEdited": True, "updatedAt": "2022-01-01T00:00:00.000Z"}
+    )
+    plain = Catalog(MemorySource([data]))
+    assert not plain.serves_edited(edited)
+    assert plain.content_tag(edited) == edited.checksum
+    catalog = Catalog(MemorySource([data]), settings=CatalogSettings(edited=True))
+    assert catalog.serves_edited(edited) and not catalog.serves_edited(original)
+    assert catalog.content_tag(original) == original.checksum
+    assert edited.checksum not in (catalog.content_tag(edited), catalog.content_tag(edited_again))
+    assert catalog.content_tag(edited) != catalog.content_tag(edited_again)
+    # the edit's size is never the listing's (that is the original's)
+    assert catalog.known_file_size(edited) is None
+    assert catalog.known_file_size(original) == original.size

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountutil import MountProcess
+from mountutil import MountProcess, poll
 
 from immichfs_fake import FakeImmich, FakeLibrary
 
@@ -210,3 +210,21 @@ def test_sidecars_without_asset_file_permissions(fake_library: FakeLibrary, tmp_
         log = (tmp_path / "mount.log").read_text()
         assert "the API key lacks assetFile.read" in log
         assert log.count("--sidecars: no NAME.xmp") == 1
+
+
+def test_a_new_edit_replaces_the_served_bytes(mutable_library: FakeLibrary, tmp_path: Path) -> None:
+    lib = mutable_library
+    asset = edited_photos(lib)[0]
+    with FakeImmich(lib, version=V32) as server:
+        process = mount(server, tmp_path, "--edits", "edited")
+        try:
+            path = by_id(process.mountpoint / "photos")[asset.id]
+            assert file_sha1(path) == sha1(lib.edited_content(asset.id))
+            old_size = path.stat().st_size
+            lib.edit(asset.id, size=old_size + 1234)  # same checksum: the original is untouched
+            os.getxattr(process.mountpoint, "user.immichfs.refresh")
+            poll(lambda: path.stat().st_size, until=lambda size: size == old_size + 1234)
+            # a new open reads the new edit, not the page cache of the old one
+            assert file_sha1(path) == sha1(lib.edited_content(asset.id))
+        finally:
+            process.cleanup()
