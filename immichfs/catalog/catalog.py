@@ -9,7 +9,15 @@ type. Answers are model values (:mod:`immichfs.model`), never JSON.
 Paging lives here once (:meth:`Catalog.assets_matching`): pages of
 ``/search/metadata`` are parsed while the next is fetched, each item becomes an
 :class:`~immichfs.model.Asset`, trashed assets are dropped (the trash keeps only
-those), and an asset that offset paging repeats is kept once. A text search
+those), and an asset that offset paging repeats is kept once. Queries are
+written in Immich's flat search fields; the connector sends them as search v2's
+filter tree and pages by cursor on 3.2+ (:func:`immichfs.client.search.filter_tree`),
+so every listing makes that one choice.
+
+Files: what an asset's file serves is decided here too: the original, or with
+``edited`` an edited asset's edited rendition (:meth:`Catalog.file_size`,
+:meth:`Catalog.content_tag`); and whether it has an XMP sidecar
+(:meth:`Catalog.sidecar`, asked once per version of the asset). A text search
 means what :func:`immichfs.client.search.search_assets` says, as it does for
 the library and the gateway.
 

@@ -1,7 +1,7 @@
 """The one meaning of a text search, shared by the library, the gateway and the mount.
 
-With smart search enabled on the server (``/server/features``) a query is CLIP
-search: the ``size`` best matches. Otherwise it is metadata search over
+With smart search enabled on the server (``/server/features``; ``/config`` on
+3.2+) a query is CLIP search: the ``size`` best matches. Otherwise it is metadata search over
 :data:`FIELDS` in that order — file names containing the query, descriptions
 containing it (both case-insensitive in Immich), then exact city, country,
 camera make and model — merged without repeats and cut at ``size``. Trashed
@@ -11,6 +11,10 @@ assets are never part of an answer.
 and :meth:`Catalog.search <immichfs.catalog.catalog.Catalog.search>` both call
 :func:`search_assets`, so ``ls search/Q``, the gateway's ``POST /search`` and
 the library agree on every query.
+
+On Immich 3.2+ the searches send search v2's filter tree instead of the
+deprecated flat fields: :func:`filter_tree` is that translation, with the same
+meaning (see docs/CONNECTOR.md, "Search v2").
 """
 
 from __future__ import annotations
