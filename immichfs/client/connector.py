@@ -692,8 +692,34 @@ class ImmichConnector:
 
         length, content_type = await self._retrying(once, what, path=path)
         if length is None:
-            raise ProtocolError(f"{what}: no Content-Length in the answer to HEAD")
+            # a proxy may drop it from HEAD: the total of a one-byte range says it too
+            length = await self._size_from_range(asset_id, edited, what)
         return length, content_type
+
+    async def _size_from_range(self, asset_id: str, edited: bool, what: str) -> int:
+        """The file's size from the ``Content-Range`` total of ``Range: bytes=0-0``."""
+        path = self._asset_path(asset_id, "original")
+
+        async def once() -> int | None:
+            async with self._open(
+                "GET",
+                path,
+                params={"edited": True} if edited else None,
+                headers={"Accept": "*/*", "Accept-Encoding": "identity", "Range": "bytes=0-0"},
+                what=what,
+                about_id=True,
+                range_start=0,
+            ) as response:
+                self._check_range(response, 0, 0, what)
+                _, _, total = check_content_range(response.headers.get("content-range"), 0, 0, what)
+                async for _ in self._chunks(response, 1, what):
+                    pass
+                return total
+
+        total = await self._retrying(once, what, path=path)
+        if total is None:
+            raise ProtocolError(f"{what}: neither HEAD nor a range says the file's size")
+        return total
 
     async def get_full_resolution_file(self, asset_id: str, *, edited: bool = False) -> bytes:
         """The whole original file in memory (use the stream for big files)."""
