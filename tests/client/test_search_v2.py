@@ -96,6 +96,12 @@ async def test_v32_listings_page_by_cursor_without_flat_fields(fake_library: Fak
     for body in bodies:
         assert "filter" in body, body
         assert not flat & set(body), f"flat fields sent: {flat & set(body)}"
+    # deltas ask by updatedAt; the trash is explicit
+    assert any("gte" in b["filter"].get("updatedAt", {}) for b in bodies)
+    assert any(b["filter"].get("trashedAt") == {"gte": "1970-01-01T00:00:00.000Z"} for b in bodies)
+    # features (smart search or not) come from /config, not the deprecated /server/features
+    assert srv.requests.select("GET", "/api/config")
+    assert not srv.requests.select("GET", "/api/server/features")
     # more than one page per listing, every later page by cursor
     assert sum("cursor" in body for body in bodies) >= len(visible_ids(fake_library)) // 25 - 1
 
@@ -139,3 +145,14 @@ async def test_v32_listing_stays_exact_while_assets_change(mutable_library: Fake
     unchanged = before - gone_seen - {changed["gone-later"]}
     assert set(seen) - gone_seen == unchanged
     assert changed["added"] not in seen
+
+
+async def test_v32_smart_search_sends_the_filter(fake_library: FakeLibrary) -> None:
+    with FakeImmich(fake_library, version=V32, smart_search=True) as srv:
+        async with ImmichConnector(srv.url, srv.api_key) as immich:
+            found = await immich.search_assets("temple", type="IMAGE", size=5)
+        smart = [json.loads(r.body) for r in srv.requests.select("POST", "/api/search/smart")]
+    assert found and all(a["type"] == "IMAGE" for a in found)
+    assert smart and all(b["filter"]["type"] == {"eq": "IMAGE"} for b in smart)
+    # smart search has no cursor: the page number is the one flat field left
+    assert all(set(b) & deprecated_fields() <= {"page"} for b in smart)
