@@ -39,7 +39,7 @@ from typing import NamedTuple, Protocol, Union, runtime_checkable
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
-from immichfs.errors import NotFound, PermissionDenied, UnsupportedVersion
+from immichfs.errors import ImmichError, NotFound, PermissionDenied, UnsupportedVersion
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
 
@@ -589,6 +589,9 @@ class Tree:
             except (PermissionDenied, UnsupportedVersion) as exc:
                 # UnsupportedVersion: a tree built before the server's version was known
                 self._no_sidecars(exc)
+            except ImmichError as exc:
+                # the files are listed all the same; the next listing asks again
+                log.warning("sidecars of %s not listed this time: %s", directory.key, exc)
         return listing
 
     # -- sidecars
