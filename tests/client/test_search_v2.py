@@ -15,15 +15,25 @@ from immichfs.client.connector import ImmichConnector, features_from_config
 from immichfs_fake import FakeImmich, FakeLibrary
 
 V32 = "3.2.0"
-SPEC = Path("/work/shared/immich-openapi/immich-openapi-specs-v3.2.0.json")
+REPO = Path(__file__).resolve().parents[2]
+SPECS = [
+    d / "shared" / "immich-openapi" / "immich-openapi-specs-v3.2.0.json"
+    for d in (REPO.parent, REPO, REPO.parent.parent)
+]
+#: what the 3.2 spec deprecates, for when it is not beside the repository
+FLAT_FIELDS = {
+    *("page", "visibility", "type", "withDeleted", "updatedAfter", "updatedBefore", "order"),
+    *("albumIds", "personIds", "tagIds", "takenAfter", "takenBefore", "trashedAfter"),
+    *("isFavorite", "originalFileName", "description", "city", "country", "make", "model"),
+}
 
 
 def deprecated_fields() -> set[str]:
     """``MetadataSearchDto``'s deprecated (flat) fields, from the 3.2 spec when present."""
-    try:
-        spec = json.loads(SPEC.read_text())
-    except OSError:
-        return {"page", "visibility", "type", "withDeleted", "updatedAfter", "albumIds"}
+    spec_path = next((p for p in SPECS if p.exists()), None)
+    if spec_path is None:
+        return FLAT_FIELDS
+    spec = json.loads(spec_path.read_text())
     props = spec["components"]["schemas"]["MetadataSearchDto"]["properties"]
     return {name for name, prop in props.items() if prop.get("deprecated")}
 
