@@ -266,7 +266,7 @@ async def test_original_size_from_immich_else_one_head() -> None:
 async def test_thumbnail_type_probes_one_asset_and_falls_back_to_the_default() -> None:
     class Missing(MemorySource):
         async def get_thumbnail_response(
-            self, asset_id: str, size: str = "preview"
+            self, asset_id: str, size: str = "preview", *, edited: bool = False
         ) -> tuple[bytes, str]:
             raise NotFound("not generated yet")
 

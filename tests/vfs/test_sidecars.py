@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from memory_source import MemorySource, make_asset
 
 from immichfs.catalog.cache import MetadataCache
@@ -81,6 +82,7 @@ async def test_a_changed_asset_is_asked_again_alone() -> None:
     assert source.calls["asset_files"] == 4
 
 
+@pytest.mark.expect_log(r"sidecars of \('dir', 'photos'\) not listed this time: down")
 async def test_failures_leave_the_files_listed() -> None:
     tree, source = build()
     source.failure = ServerError("down")
@@ -90,6 +92,9 @@ async def test_failures_leave_the_files_listed() -> None:
     assert len((await tree.listdir(PHOTOS)).entries) == 5
 
 
+@pytest.mark.expect_log(
+    r"--sidecars: no NAME\.xmp files are listed: the API key lacks assetFile\.read"
+)
 async def test_a_key_without_the_permission_turns_sidecars_off_once() -> None:
     tree, source = build()
     source.failure = PermissionDenied("no", permission="assetFile.read")
