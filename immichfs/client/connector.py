@@ -95,6 +95,8 @@ Version = tuple[int, int, int]
 
 #: ``GET /config`` replaces ``/server/config`` and ``/server/features`` from here
 CONFIG_SINCE = (3, 2, 0)
+#: edits (``isEdited``, ``edited=true`` on the original and thumbnails) from here
+EDITS_SINCE = (2, 5, 0)
 #: the asset files API (``/asset-files``: renditions, sidecars) from here
 ASSET_FILES_SINCE = (3, 2, 0)
 ASSET_FILE_TYPES = ("fullsize", "preview", "thumbnail", "sidecar", "encoded_video")
@@ -636,6 +638,8 @@ class ImmichConnector:
             raise ValueError(f"size must be one of {', '.join(_THUMBNAIL_SIZES)}, not {size!r}")
         what = f"asset {asset_id}: {size}"
         path = self._asset_path(asset_id, "thumbnail")
+        # older servers have no edits: they are not sent a parameter they do not know
+        edited = edited and await self.connect() >= EDITS_SINCE
 
         async def once() -> tuple[bytes, str]:
             async with self._open(

@@ -45,3 +45,18 @@ async def test_edited_size_from_a_one_byte_range_when_head_has_no_length() -> No
     async with ImmichConnector("http://immich.test", "k" * 20, transport=mock) as immich:
         assert await immich.head_original(ASSET, edited=True) == len(EDITED)
     assert [r.method for r in seen] == ["GET", "HEAD", "GET"]
+
+
+async def test_thumbnails_ask_for_edits_only_where_there_are_edits() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/api/server/version":
+            return httpx.Response(200, json={"major": 2, "minor": 4, "patch": 0})
+        return httpx.Response(200, headers={"content-type": "image/jpeg"}, content=b"jpeg")
+
+    mock = httpx.MockTransport(handle)
+    async with ImmichConnector("http://immich.test", "k" * 20, transport=mock) as immich:
+        await immich.get_thumbnail_response(ASSET, "preview", edited=True)
+    assert "edited" not in seen[-1].url.params
