@@ -629,6 +629,8 @@ class Tree:
 
         async def load() -> Listing:
             files = [(name, node) for name, node in listing.entries if type(node) is AssetFile]
+            if not files:
+                return listing  # renditions (thumbs/) have no sidecars beside them
             sidecars = await self.catalog.sidecars([node.asset for _, node in files])
             items: dict[str, Directory | FileNode] = dict(listing.entries)
             for name, node in files:
