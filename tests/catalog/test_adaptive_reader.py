@@ -102,6 +102,7 @@ class Origin:
         *,
         total: int | None = None,
         etag: str | None = None,
+        edited: bool = False,
     ) -> AsyncIterator[Body]:
         assert 0 <= start <= end < self.size, (start, end)  # never past EOF
         assert total == self.size
@@ -131,6 +132,7 @@ class Origin:
         total: int | None = None,
         etag: str | None = None,
         progress: Callable[[int], None] | None = None,
+        edited: bool = False,
     ) -> str | None:
         async with self.open_range(
             asset_id, start, start + len(view) - 1, total=total, etag=etag
