@@ -192,7 +192,9 @@ def test_sidecars_off_below_32(fake_library: FakeLibrary, tmp_path: Path) -> Non
             assert names and not [n for n in names if n.endswith(".xmp")]
         finally:
             process.cleanup()
-        assert "needs Immich 3.2" in (tmp_path / "mount.log").read_text()
+        log = (tmp_path / "mount.log").read_text()
+        assert "needs Immich 3.2" in log
+        assert "assetFile" not in log  # permissions that server does not have
         assert not server.requests.select("GET", "/api/asset-files")
 
 
@@ -208,7 +210,11 @@ def test_sidecars_without_asset_file_permissions(fake_library: FakeLibrary, tmp_
         assert names and sorted(names) == sorted(again)
         assert not [n for n in names if n.endswith(".xmp")]
         log = (tmp_path / "mount.log").read_text()
-        assert "the API key lacks assetFile.read" in log
+        # at start: what each missing permission costs; then once when listing
+        assert (
+            "warning: the API key lacks assetFile.read: --sidecars lists no NAME.xmp files" in log
+        )
+        assert "warning: the API key lacks assetFile.download: --sidecars' NAME.xmp" in log
         assert log.count("--sidecars: no NAME.xmp") == 1
 
 
