@@ -10,6 +10,7 @@ pyfuse3.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 
@@ -18,13 +19,15 @@ from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.content import CachedSource
 from immichfs.catalog.local import LocalCache
-from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReadaheadConfig, ReaderPool
-from immichfs.client.connector import ImmichConnector
+from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReaderPool
+from immichfs.client.connector import ASSET_FILES_SINCE, ImmichConnector
 from immichfs.client.originals import RangeGetClient
 from immichfs.errors import TransientError
 from immichfs.model import Asset
 from immichfs.vfs.tree import Tree, TreeSettings
 from immichfs.vfs.views import ViewOptions, Views, ViewsExtension, install_views
+
+log = logging.getLogger(__name__)
 
 
 def build_tree(
@@ -48,12 +51,20 @@ def build_tree(
             max_assets=settings.cache_entries,
         )
     )
-    catalog = Catalog(connector, cache, CatalogSettings(search_limit=settings.search_limit))
+    catalog = Catalog(
+        connector,
+        cache,
+        CatalogSettings(search_limit=settings.search_limit, edited=settings.edits == "edited"),
+    )
     source: RangeFetcher | RangeIntoFetcher = fetch or connector.stream_full_resolution_file
     if local is not None:
         source = _use_local(connector, catalog, local, source)
-    readers = ReaderPool(source, ReadaheadConfig.from_settings(settings))
-    tree = Tree(catalog, readers, TreeSettings(show_trash=settings.show_trash))
+    readers = ReaderPool(source, options.readahead_config(settings))
+    tree = Tree(
+        catalog,
+        readers,
+        TreeSettings(show_trash=settings.show_trash, sidecars=_sidecars(connector, settings)),
+    )
     views = install_views(
         tree,
         ViewOptions(
@@ -101,6 +112,22 @@ def _use_local(
 
     memory.on_fresh = fresh
     return CachedSource(source, local.content, version_of, online=local.reachability)
+
+
+def _sidecars(connector: ImmichConnector, settings: options.Settings) -> bool:
+    """``sidecars`` where the server has the asset files API (3.2+), with a warning
+    where it has not."""
+    if not settings.sidecars:
+        return False
+    version = connector.server_version
+    if version is not None and version < ASSET_FILES_SINCE:
+        log.warning(
+            "--sidecars needs Immich 3.2 or newer (the asset files API); this server is "
+            "v%s: no sidecars are shown",
+            ".".join(map(str, version)),
+        )
+        return False
+    return True
 
 
 def byte_client(connector: ImmichConnector) -> RangeGetClient:

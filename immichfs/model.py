@@ -124,6 +124,8 @@ class Asset:
     exif: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     people: tuple[str, ...] = ()  # names (or ids of unnamed people), when the server sent them
     tags: tuple[str, ...] = ()  # full tag paths ("Travel/Japan"), when the server sent them
+    #: edited in Immich (``isEdited``, v2.5+); None when the server does not say
+    is_edited: bool | None = None
 
     @property
     def is_image(self) -> bool:
@@ -193,6 +195,7 @@ class Asset:
             exif={k: exif[k] for k in EXIF_FIELDS if exif.get(k) is not None},
             people=people,
             tags=tags,
+            is_edited=edited if isinstance(edited := data.get("isEdited"), bool) else None,
         )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from immichfs.catalog.reader import MiB, ReadaheadConfig
 from immichfs.client.config import DEFAULT_TIMEOUT, ClientConfig
 from immichfs.client.http import read_key_file, warn_if_readable
 from immichfs.client.retry import RetryPolicy
@@ -41,6 +42,8 @@ class Option:
     env: str | None = None
     flag: bool = True  # settable on the command line (never for secrets: `ps` shows argv)
     group: str = "general"
+    #: the only values allowed (a ``str`` option), in the order help shows them
+    choices: tuple[str, ...] = ()
 
     @property
     def flag_name(self) -> str:
@@ -155,6 +158,28 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "show trashed assets under /trash",
         "IMMICHFS_SHOW_TRASH",
+        group="mount",
+    ),
+    Option(
+        "edits",
+        str,
+        "original",
+        "what a file serves for an asset edited in Immich: `original` (the unedited file, "
+        "its size from Immich) or `edited` (the edited rendition, Immich 2.5+; its size "
+        "costs one HEAD per edited file on first stat). The default keeps what was "
+        "uploaded, as Immich's API does for API keys",
+        "IMMICHFS_EDITS",
+        group="mount",
+        choices=("original", "edited"),
+    ),
+    Option(
+        "sidecars",
+        bool,
+        False,
+        "show each asset's XMP sidecar beside it as NAME.xmp, read-only (Immich 3.2+, "
+        "asset files API; costs one request per asset the first time its directory is "
+        "listed)",
+        "IMMICHFS_SIDECARS",
         group="mount",
     ),
     Option(
@@ -332,6 +357,8 @@ class Settings:
     gid: int | None = None
     nonempty: bool = False
     show_trash: bool = False
+    edits: str = "original"
+    sidecars: bool = False
     hide_unnamed_people: bool = False
     by_date_days: bool = False
     search_limit: int = 250
@@ -382,6 +409,10 @@ def _convert(option: Option, value: Any, origin: str) -> Any:
         raise ConfigError(
             f"{origin}: {value!r} is not a valid {option.kind.__name__} for {option.name}"
         ) from None
+    if option.choices and converted not in option.choices:
+        raise ConfigError(
+            f"{origin}: {option.name} must be one of {', '.join(option.choices)}, not {value!r}"
+        )
     if option.kind in (int, float) and converted < 0:
         raise ConfigError(f"{origin}: {option.name} must not be negative")
     return converted
@@ -455,7 +486,7 @@ def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[str] | None 
                 option.flag_name,
                 type=str,
                 default=None,
-                metavar=option.kind.__name__.upper(),
+                metavar="|".join(option.choices) or option.kind.__name__.upper(),
                 help=f"{option.help}{default}{env}",
             )
     if secrets:
@@ -583,6 +614,20 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     """The retry policy of ``settings`` (``retry_budget``; 0 turns retries off)."""
     budget = settings.retry_budget
     return RetryPolicy(budget=budget, attempts=1 if budget <= 0 else RetryPolicy.attempts)
+
+
+def readahead_config(settings: Settings) -> ReadaheadConfig:
+    """The byte path's tunables of ``settings`` (readahead_mb, readahead_budget_mb, and
+    the timeout plus the retry budget as the longest a read may wait)."""
+    retry = retry_policy(settings)
+    ahead = max(1, int(settings.readahead_mb)) * MiB
+    return ReadaheadConfig(
+        max_ahead=ahead,
+        max_window=min(ReadaheadConfig.max_window, ahead),
+        global_budget=max(1, int(settings.readahead_budget_mb)) * MiB,
+        retry=retry,
+        read_timeout=settings.timeout + retry.budget,
+    )
 
 
 def client_config(settings: Settings, *, retry: bool = True) -> ClientConfig:

@@ -174,6 +174,8 @@ class RequestRecord:
     #: first byte (the status line) was about to go out
     received: float = 0.0
     first_byte: float = 0.0
+    #: the request's body as sent (JSON searches: what the client asked for)
+    body: bytes = b""
 
 
 class RequestLog:

@@ -407,7 +407,14 @@ class Connection(BaseHTTPRequestHandler):
             response = app.error_response(HttpError(500, "Internal server error"))
 
         record = RequestRecord(
-            self.command, path, masked_query, response.status, 0, range_header, received=received
+            self.command,
+            path,
+            masked_query,
+            response.status,
+            0,
+            range_header,
+            received=received,
+            body=body,
         )
         latency = app.latency_ms / 1000
         if latency > 0:

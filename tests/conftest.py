@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # only the tests that call the handlers import pyfuse3
 pytest_plugins = ["pytester"]  # tests/unit/test_checklogs.py runs pytest on this file
 
 #: The Immich versions the fake emulates in the test suite.
-FAKE_VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+FAKE_VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 DEFAULT_VERSION = "2.7.5"
 
 

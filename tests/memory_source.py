@@ -197,12 +197,22 @@ class MemorySource:
         asset = next(a for a in self.assets if a["id"] == asset_id)
         return bytes([int(asset_id[:8]) % 256]) * (asset["exifInfo"].get("fileSizeInByte") or 777)
 
-    async def head_original(self, asset_id: str) -> int:
+    async def head_original(self, asset_id: str, *, edited: bool = False) -> int:
         self.calls["head"] += 1
         return len(self.content(asset_id))
 
+    async def get_asset_files(
+        self, asset_id: str, type: str | None = None, is_edited: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """No asset has stored files here (a subclass may give some)."""
+        self.calls["asset_files"] += 1
+        return []
+
+    async def get_asset_file(self, file_id: str, *, limit: int = 0) -> bytes:
+        raise NotFound(f"no asset file {file_id}")
+
     async def get_thumbnail_response(
-        self, asset_id: str, size: str = "preview"
+        self, asset_id: str, size: str = "preview", *, edited: bool = False
     ) -> tuple[bytes, str]:
         self.calls[f"thumbnail:{size}"] += 1
         if self.gate is not None:

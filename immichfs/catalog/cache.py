@@ -188,6 +188,8 @@ class CacheSettings:
     #: thumbnail sizes/types and HEAD-learned sizes depend on the file, not the
     #: listing; they are re-learned after this long
     file_info_ttl: float = 600.0
+    #: what an asset's stored files are (keyed by its updatedAt, see ``files``)
+    files_ttl: float = 86400.0
 
 
 class ThumbnailCache:
@@ -252,7 +254,11 @@ class MetadataCache:
       so ``stat`` of a listed file needs no request.
     - ``sizes``: (asset id, checksum) → size learned with HEAD when Immich did not
       say (external libraries not yet scanned).
-    - ``thumbnails``: a :class:`ThumbnailCache` (bytes and (length, content type)).
+    - ``thumbnails``: a :class:`ThumbnailCache` (bytes and (length, content type));
+      it holds sidecars' bytes too.
+    - ``files``: (asset id, updatedAt) → the asset's stored files of one kind (its
+      sidecar's id or None), for ``files_ttl``: a new or rewritten file changes the
+      asset's ``updatedAt``, so the key renews itself and the time can be long.
     - ``misc``: small things such as server features, collection lists and
       thumbnail formats.
     """
@@ -287,6 +293,9 @@ class MetadataCache:
         self.misc: SingleFlightCache[Hashable, Any] = SingleFlightCache(
             "misc", maxsize=256, ttl=settings.listing_ttl, timer=timer
         )
+        self.files: SingleFlightCache[Hashable, Any] = SingleFlightCache(
+            "files", maxsize=settings.max_assets, ttl=settings.files_ttl, timer=timer
+        )
 
     def all(self) -> list[SingleFlightCache[Any, Any]]:
         return [
@@ -297,6 +306,7 @@ class MetadataCache:
             self.thumbnails.info,
             self.thumbnails.data,
             self.misc,
+            self.files,
         ]
 
     def statistics(self) -> dict[str, CacheStatistics]:

@@ -9,7 +9,15 @@ type. Answers are model values (:mod:`immichfs.model`), never JSON.
 Paging lives here once (:meth:`Catalog.assets_matching`): pages of
 ``/search/metadata`` are parsed while the next is fetched, each item becomes an
 :class:`~immichfs.model.Asset`, trashed assets are dropped (the trash keeps only
-those), and an asset that offset paging repeats is kept once. A text search
+those), and an asset that offset paging repeats is kept once. Queries are
+written in Immich's flat search fields; the connector sends them as search v2's
+filter tree and pages by cursor on 3.2+ (:func:`immichfs.client.search.filter_tree`),
+so every listing makes that one choice.
+
+Files: what an asset's file serves is decided here too: the original, or with
+``edited`` an edited asset's edited rendition (:meth:`Catalog.file_size`,
+:meth:`Catalog.content_tag`); and whether it has an XMP sidecar
+(:meth:`Catalog.sidecar`, asked once per version of the asset). A text search
 means what :func:`immichfs.client.search.search_assets` says, as it does for
 the library and the gateway.
 
@@ -88,11 +96,19 @@ class CatalogSource(text_search.SearchApi, Protocol):
 
     async def get_asset_statistics(self) -> dict[str, Any]: ...
 
-    async def head_original(self, asset_id: str) -> int: ...
+    async def head_original(self, asset_id: str, *, edited: bool = ...) -> int: ...
 
-    async def get_thumbnail_response(self, asset_id: str, size: str = ...) -> tuple[bytes, str]: ...
+    async def get_thumbnail_response(
+        self, asset_id: str, size: str = ..., *, edited: bool = ...
+    ) -> tuple[bytes, str]: ...
 
     async def get_albums(self) -> list[dict[str, Any]]: ...
+
+    async def get_asset_files(
+        self, asset_id: str, type: str | None = ..., is_edited: bool | None = ...
+    ) -> list[dict[str, Any]]: ...
+
+    async def get_asset_file(self, file_id: str, *, limit: int = ...) -> bytes: ...
 
     async def get_people(self, *, with_hidden: bool = ...) -> list[dict[str, Any]]: ...
 
@@ -110,6 +126,10 @@ class CatalogSettings:
     search_limit: int = 250
     #: assets per ``/search/metadata`` page (Immich's largest)
     page_size: int = 1000
+    #: serve edited assets' edited renditions (``edits = "edited"``), else originals
+    edited: bool = False
+    #: most asset-files requests in flight when a directory's sidecars are learned
+    sidecar_concurrency: int = 8
 
 
 # -- keys of cached answers (the refresh task drops and renews by them) -----------------
@@ -516,6 +536,40 @@ class Catalog:
 
     # -- files
 
+    def serves_edited(self, asset: Asset) -> bool:
+        """Whether the asset's file is its edited rendition (``edited`` and edited in Immich)."""
+        return self.settings.edited and asset.is_edited is True
+
+    @staticmethod
+    def _edited_key(asset: Asset) -> tuple[str, str]:
+        # an edit changes updatedAt, never the checksum (that is the original's)
+        when = iso_instant(asset.updated_at) if asset.updated_at else ""
+        return (asset.id, f"edited {asset.checksum} {when}")
+
+    def known_file_size(self, asset: Asset) -> int | None:
+        """The size of what the asset's file serves, if known without a request."""
+        if self.serves_edited(asset):
+            return self.cache.sizes.peek(self._edited_key(asset))
+        return self.known_size(asset)
+
+    async def file_size(self, asset: Asset) -> int:
+        """The size of what the asset's file serves: the original's
+        (:meth:`original_size`) or the edited rendition's, which no JSON answer
+        carries: one HEAD with ``edited=true``, kept ``file_info_ttl`` per version."""
+        if not self.serves_edited(asset):
+            return await self.original_size(asset)
+        size: int = await self.cache.sizes.get(
+            self._edited_key(asset), lambda: self.source.head_original(asset.id, edited=True)
+        )
+        return size
+
+    def content_tag(self, asset: Asset) -> str:
+        """What pins the bytes of the asset's file: the original's checksum, or for an
+        edited rendition the edit's version (the checksum is not of those bytes)."""
+        if self.serves_edited(asset):
+            return " ".join(self._edited_key(asset))
+        return asset.checksum
+
     def known_size(self, asset: Asset) -> int | None:
         """The original's size if known without a request (Immich's, or learned before)."""
         if asset.size is not None:
@@ -534,6 +588,11 @@ class Catalog:
     def _thumbnail_loader(
         self, asset_id: str, size: str
     ) -> Callable[[], Awaitable[tuple[bytes, str]]]:
+        if self.settings.edited:
+            # edited=true: an edited asset's rendition of its edit, any other's as usual
+            # (not kept on disk: the catalog's thumbnails are the unedited renditions)
+            return lambda: self.source.get_thumbnail_response(asset_id, size, edited=True)
+
         async def fetch() -> tuple[bytes, str]:
             return await self.source.get_thumbnail_response(asset_id, size)
 
@@ -560,7 +619,7 @@ class Catalog:
         if known is not None:
             return known
         probe = getattr(self.source, "get_thumbnail_length", None)
-        if probe is None:
+        if probe is None or self.settings.edited:
             return await self.cache.thumbnails.get_info(
                 (size, asset_id), self._thumbnail_loader(asset_id, size)
             )
@@ -587,7 +646,7 @@ class Catalog:
         """(length, content type) of a rendition if known, without a request (also
         from the catalog on disk: ``ls -l`` of thumbnails seen before downloads none)."""
         known = self.cache.thumbnails.peek_info((size, asset_id))
-        if known is None and self.memory is not None:
+        if known is None and self.memory is not None and not self.settings.edited:
             asset = self.cache.assets.peek(asset_id)
             if asset is not None:
                 known = self.memory.known_thumbnail_info(asset, size)
@@ -617,6 +676,83 @@ class Catalog:
 
         content_type: str = await self.cache.misc.get(("thumbnail-type", size), probe)
         return content_type
+
+    # -- sidecars (the asset files API, 3.2+)
+
+    @staticmethod
+    def _sidecar_key(asset: Asset) -> tuple[str, str, str]:
+        when = iso_instant(asset.updated_at) if asset.updated_at else asset.checksum
+        return ("sidecar", asset.id, when)
+
+    def known_sidecar(self, asset: Asset) -> tuple[bool, str | None]:
+        """(known, the sidecar's file id or None) without a request."""
+        key = self._sidecar_key(asset)
+        if key not in self.cache.files:
+            return False, None
+        file_id: str | None = self.cache.files.peek(key)
+        return True, file_id
+
+    async def sidecar(self, asset: Asset) -> str | None:
+        """The id of the asset's XMP sidecar file, None if it has none: one
+        ``GET /asset-files?type=sidecar`` per version of the asset, single-flight."""
+
+        async def load() -> str | None:
+            files = await self.source.get_asset_files(asset.id, type="sidecar")
+            ids = sorted(str(f["id"]) for f in files if f.get("type") == "sidecar")
+            return ids[0] if ids else None
+
+        file_id: str | None = await self.cache.files.get(self._sidecar_key(asset), load)
+        return file_id
+
+    async def sidecars(self, assets: Sequence[Asset]) -> dict[str, str]:
+        """asset id → sidecar file id for those of ``assets`` that have one; asked
+        ``sidecar_concurrency`` at a time for the assets not known yet."""
+        found: dict[str, str] = {}
+        unknown: list[Asset] = []
+        for asset in assets:
+            known, file_id = self.known_sidecar(asset)
+            if not known:
+                unknown.append(asset)
+            elif file_id is not None:
+                found[asset.id] = file_id
+        if unknown:
+            limit = trio.CapacityLimiter(max(self.settings.sidecar_concurrency, 1))
+            failures: list[Exception] = []
+
+            async def learn(asset: Asset) -> None:
+                async with limit:
+                    if failures:
+                        return
+                    try:
+                        file_id = await self.sidecar(asset)
+                    except Exception as exc:
+                        failures.append(exc)
+                        return
+                if file_id is not None:
+                    found[asset.id] = file_id
+
+            async with trio.open_nursery() as nursery:
+                for asset in unknown:
+                    nursery.start_soon(learn, asset)
+            if failures:
+                raise failures[0]
+        return found
+
+    async def sidecar_content(self, asset: Asset, file_id: str) -> bytes:
+        """The sidecar's exact bytes (``/asset-files/{id}/download``), kept per version."""
+        when = self._sidecar_key(asset)[2]
+        data, _ = await self.cache.thumbnails.get(
+            ("sidecar", f"{file_id} {when}"), lambda: self._sidecar_download(file_id)
+        )
+        return data
+
+    def known_sidecar_size(self, asset: Asset, file_id: str) -> int | None:
+        when = self._sidecar_key(asset)[2]
+        info = self.cache.thumbnails.peek_info(("sidecar", f"{file_id} {when}"))
+        return info[0] if info is not None else None
+
+    async def _sidecar_download(self, file_id: str) -> tuple[bytes, str]:
+        return await self.source.get_asset_file(file_id), "application/octet-stream"
 
     # -- what changed (for the refresh task)
 

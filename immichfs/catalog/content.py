@@ -684,7 +684,10 @@ class CachedSource:
         total: int | None = None,
         etag: str | None = None,
         progress: Callable[[int], None] | None = None,
+        edited: bool = False,
     ) -> str | None:
+        if edited:  # an edit's rendition: not the bytes the asset's checksum names
+            return await self._fetch(asset_id, start, view, total, etag, progress, edited=True)
         checksum = await self.version_of(asset_id) if self.cache.limit > 0 else None
         if checksum is None or total is None:
             return await self._fetch(asset_id, start, view, total, etag, progress)
@@ -744,12 +747,14 @@ class CachedSource:
         total: int | None,
         etag: str | None,
         progress: Callable[[int], None] | None,
+        *,
+        edited: bool = False,
     ) -> str | None:
         if self.online():
-            return await self._fetch_inner(asset_id, start, view, total, etag, progress)
+            return await self._fetch_inner(asset_id, start, view, total, etag, progress, edited)
         # offline: one try, no retries (the server may be back: then it works at once)
         try:
-            return await self._fetch_inner(asset_id, start, view, total, etag, progress)
+            return await self._fetch_inner(asset_id, start, view, total, etag, progress, edited)
         except TransientError as exc:
             raise Offline(
                 f"asset {asset_id}: the server is unreachable and these bytes are not cached"
@@ -763,15 +768,17 @@ class CachedSource:
         total: int | None,
         etag: str | None,
         progress: Callable[[int], None] | None,
+        edited: bool,
     ) -> str | None:
+        flag = {"edited": True} if edited else {}
         if self._into:
             result: str | None = await self.inner.fetch_into(
-                asset_id, start, view, total=total, etag=etag, progress=progress
+                asset_id, start, view, total=total, etag=etag, progress=progress, **flag
             )
             return result
         fetch = cast(_Fetch, self.inner)
         filled = 0
-        async with fetch(asset_id, start, start + len(view) - 1) as chunks:
+        async with fetch(asset_id, start, start + len(view) - 1, **flag) as chunks:
             async for chunk in chunks:
                 n = len(chunk)
                 view[filled : filled + n] = chunk

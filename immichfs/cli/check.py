@@ -51,17 +51,38 @@ PERMISSIONS: dict[str, str] = {
     "album.read": "albums/, getfattr -d and .manifest.jsonl answer 'Permission denied'",
     "person.read": "people/, getfattr -d and .manifest.jsonl answer 'Permission denied'",
     "tag.read": "tags/, getfattr -d and .manifest.jsonl answer 'Permission denied'",
+    "assetFile.read": "--sidecars lists no NAME.xmp files",
+    "assetFile.download": "--sidecars' NAME.xmp files answer 'Permission denied'",
+}
+#: permissions Immich 1.135 did not have: the version that brought each (a key of an older
+#: server cannot have it) and the setting that uses it (missed only where that is on)
+PERMISSION_NEEDS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "assetFile.read": ((3, 2, 0), "sidecars"),
+    "assetFile.download": ((3, 2, 0), "sidecars"),
 }
 #: without it nothing can be listed: the mount refuses such a key
 REQUIRED_PERMISSION = "asset.read"
 ADD_PERMISSION = "add it to the API key in Immich (Account Settings → API Keys)"
 
 
-def missing_permissions(granted: list[str] | None) -> list[str]:
-    """The permissions of :data:`PERMISSIONS` a key lacks ([] when the server does not say)."""
+def missing_permissions(
+    granted: list[str] | None,
+    version: tuple[int, int, int] | None = None,
+    settings: options.Settings | None = None,
+) -> list[str]:
+    """The permissions of :data:`PERMISSIONS` a key lacks ([] when the server does not say),
+    leaving out those ``version`` does not have and those only a setting off in
+    ``settings`` uses (:data:`PERMISSION_NEEDS`; None: not asked)."""
     if granted is None or "all" in granted:
         return []
-    return [permission for permission in PERMISSIONS if permission not in granted]
+
+    def wanted(permission: str) -> bool:
+        since, setting = PERMISSION_NEEDS.get(permission, ((0, 0, 0), ""))
+        if version is not None and version < since:
+            return False
+        return settings is None or not setting or bool(getattr(settings, setting))
+
+    return [p for p in PERMISSIONS if p not in granted and wanted(p)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +142,7 @@ async def _check(immich: ImmichConnector, show: Callable[[str, str], None]) -> i
             show(step, "accepted")
 
             step = "permissions"
-            show(step, _describe_permissions(await immich.get_key_permissions()))
+            show(step, _describe_permissions(await immich.get_key_permissions(), version))
 
             step = "statistics"
             stats = await immich.get_asset_statistics()
@@ -162,15 +183,18 @@ async def _check(immich: ImmichConnector, show: Callable[[str, str], None]) -> i
     return 0
 
 
-def _describe_permissions(permissions: list[str] | None) -> str:
+def _describe_permissions(
+    permissions: list[str] | None, version: tuple[int, int, int] = (0, 0, 0)
+) -> str:
     if permissions is None:
         return "not reported by this server (GET /api/api-keys/me needs Immich v1.139+)"
     if "all" in permissions:
         return "all"
-    missing = missing_permissions(permissions)
+    missing = missing_permissions(permissions, version)
     text = ", ".join(sorted(permissions)) or "none"
     if missing:
-        text += f" (immichfs also needs: {', '.join(missing)})"
+        needs = "; ".join(f"{p} (without it {PERMISSIONS[p]})" for p in missing)
+        text += f" (immichfs also needs: {needs})"
     return text
 
 

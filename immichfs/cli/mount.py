@@ -74,7 +74,9 @@ async def _check_only(settings: options.Settings) -> bool:
                 raise
             log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
             return False
-        missing = missing_permissions(await connector.get_key_permissions())
+        missing = missing_permissions(
+            await connector.get_key_permissions(), connector.server_version, settings
+        )
     if REQUIRED_PERMISSION in missing:
         raise UserError(
             f"the API key lacks {REQUIRED_PERMISSION}: without it "

@@ -93,6 +93,38 @@ _ASSET_TYPES = {"ALL": None, "IMAGE": "IMAGE", "VIDEO": "VIDEO"}
 
 Version = tuple[int, int, int]
 
+#: ``GET /config`` replaces ``/server/config`` and ``/server/features`` from here
+CONFIG_SINCE = (3, 2, 0)
+#: edits (``isEdited``, ``edited=true`` on the original and thumbnails) from here
+EDITS_SINCE = (2, 5, 0)
+#: the asset files API (``/asset-files``: renditions, sidecars) from here
+ASSET_FILES_SINCE = (3, 2, 0)
+ASSET_FILE_TYPES = ("fullsize", "preview", "thumbnail", "sidecar", "encoded_video")
+
+
+def features_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``/server/features`` flags a 3.2 ``UserConfigDto`` (``GET /config``) implies."""
+
+    def on(*path: str) -> bool:
+        node: Any = config
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        return node is True
+
+    ml = on("machineLearning", "enabled")
+    return {
+        "smartSearch": ml and on("machineLearning", "clip", "enabled"),
+        "facialRecognition": ml and on("machineLearning", "facialRecognition", "enabled"),
+        "duplicateDetection": ml and on("machineLearning", "duplicateDetection", "enabled"),
+        "ocr": ml and on("machineLearning", "ocr", "enabled"),
+        "map": on("map", "enabled"),
+        "reverseGeocoding": on("reverseGeocoding", "enabled"),
+        "trash": on("trash", "enabled"),
+        "oauth": on("oauth", "enabled"),
+        "passwordLogin": on("passwordLogin", "enabled"),
+        "realtimeTranscoding": on("ffmpeg", "realtime", "enabled"),
+    }
+
 
 def _bool_param(value: Any) -> Any:
     # Immich's query booleans are the strings true/false
@@ -493,13 +525,29 @@ class ImmichConnector:
         return user_id
 
     async def get_server_features(self) -> dict[str, Any]:
-        """``GET /api/server/features`` (``smartSearch``, ``trash``, ...)."""
-        data = expect_json_object(
-            await self._json("GET", "/server/features", what="server features"),
-            "server features",
-        )
+        """The server's features as ``/server/features`` names them (``smartSearch``, ``trash``).
+
+        On 3.2+, where ``/server/features`` is deprecated, they are read from
+        ``GET /api/config`` (``userConfig.read``); a key without that permission
+        falls back to ``/server/features``, which still answers.
+        """
+        data: dict[str, Any] | None = None
+        if await self.connect() >= CONFIG_SINCE:
+            try:
+                data = features_from_config(await self.get_config())
+            except (NotFound, PermissionDenied) as exc:
+                log.debug("GET /config refused (%s): asking /server/features", exc)
+        if data is None:
+            data = expect_json_object(
+                await self._json("GET", "/server/features", what="server features"),
+                "server features",
+            )
         self._features = data
         return data
+
+    async def get_config(self) -> dict[str, Any]:
+        """``GET /api/config`` (3.2+, ``userConfig.read``): the settings users may see."""
+        return expect_json_object(await self._json("GET", "/config", what="config"), "config")
 
     async def get_key_permissions(self) -> list[str] | None:
         """The key's permissions (``["all"]`` for a full key); None when unknown.
@@ -588,19 +636,25 @@ class ImmichConnector:
         return data
 
     async def get_thumbnail_response(
-        self, asset_id: str, size: str = "preview"
+        self, asset_id: str, size: str = "preview", *, edited: bool = False
     ) -> tuple[bytes, str]:
-        """(bytes, content type) of a rendition; follows ``fullsize``'s redirect."""
+        """(bytes, content type) of a rendition; follows ``fullsize``'s redirect.
+
+        ``edited`` asks for the rendition of the edited asset (``edited=true``,
+        v2.5+; an unedited asset answers as without it).
+        """
         if size not in _THUMBNAIL_SIZES:
             raise ValueError(f"size must be one of {', '.join(_THUMBNAIL_SIZES)}, not {size!r}")
         what = f"asset {asset_id}: {size}"
         path = self._asset_path(asset_id, "thumbnail")
+        # older servers have no edits: they are not sent a parameter they do not know
+        edited = edited and await self.connect() >= EDITS_SINCE
 
         async def once() -> tuple[bytes, str]:
             async with self._open(
                 "GET",
                 path,
-                params={"size": size},
+                params={"size": size, **({"edited": True} if edited else {})},
                 headers={"Accept": "image/*", "Accept-Encoding": "identity"},
                 follow_redirects=True,
                 what=what,
@@ -666,29 +720,78 @@ class ImmichConnector:
 
         return await self._retrying(once, what, path=path)
 
-    async def head_original(self, asset_id: str) -> int:
-        """The size in bytes of the original (``HEAD``, ``Content-Length``)."""
-        what = f"asset {asset_id}: original"
+    async def head_original(self, asset_id: str, *, edited: bool = False) -> int:
+        """The size in bytes of the original (``HEAD``, ``Content-Length``).
+
+        ``edited``: of the edited rendition (``edited=true``, v2.5+), whose size no
+        JSON answer carries; an unedited asset answers with its original's.
+        """
+        size, _ = await self.head_original_file(asset_id, edited=edited)
+        return size
+
+    async def head_original_file(
+        self, asset_id: str, *, edited: bool = False
+    ) -> tuple[int, str | None]:
+        """(size, Content-Type) of the original or, with ``edited``, of the edited
+        rendition (its own format: Immich writes edits as new files), by one HEAD."""
+        what = f"asset {asset_id}: {'edited' if edited else 'original'}"
+        path = self._asset_path(asset_id, "original")
+
+        async def once() -> tuple[int | None, str | None]:
+            async with self._open(
+                "HEAD",
+                path,
+                params={"edited": True} if edited else None,
+                headers={"Accept-Encoding": "identity"},
+                what=what,
+                about_id=True,
+            ) as response:
+                content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                return _length(response), content_type or None
+
+        length, content_type = await self._retrying(once, what, path=path)
+        if length is None:
+            # a proxy may drop it from HEAD: the total of a one-byte range says it too
+            length = await self._size_from_range(asset_id, edited, what)
+        return length, content_type
+
+    async def _size_from_range(self, asset_id: str, edited: bool, what: str) -> int:
+        """The file's size from the ``Content-Range`` total of ``Range: bytes=0-0``."""
         path = self._asset_path(asset_id, "original")
 
         async def once() -> int | None:
             async with self._open(
-                "HEAD", path, headers={"Accept-Encoding": "identity"}, what=what, about_id=True
+                "GET",
+                path,
+                params={"edited": True} if edited else None,
+                headers={"Accept": "*/*", "Accept-Encoding": "identity", "Range": "bytes=0-0"},
+                what=what,
+                about_id=True,
+                range_start=0,
             ) as response:
-                return _length(response)
+                self._check_range(response, 0, 0, what)
+                _, _, total = check_content_range(response.headers.get("content-range"), 0, 0, what)
+                async for _ in self._chunks(response, 1, what):
+                    pass
+                return total
 
-        length = await self._retrying(once, what, path=path)
-        if length is None:
-            raise ProtocolError(f"{what}: no Content-Length in the answer to HEAD")
-        return length
+        total = await self._retrying(once, what, path=path)
+        if total is None:
+            raise ProtocolError(f"{what}: neither HEAD nor a range says the file's size")
+        return total
 
-    async def get_full_resolution_file(self, asset_id: str) -> bytes:
+    async def get_full_resolution_file(self, asset_id: str, *, edited: bool = False) -> bytes:
         """The whole original file in memory (use the stream for big files)."""
-        async with self.stream_full_resolution_file(asset_id) as chunks:
+        async with self.stream_full_resolution_file(asset_id, edited=edited) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
     def stream_full_resolution_file(
-        self, asset_id: str, start: int | None = None, end: int | None = None
+        self,
+        asset_id: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        edited: bool = False,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """The original's bytes as an async iterator of chunks, memory-bounded.
 
@@ -698,15 +801,17 @@ class ImmichConnector:
         a matching ``Content-Range`` (a 200 is refused with ProtocolError, never
         served as the range). A range must not start past the end of the file:
         Immich answers that with 404/500, not 416, so callers clamp to the size they
-        know. A body that ends early raises TruncatedBody.
+        know. A body that ends early raises TruncatedBody. ``edited`` streams the
+        edited rendition instead (``edited=true``, v2.5+; the original of an
+        unedited asset).
         """
-        return self._stream_original(asset_id, start, end)
+        return self._stream_original(asset_id, start, end, edited)
 
     @asynccontextmanager
     async def _stream_original(
-        self, asset_id: str, start: int | None, end: int | None
+        self, asset_id: str, start: int | None, end: int | None, edited: bool = False
     ) -> AsyncGenerator[AsyncIterator[bytes], None]:
-        what = f"asset {asset_id}: original"
+        what = f"asset {asset_id}: {'edited' if edited else 'original'}"
         path = self._asset_path(asset_id, "original")
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         ranged = start is not None or end is not None
@@ -724,6 +829,7 @@ class ImmichConnector:
         async with self._open(
             "GET",
             path,
+            params={"edited": True} if edited else None,
             headers=headers,
             what=what,
             about_id=True,
@@ -759,44 +865,188 @@ class ImmichConnector:
         )
         return got_last - got_first + 1
 
+    # -- asset files (3.2+, alpha): renditions and sidecars ------------------------
+
+    async def _check_asset_files(self) -> None:
+        if await self.connect() < ASSET_FILES_SINCE:
+            raise UnsupportedVersion(
+                "the asset files API (sidecars, renditions) needs Immich 3.2 or newer"
+            )
+
+    async def get_asset_files(
+        self,
+        asset_id: str,
+        type: str | None = None,
+        is_edited: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET /api/asset-files``: an asset's stored files (``assetFile.read``, 3.2+).
+
+        ``type`` is ``fullsize``, ``preview``, ``thumbnail``, ``sidecar`` or
+        ``encoded_video``; ``is_edited`` picks the renditions of the edit (or not).
+        Each is Immich's ``AssetFileResponseDto`` (``id``, ``type``, ``isEdited``,
+        ``path``, dates; no byte size: HEAD the download for that).
+        """
+        if type is not None and type not in ASSET_FILE_TYPES:
+            raise ValueError(f"type must be one of {', '.join(ASSET_FILE_TYPES)}, not {type!r}")
+        await self._check_asset_files()
+        params: dict[str, Any] = {"assetId": check_asset_id(asset_id)}
+        if type is not None:
+            params["type"] = type
+        if is_edited is not None:
+            params["isEdited"] = is_edited
+        what = f"asset {asset_id}: files"
+        data = expect_json_list(
+            await self._json("GET", "/asset-files", params=params, what=what, about_id=True),
+            what,
+        )
+        files = [f for f in data if isinstance(f, dict)]
+        for found in files:
+            if not isinstance(found.get("id"), str) or not isinstance(found.get("type"), str):
+                raise ProtocolError(f"{what}: a file without an id or type")
+        return files
+
+    async def get_asset_file_info(self, file_id: str) -> dict[str, Any]:
+        """``GET /api/asset-files/{id}``: one stored file (``assetFile.read``, 3.2+)."""
+        await self._check_asset_files()
+        what = f"asset file {file_id}"
+        path = f"/asset-files/{check_asset_id(file_id)}"
+        return expect_json_object(await self._json("GET", path, what=what, about_id=True), what)
+
+    async def get_asset_file(self, file_id: str, *, limit: int = MAX_JSON_BYTES) -> bytes:
+        """A stored file's bytes in memory (a sidecar); more than ``limit`` is refused."""
+        what = f"asset file {file_id}"
+        path = f"/asset-files/{check_asset_id(file_id)}/download"
+        await self._check_asset_files()
+
+        async def once() -> bytes:
+            async with self.stream_asset_file(file_id) as chunks:
+                parts: list[bytes] = []
+                got = 0
+                async for chunk in chunks:
+                    got += len(chunk)
+                    if got > limit:
+                        raise ProtocolError(f"{what}: larger than {limit} bytes")
+                    parts.append(chunk)
+                return b"".join(parts)
+
+        return await self._retrying(once, what, path=path)
+
+    @asynccontextmanager
+    async def stream_asset_file(self, file_id: str) -> AsyncGenerator[AsyncIterator[bytes], None]:
+        """``GET /api/asset-files/{id}/download`` (``assetFile.download``, 3.2+) as an
+        async iterator of chunks, checked against its ``Content-Length``."""
+        await self._check_asset_files()
+        what = f"asset file {file_id}"
+        path = f"/asset-files/{check_asset_id(file_id)}/download"
+        async with self._open(
+            "GET",
+            path,
+            headers={"Accept": "*/*", "Accept-Encoding": "identity"},
+            what=what,
+            about_id=True,
+        ) as response:
+            encoding = response.headers.get("content-encoding", "identity").lower()
+            if encoding not in ("", "identity"):
+                raise ProtocolError(f"{what}: the server sent it {encoding}-encoded")
+            if response.status_code != 200:
+                raise ProtocolError(f"{what}: expected 200, got {response.status_code}")
+            chunks = self._chunks(response, _length(response), what)
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()
+
     # -- search -----------------------------------------------------------------
+
+    async def search_v2(self) -> bool:
+        """Whether the server has search v2 (``filter``, ``orderBy``, ``cursor``: 3.2+).
+
+        The one choice every search makes: v2 servers are sent a filter tree and
+        paged by cursor, older ones the flat fields and page numbers.
+        """
+        return await self.connect() >= search.SEARCH_V2
 
     async def search_metadata(
         self, filters: Mapping[str, Any], *, page: int = 1, size: int = 1000
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """One page of ``POST /api/search/metadata`` (Immich's 1-based ``page``).
+        """One page of ``POST /api/search/metadata`` by Immich's 1-based ``page``.
 
-        Returns (assets, next page number or None). ``withExif`` is on (the file
-        size lives there) and ``visibility`` is always sent — ``timeline`` unless
-        ``filters`` sets it — because its default differs between versions;
-        ``"visibility": None`` in ``filters`` leaves it to the server.
+        Returns (assets, next page number or None). ``filters`` are Immich's flat
+        search fields; on 3.2+ they are sent as a filter tree
+        (:func:`immichfs.client.search.filter_tree`) and only the page number
+        stays a deprecated field (a cursor cannot jump to a page: use
+        :meth:`iter_search_metadata` to walk a listing). ``withExif`` is on (the
+        file size lives there) and ``visibility`` is always sent — ``timeline``
+        unless ``filters`` sets it — because its default differs between
+        versions; ``"visibility": None`` in ``filters`` leaves it to the server.
         """
         if isinstance(page, bool) or not isinstance(page, int) or page < 1:
             raise ValueError(f"page must be an integer ≥ 1 (Immich's pages), not {page!r}")
         _page_args(size, 0)
-        body = self._search_body(filters)
+        body = self._search_body(filters, v2=await self.search_v2())
         body.update(page=page, size=size)
         data = await self._json(
             "POST", "/search/metadata", body=body, what="search", idempotent=True
         )
         return self._search_page(data, page, "search")
 
+    async def search_metadata_page(
+        self, filters: Mapping[str, Any], *, cursor: str | None = None, size: int = 1000
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``POST /api/search/metadata`` after ``cursor`` (None: the first).
+
+        Returns (assets, the cursor of the next page or None after the last). On
+        3.2+ the cursor is Immich's ``nextCursor``: a page continues after the
+        last asset of the one before, so assets added or removed meanwhile
+        neither shift nor repeat the pages. Below 3.2 it is the page number.
+        """
+        _page_args(size, 0)
+        if not await self.search_v2():
+            page = 1 if cursor is None else int(cursor)
+            items, next_page = await self.search_metadata(filters, page=page, size=size)
+            return items, None if next_page is None else str(next_page)
+        body = self._search_body(filters, v2=True)
+        body["size"] = size
+        if cursor is not None:
+            body["cursor"] = cursor
+        data = await self._json(
+            "POST", "/search/metadata", body=body, what="search", idempotent=True
+        )
+        items, _ = self._search_page(data, 1, "search", cursor=True)
+        next_cursor = data["assets"].get("nextCursor")
+        if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+            raise ProtocolError(f"search: nextCursor is {next_cursor!r}, not a cursor")
+        if next_cursor is not None and next_cursor == cursor:
+            raise ProtocolError("search: nextCursor does not move past the page")
+        return items, next_cursor
+
     @staticmethod
-    def _search_body(filters: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _search_body(filters: Mapping[str, Any] | None, *, v2: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"withExif": True, "visibility": "timeline"}
         body.update(filters or {})
         if body.get("visibility") is None:
             del body["visibility"]
-        return body
+        if not v2:
+            return body
+        kept = {k: v for k, v in body.items() if k in search.BODY_FIELDS}
+        tree, rest = search.filter_tree({k: v for k, v in body.items() if k not in kept})
+        if rest:
+            # fields the tree does not know still work, deprecated, ANDed with it
+            log.debug("search: sent as flat fields: %s", ", ".join(sorted(rest)))
+        return {**kept, **rest, "filter": tree}
 
     @staticmethod
-    def _search_page(data: Any, page: int, what: str) -> tuple[list[dict[str, Any]], int | None]:
+    def _search_page(
+        data: Any, page: int, what: str, *, cursor: bool = False
+    ) -> tuple[list[dict[str, Any]], int | None]:
         assets = data.get("assets") if isinstance(data, dict) else None
         items = assets.get("items") if isinstance(assets, dict) else None
         if not isinstance(assets, dict) or not isinstance(items, list):
             raise ProtocolError(f"{what}: the answer has no assets.items list")
         if not all(isinstance(item, dict) for item in items):
             raise ProtocolError(f"{what}: an item of assets.items is not an object")
+        if cursor:
+            return items, None  # paged by nextCursor (the caller reads it)
         raw_next = assets.get("nextPage")
         next_page: int | None
         if raw_next is None:
@@ -814,12 +1064,14 @@ class ImmichConnector:
     async def iter_search_metadata(
         self, filters: Mapping[str, Any], *, page_size: int = 1000
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every asset matching ``filters``, page after page."""
-        page: int | None = 1
-        while page is not None:
-            items, page = await self.search_metadata(filters, page=page, size=page_size)
+        """Every asset matching ``filters``, page after page (by cursor on 3.2+)."""
+        cursor: str | None = None
+        while True:
+            items, cursor = await self.search_metadata_page(filters, cursor=cursor, size=page_size)
             for item in items:
                 yield item
+            if cursor is None:
+                return
 
     async def search_smart(
         self, query: str, *, size: int = 100, filters: Mapping[str, Any] | None = None
@@ -831,7 +1083,7 @@ class ImmichConnector:
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive integer, not {size!r}")
-        body = self._search_body(filters)
+        body = self._search_body(filters, v2=await self.search_v2())
         body["query"] = query
         results: list[dict[str, Any]] = []
         page: int | None = 1

@@ -23,7 +23,9 @@ What it does and checks:
   the exact offset; a different total size or ETag raises StaleAsset;
 - errors as :mod:`immichfs.errors` (the same translation as the connector);
 - redirects, the one thing it does not handle, go to ``fallback`` (the
-  connector's ``stream_full_resolution_file``) when one is given.
+  connector's ``stream_full_resolution_file``) when one is given;
+- ``edited=True`` asks for the edited rendition (``?edited=true``, Immich
+  2.5+) with the same checks: its own size and ETag pin it, never the original's.
 
 The API key is sent as ``x-api-key`` and kept out of logs, messages and reprs.
 """
@@ -113,7 +115,12 @@ class _Connection:
 
 
 class _Exchange:
-    """One request/response on a checked-out connection."""
+    """One request/response on a checked-out connection.
+
+    The body is read in pieces (:meth:`read_into`, as often as the caller
+    likes) until ``expected`` bytes have come; then the exchange is
+    ``complete`` if nothing follows them, and the connection can be reused.
+    """
 
     def __init__(
         self,
@@ -121,17 +128,22 @@ class _Exchange:
         conn: _Connection,
         h: h11.Connection,
         response: h11.Response,
-        length: int | None,
+        expected: int,
         what: str,
     ) -> None:
         self.client = client
         self.conn = conn
         self.h = h
         self.response = response
-        self.length = length  # None: framing other than Content-Length (chunked)
+        self.length: int | None = None  # None: framing other than Content-Length (chunked)
+        self.expected = expected  # body bytes the range asked for
         self.what = what
         self.complete = False
         self.etag: str | None = None
+        self._received = 0  # body bytes handed to the caller
+        self._pending: memoryview | None = None  # body bytes h11 parsed, not handed yet
+        self._drained = False  # h11 holds no more of the body: read the socket itself
+        self._ended = False  # h11 saw the end of the message
         for name, value in response.headers:
             if name == b"etag":
                 self.etag = value.decode("latin-1")
@@ -159,37 +171,64 @@ class _Exchange:
         except h11.RemoteProtocolError as exc:
             raise TruncatedBody(f"{self.what}: the body broke off ({exc})") from exc
 
-    async def read_into(self, view: memoryview, progress: Callable[[int], None] | None) -> None:
-        """Fill ``view`` with the body (exactly its length) or raise."""
-        want = len(view)
-        filled = 0
-        # first whatever h11 already holds from reading the head
+    async def _next_parsed(self) -> bool:
+        """Move the next piece h11 parses to ``_pending``; False once it holds no more."""
         while True:
             event = self._next_buffered()
             if isinstance(event, h11.Data):
-                n = len(event.data)
-                if filled + n > want:
-                    raise ProtocolError(f"{self.what}: the server sent more than {want} bytes")
-                view[filled : filled + n] = event.data
-                filled += n
-                self.client._bytes += n
-                if progress is not None:
-                    progress(filled)
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif event is h11.NEED_DATA:
-                if self.length is None:
-                    # chunked or other framing: h11 parses all of it
-                    data = await self._receive(_TLS_READ)
-                    self.h.receive_data(data)
-                    continue
-                break
-            else:  # ConnectionClosed
-                break
-        if self.length is not None and filled < want:
+                self.client._bytes += len(event.data)
+                self._pending = memoryview(event.data)
+                return True
+            if event is h11.NEED_DATA and self.length is None:
+                # chunked or other framing: h11 parses all of it
+                self.h.receive_data(await self._receive(_TLS_READ))
+                continue
+            if event is not h11.NEED_DATA:  # EndOfMessage or ConnectionClosed
+                self._ended = True
+            self._drained = True
+            return False
+
+    async def read_into(
+        self, view: memoryview, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Fill ``view`` with the next ``len(view)`` bytes of the body, or raise."""
+        want = len(view)
+        if self._received + want > self.expected:
+            raise ValueError(f"{self.what}: asked for more than the range")
+        filled = 0
+        # first whatever h11 already holds from reading the head
+        while filled < want and (self._pending is not None or not self._drained):
+            pending = self._pending
+            if pending is None:
+                await self._next_parsed()
+                continue
+            n = min(len(pending), want - filled)
+            view[filled : filled + n] = pending[:n]
+            self._pending = pending[n:] if n < len(pending) else None
+            filled += n
+            if progress is not None:
+                progress(filled)
+        if filled < want and self.length is not None and not self._ended:
             filled = await self._fast_body(view, filled, progress)
+        self._received += filled
         if filled != want:
-            raise TruncatedBody(f"{self.what}: the body ended after {filled} of {want} bytes")
+            raise TruncatedBody(
+                f"{self.what}: the body ended after {self._received} of {self.expected} bytes"
+            )
+        if self._received == self.expected:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """All of the range came: refuse more, and see whether the connection is reusable."""
+        if self._pending is not None:
+            raise ProtocolError(f"{self.what}: the server sent more than {self.expected} bytes")
+        if self.length is None:
+            while not self._drained:
+                if await self._next_parsed() and len(self._pending or b""):
+                    raise ProtocolError(
+                        f"{self.what}: the server sent more than {self.expected} bytes"
+                    )
+                self._pending = None
         # junk after the body would corrupt the next response on this connection
         self.complete = self.h.trailing_data[0] == b""
 
@@ -267,6 +306,8 @@ class _Exchange:
                 got += len(event.data)
                 if self.length is not None and got > self.length:
                     raise ProtocolError(f"{self.what}: the server sent more bytes than promised")
+                if got > self.expected:
+                    raise ProtocolError(f"{self.what}: the server sent more bytes than asked")
                 self.client._bytes += len(event.data)
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -276,8 +317,8 @@ class _Exchange:
                 self.h.receive_data(data)
             else:
                 break
-        if self.length is not None and got != self.length:
-            raise TruncatedBody(f"{self.what}: the body ended after {got} of {self.length} bytes")
+        if got != self.expected:
+            raise TruncatedBody(f"{self.what}: the body ended after {got} of {self.expected} bytes")
         self.complete = self.h.trailing_data[0] == b""
 
 
@@ -372,51 +413,74 @@ class RangeGetClient:
         total: int | None = None,
         etag: str | None = None,
         progress: Callable[[int], None] | None = None,
+        edited: bool = False,
     ) -> str | None:
-        """Fill ``view`` with bytes ``start .. start+len(view)-1`` of the original.
+        """Fill ``view`` with bytes ``start .. start+len(view)-1`` of the original
+        (of the edited rendition with ``edited``).
 
         Returns the response's ETag. See ``immichfs.catalog.reader.RangeIntoFetcher``.
         """
         if len(view) == 0:
             return etag
         end = start + len(view) - 1
+        async with self.open_range(
+            asset_id, start, end, total=total, etag=etag, edited=edited
+        ) as body:
+            await body.read_into(view, progress)
+            return body.etag
+
+    @asynccontextmanager
+    async def open_range(
+        self,
+        asset_id: str,
+        start: int,
+        end: int,
+        *,
+        total: int | None = None,
+        etag: str | None = None,
+        edited: bool = False,
+    ) -> AsyncIterator[_Exchange | _ChunkBody]:
+        """Ask for bytes ``start..end`` (inclusive); the checked body, read at the caller's pace.
+
+        ``body.read_into(view, progress)`` fills the next ``len(view)`` bytes, as
+        often as needed; ``body.etag`` is the response's ETag. Leaving early closes
+        the connection (the rest of the body is not read). See
+        ``immichfs.catalog.reader.RangeStreamFetcher``.
+        """
         try:
-            async with self._exchange(asset_id, start, end, total, etag) as exchange:
-                await exchange.read_into(view, progress)
-                return exchange.etag
+            async with self._exchange(asset_id, start, end, total, etag, edited) as exchange:
+                yield exchange
+                return
         except _Redirected:
             pass
         # a redirect: the connector (httpx) handles what this client does not
         assert self._fallback is not None
         self._fallbacks += 1
-        filled = 0
-        async with self._fallback(asset_id, start, end) as chunks:
-            async for chunk in chunks:
-                n = len(chunk)
-                if filled + n > len(view):
-                    raise ProtocolError(f"asset {asset_id}: more bytes than the range asked")
-                view[filled : filled + n] = chunk
-                filled += n
-                if progress is not None:
-                    progress(filled)
-        if filled != len(view):
-            raise TruncatedBody(f"asset {asset_id}: got {filled} of {len(view)} bytes")
-        return None
+        async with self._fall_back(asset_id, start, end, edited) as chunks:
+            yield _ChunkBody(chunks, end - start + 1, f"asset {asset_id}")
 
     def stream(
-        self, asset_id: str, start: int, end: int
+        self, asset_id: str, start: int, end: int, *, edited: bool = False
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Bytes ``start..end`` (inclusive) as chunks: the RangeFetcher interface."""
-        return self._stream(asset_id, start, end)
+        return self._stream(asset_id, start, end, edited)
 
     __call__ = stream
 
+    def _fall_back(
+        self, asset_id: str, start: int, end: int, edited: bool
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        assert self._fallback is not None
+        if edited:
+            return self._fallback(asset_id, start, end, edited=True)  # type: ignore[call-arg]
+        return self._fallback(asset_id, start, end)
+
     @asynccontextmanager
     async def _stream(
-        self, asset_id: str, start: int, end: int
+        self, asset_id: str, start: int, end: int, edited: bool = False
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         try:
-            async with self._exchange(asset_id, start, end, None, None) as exchange:
+            async with self._exchange(asset_id, start, end, None, None, edited) as exchange:
                 chunks = exchange.chunks()
                 try:
                     yield chunks
@@ -427,14 +491,20 @@ class RangeGetClient:
             pass
         assert self._fallback is not None
         self._fallbacks += 1
-        async with self._fallback(asset_id, start, end) as fallback_chunks:
+        async with self._fall_back(asset_id, start, end, edited) as fallback_chunks:
             yield fallback_chunks
 
     # -- the exchange -------------------------------------------------------------------
 
     @asynccontextmanager
     async def _exchange(
-        self, asset_id: str, start: int, end: int, total: int | None, etag: str | None
+        self,
+        asset_id: str,
+        start: int,
+        end: int,
+        total: int | None,
+        etag: str | None,
+        edited: bool = False,
     ) -> AsyncGenerator[_Exchange, None]:
         check_asset_id(asset_id)
         if start < 0 or end < start:
@@ -443,8 +513,9 @@ class RangeGetClient:
             raise ValueError(f"range {start}-{end} goes past the end of the file ({total})")
         if self._closed:
             raise ConnectError("the byte client was closed")
-        what = f"asset {asset_id}: original bytes {start}-{end}"
-        target = f"{self._prefix}/api/assets/{asset_id}/original".encode("ascii")
+        what = f"asset {asset_id}: {'edited' if edited else 'original'} bytes {start}-{end}"
+        query = "?edited=true" if edited else ""
+        target = f"{self._prefix}/api/assets/{asset_id}/original{query}".encode("ascii")
         headers = [*self._headers, (b"Range", f"bytes={start}-{end}".encode("ascii"))]
         request = h11.Request(method="GET", target=target, headers=headers)
         async with self._limiter:
@@ -463,7 +534,7 @@ class RangeGetClient:
                 )
                 if status != 206:
                     await self._refuse(conn, h, response, what)
-                exchange = _Exchange(self, conn, h, response, None, what)
+                exchange = _Exchange(self, conn, h, response, end - start + 1, what)
                 exchange.length = self._check_206(response, start, end, total, etag, what)
                 if exchange.length is None and not self._chunked(response):
                     raise ProtocolError(f"{what}: 206 without Content-Length")
@@ -668,6 +739,42 @@ class RangeGetClient:
             about_id=True,
         )
         raise error
+
+
+class _ChunkBody:
+    """A body of chunks (the fallback's) read into the caller's buffers, like ``_Exchange``."""
+
+    etag: str | None = None  # the fallback does not say
+
+    def __init__(self, chunks: AsyncIterator[bytes], expected: int, what: str) -> None:
+        self._chunks = chunks
+        self._left = expected
+        self._pending = memoryview(b"")
+        self._what = what
+
+    async def read_into(
+        self, view: memoryview, progress: Callable[[int], None] | None = None
+    ) -> None:
+        want = len(view)
+        if want > self._left:
+            raise ValueError(f"{self._what}: asked for more than the range")
+        filled = 0
+        while filled < want:
+            if not self._pending:
+                chunk = await anext(self._chunks, None)
+                if chunk is None:
+                    raise TruncatedBody(f"{self._what}: the body ended {self._left - filled} early")
+                if len(chunk) > self._left - filled:
+                    raise ProtocolError(f"{self._what}: more bytes than the range asked")
+                self._pending = memoryview(chunk)
+                continue
+            n = min(len(self._pending), want - filled)
+            view[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+            if progress is not None:
+                progress(filled)
+        self._left -= want
 
 
 class _StaleConnection(Exception):

@@ -131,7 +131,7 @@ async def _lookup_again(tree: Tree, directory: Directory, name: str) -> Node:
     return await tree.lookup(directory.key, name)
 
 
-def _entry(path: str, node: Node, attributes: Attributes) -> dict[str, Any]:
+def _entry(tree: Tree, path: str, node: Node, attributes: Attributes) -> dict[str, Any]:
     """fsspec's info dict for ``node``: name, size, type, times, and Immich's identity."""
     entry: dict[str, Any] = {
         "name": path,
@@ -145,7 +145,12 @@ def _entry(path: str, node: Node, attributes: Attributes) -> dict[str, Any]:
         entry["asset_id"] = asset.id
         entry["asset_type"] = asset.type
         if isinstance(node, AssetFile):
-            entry["checksum"] = asset.checksum
+            if tree.catalog.serves_edited(asset):
+                # the bytes are the edit's; Immich's checksum is the original's SHA-1
+                entry["edited"] = True
+                entry["original_checksum"] = asset.checksum
+            else:
+                entry["checksum"] = asset.checksum
             if asset.original_mime_type:
                 entry["mimetype"] = asset.original_mime_type
         else:
@@ -155,13 +160,13 @@ def _entry(path: str, node: Node, attributes: Attributes) -> dict[str, Any]:
 
 async def _info(tree: Tree, path: str) -> dict[str, Any]:
     node = await _resolve(tree, path)
-    return _entry(path, node, await tree.attributes(node))
+    return _entry(tree, path, node, await tree.attributes(node))
 
 
 async def _ls(tree: Tree, path: str, detail: bool) -> list[dict[str, Any]]:
     node = await _resolve(tree, path)
     if not isinstance(node, Directory):
-        return [_entry(path, node, await tree.attributes(node))]
+        return [_entry(tree, path, node, await tree.attributes(node))]
     listing = await tree.listdir(node.key)
     prefix = f"{path}/" if path else ""
     if not detail:
@@ -180,7 +185,7 @@ async def _ls(tree: Tree, path: str, detail: bool) -> list[dict[str, Any]]:
             for index in unknown:
                 nursery.start_soon(exact, index)
     return [
-        _entry(prefix + name, child, attrs)
+        _entry(tree, prefix + name, child, attrs)
         for (name, child), attrs in zip(listing.entries, attributes, strict=True)
     ]
 
@@ -189,7 +194,7 @@ async def _open(tree: Tree, path: str) -> tuple[dict[str, Any], OpenFile]:
     node = await _resolve(tree, path)
     if isinstance(node, Directory):
         raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-    entry = _entry(path, node, await tree.attributes(node))
+    entry = _entry(tree, path, node, await tree.attributes(node))
     return entry, await tree.open(node)
 
 

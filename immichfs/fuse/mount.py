@@ -66,6 +66,8 @@ SHOWN_SETTINGS = (
     "retry_budget",
     "search_limit",
     "show_trash",
+    "edits",
+    "sidecars",
     "allow_other",
 )
 
@@ -263,7 +265,10 @@ async def _watch_signals(signals: AsyncIterator[int]) -> None:
         pyfuse3.terminate()
 
 
-async def _tune_kernel(mountpoint: str) -> None:
+async def _tune_kernel(mountpoint: str, initialised: trio.Event) -> None:
+    # after the kernel's INIT is answered: the answer sets the read-ahead (to at most
+    # what the kernel proposed, 128 KiB) and would undo a larger value set before it
+    await initialised.wait()
     # in a thread: file I/O on mountinfo and sysfs stays off the loop that serves the mount
     await trio.to_thread.run_sync(kernel.raise_read_ahead, mountpoint)
 
@@ -322,7 +327,9 @@ async def serve(
                         log.info("mounted %s at %s", connector.url, plan.mountpoint)
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_watch_signals, signals)
-                            nursery.start_soon(_tune_kernel, plan.mountpoint)
+                            nursery.start_soon(
+                                _tune_kernel, plan.mountpoint, operations.initialised
+                            )
                             if reachability.online:
                                 # it first takes the asset counts its renewal compares
                                 # with, before any listing is loaded (FUSE requests wait)

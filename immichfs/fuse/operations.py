@@ -21,7 +21,8 @@ Kernel caching: entry and attribute timeouts are ``kernel_ttl`` (short, never 0
 — see the ``kernel_ttl`` option); an attribute whose size is not known yet gets
 an attribute timeout of 0 so the kernel asks again (``getattr`` then learns it).
 Files are opened with ``keep_cache`` while the asset's checksum is the one seen
-at the previous open: the bytes of an uploaded asset are fixed by its checksum.
+at the previous open: the bytes of an uploaded asset are fixed by its checksum
+(an edited rendition's by its edit's version: :meth:`Catalog.content_tag`).
 """
 
 from __future__ import annotations
@@ -177,6 +178,15 @@ class Operations(pyfuse3.Operations):
         self._ready: LRUCache[Key, _ReadyEntries] = LRUCache(
             maxsize=ready_entries, getsizeof=lambda ready: max(1, len(ready.entries))
         )
+        #: set once the kernel's INIT is answered (see ``init``)
+        self.initialised = trio.Event()
+
+    def init(self) -> None:
+        """Called by pyfuse3 while it answers the kernel's INIT. The answer is written
+        before any task runs again, so a task waiting for ``initialised`` runs after
+        it: the kernel sets the mount's read-ahead from that answer, and a larger
+        read-ahead set before it would be undone."""
+        self.initialised.set()
 
     def _count_error(self, exc: pyfuse3.FUSEError) -> None:
         code = exc.errno
@@ -325,7 +335,7 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = await self._directory(inode)
-        listing = await directory.listing()
+        listing = await self.tree.listdir(directory.key)
         parent = self.tree.directory(directory.parent) or directory
         entries = [(".", directory), ("..", parent), *listing.entries]
         return self.dirs.add(DirSnapshot(directory.key, entries, listing))
@@ -400,9 +410,11 @@ class Operations(pyfuse3.Operations):
         handle = await self.tree.open(node)
         keep_cache = False
         if isinstance(node, AssetFile) and node.asset.checksum:
-            # the page cache may be kept while the content is the one seen before
-            keep_cache = self._checksums.get(inode) == node.asset.checksum
-            self._checksums[inode] = node.asset.checksum
+            # the page cache may be kept while the content is the one seen before (an
+            # edited rendition's tag is its edit's version, not the original's checksum)
+            tag = self.tree.catalog.content_tag(node.asset)
+            keep_cache = self._checksums.get(inode) == tag
+            self._checksums[inode] = tag
         # a generated file (status) changes length: read past st_size, never cached
         direct_io = bool(getattr(handle, "direct_io", False))
         return pyfuse3.FileInfo(

@@ -666,16 +666,24 @@ class Gateway:
         await exchange.body(data)
 
     async def _file(self, exchange: Exchange, params: dict[str, str]) -> None:
-        parse_query(exchange.scope.get("query_string", b""), ())
+        query = parse_query(exchange.scope.get("query_string", b""), ("edited",))
+        edited = choice_param(query, "edited", ("true", "false"), "false") == "true"
         asset_id = params["asset_id"]
         immich = self._immich()
         info = await immich.get_asset_info(asset_id)
         # the size of the bytes Immich will serve, which is what a Range counts in
-        size = await immich.head_original(asset_id)
+        size, served_type = await immich.head_original_file(asset_id, edited=edited)
+        content_type, name = content_type_for(info), _file_name(info, asset_id)
+        if edited and info.get("isEdited") is True and served_type:
+            # an edit is a file of its own format, named as Immich names it: stem + its type
+            content_type = served_type
+            extension = mimetypes.guess_extension(served_type, strict=False)
+            if extension and not name.lower().endswith(extension):
+                name = name.rsplit(".", 1)[0] + extension
         headers = [
-            ("content-type", content_type_for(info)),
+            ("content-type", content_type),
             ("accept-ranges", "bytes"),
-            ("content-disposition", content_disposition(_file_name(info, asset_id))),
+            ("content-disposition", content_disposition(name)),
             ("cache-control", "private, max-age=86400"),
             ("x-content-type-options", "nosniff"),
         ]
@@ -704,7 +712,7 @@ class Gateway:
             await exchange.start(status, headers)
             await exchange.body(b"")
             return
-        await self._stream(exchange, asset_id, status, headers, start, end, length)
+        await self._stream(exchange, asset_id, status, headers, start, end, length, edited)
 
     async def _stream(
         self,
@@ -715,6 +723,7 @@ class Gateway:
         start: int | None,
         end: int | None,
         length: int,
+        edited: bool = False,
     ) -> None:
         """Copy the original from Immich to the client, cancelled when the client leaves."""
         failure: errors.ImmichError | None = None
@@ -723,7 +732,9 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_disconnect, exchange, nursery.cancel_scope)
                 try:
-                    await self._copy(exchange, asset_id, status, headers, start, end, length)
+                    await self._copy(
+                        exchange, asset_id, status, headers, start, end, length, edited
+                    )
                 except errors.ImmichError as exc:
                     failure = exc
                 finally:
@@ -746,8 +757,12 @@ class Gateway:
         start: int | None,
         end: int | None,
         length: int,
+        edited: bool = False,
     ) -> None:
-        async with self._immich().stream_full_resolution_file(asset_id, start, end) as chunks:
+        immich = self._immich()
+        async with immich.stream_full_resolution_file(
+            asset_id, start, end, edited=edited
+        ) as chunks:
             # headers only once Immich has answered, so its errors still become JSON
             await exchange.start(status, headers)
             # One chunk is held back until the next arrives: the body is only completed

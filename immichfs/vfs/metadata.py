@@ -11,6 +11,8 @@ know the value (never present and empty):
 
     user.immich.id                the asset id
     user.immich.checksum          Immich's checksum: base64 of the SHA-1 of the original
+                                  (always the original's, also when the file serves an edit)
+    user.immich.edited            1 if the asset was edited in Immich (2.5+), else 0
     user.immich.type              IMAGE, VIDEO, AUDIO or OTHER
     user.immich.created           capture instant, UTC, ISO 8601 (fileCreatedAt)
     user.immich.width / .height   pixels, orientation applied when the server says so
@@ -55,6 +57,7 @@ XATTR_FIELDS = (
     "tags",
     "albums",
     "live_photo_video",
+    "edited",
 )
 _LIST_FIELDS = frozenset({"people", "tags", "albums"})
 
@@ -139,6 +142,8 @@ def asset_fields(asset: Asset, membership: Membership = NO_MEMBERSHIP) -> dict[s
         fields["albums"] = albums
     if asset.live_photo_video_id:
         fields["live_photo_video"] = asset.live_photo_video_id
+    if asset.is_edited is not None:
+        fields["edited"] = 1 if asset.is_edited else 0
     return fields
 
 

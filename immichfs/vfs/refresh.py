@@ -62,7 +62,7 @@ import trio
 from immichfs.catalog import catalog as answers
 from immichfs.catalog.cache import SingleFlightCache
 from immichfs.model import Asset
-from immichfs.vfs.tree import AssetFile, Key, Listing, ThumbnailFile, Tree
+from immichfs.vfs.tree import AssetFile, Key, Listing, SidecarFile, ThumbnailFile, Tree
 from immichfs.vfs.views import (
     ALBUMS_KEY,
     ARCHIVE_KEY,
@@ -133,7 +133,7 @@ def held_assets(value: Any) -> Iterator[Asset]:
     tuple of assets (a month's)."""
     if isinstance(value, Listing):
         for _, node in value.entries:
-            if isinstance(node, AssetFile | ThumbnailFile):
+            if isinstance(node, AssetFile | ThumbnailFile | SidecarFile):
                 yield node.asset
     elif isinstance(value, tuple):
         for item in value:

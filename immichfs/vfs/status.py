@@ -137,6 +137,13 @@ class MountStatus:
             "sequential_reads": reader.get("sequential_reads", 0),
             "random_reads": reader.get("random_reads", 0),
             "whole_file_reads": reader.get("whole_file_windows", 0),
+            "streams": reader.get("streams", 0),
+            # what the reader learnt of the server (None until measured)
+            "origin": {
+                "latency_ms": reader.get("origin_latency_ms"),
+                "stream_mib_s": reader.get("origin_mib_s"),
+                "parallel_gain": reader.get("origin_parallel_gain"),
+            },
         }
         if self.byte_path is not None:
             originals["http"] = dict(self.byte_path())

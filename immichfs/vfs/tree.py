@@ -10,6 +10,9 @@ adapter in ``fs`` turns them into inodes and ``EntryAttributes``. The tree is
     /search/<query>/         assets matching <query> (created by looking the name up)
     /trash/                  trashed assets (only with ``show_trash``)
 
+With ``sidecars`` every directory of assets also lists ``NAME.xmp`` beside each
+asset ``NAME`` that has an XMP sidecar in Immich (:class:`SidecarFile`).
+
 Every directory is a :class:`Directory` with a stable key; a new view (albums,
 people, by-date, ...) is one more ``Directory`` subclass registered with
 :meth:`Tree.add_view` and, if its directories are created on demand, a key
@@ -36,7 +39,7 @@ from typing import NamedTuple, Protocol, Union, runtime_checkable
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
-from immichfs.errors import NotFound
+from immichfs.errors import ImmichError, NotFound, PermissionDenied, UnsupportedVersion
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
 
@@ -111,7 +114,22 @@ class ThumbnailFile:
         return ("thumbnail", self.size, self.asset.id)
 
 
-FileNode = AssetFile | ThumbnailFile
+@dataclass(frozen=True)
+class SidecarFile:
+    """An asset's XMP sidecar (Immich's asset files API), its exact bytes."""
+
+    asset: Asset
+    file_id: str
+
+    @property
+    def key(self) -> Key:
+        return ("sidecar", self.asset.id)
+
+
+#: what a sidecar's name adds to its asset's
+SIDECAR_SUFFIX = ".xmp"
+
+FileNode = AssetFile | ThumbnailFile | SidecarFile
 
 
 class VirtualFile(Protocol):
@@ -127,7 +145,7 @@ class VirtualFile(Protocol):
     async def open(self) -> OpenFile: ...
 
 
-Node = Union["Directory", AssetFile, ThumbnailFile, VirtualFile]
+Node = Union["Directory", AssetFile, ThumbnailFile, SidecarFile, VirtualFile]
 
 
 class TreeExtension(Protocol):
@@ -424,6 +442,8 @@ class TreeSettings:
     #: searches listed in ``/search`` (each lookup of a name there runs one)
     max_search_queries: int = 256
     show_trash: bool = False
+    #: list each asset's XMP sidecar beside it (``NAME.xmp``; Immich 3.2+)
+    sidecars: bool = False
 
 
 class Tree:
@@ -445,6 +465,7 @@ class Tree:
         self._resolvers: dict[str, Callable[[Key], Directory | None]] = {}
         self._extensions: list[TreeExtension] = []
         self._xattr_provider: XattrProvider | None = None
+        self._sidecars_denied = False
         self.root = StaticDirectory(self, ROOT_KEY, ROOT_KEY)
         self._register(self.root)
 
@@ -526,6 +547,11 @@ class Tree:
                 return AssetFile(await self.catalog.asset(str(key[1])))
             if key[0] == "thumbnail" and len(key) == 3:
                 return ThumbnailFile(await self.catalog.asset(str(key[2])), str(key[1]))
+            if key[0] == "sidecar" and self.settings.sidecars:
+                asset = await self.catalog.asset(str(key[1]))
+                file_id = await self.catalog.sidecar(asset)
+                if file_id is not None:
+                    return SidecarFile(asset, file_id)
         for extension in self._extensions:
             virtual = extension.node(key)
             if virtual is not None:
@@ -537,6 +563,13 @@ class Tree:
         if directory is None:
             raise NotFound(f"no directory {directory_key!r}")
         node: Node | None = await directory.lookup(name)
+        if (
+            node is None
+            and self.settings.sidecars
+            and not self._sidecars_denied
+            and name.endswith(SIDECAR_SUFFIX)
+        ):
+            node = await self._sidecar_of(directory, name.removesuffix(SIDECAR_SUFFIX))
         for extension in self._extensions:
             if node is not None:
                 break
@@ -549,7 +582,68 @@ class Tree:
         directory = self.directory(directory_key)
         if directory is None:
             raise NotFound(f"no directory {directory_key!r}")
-        return await directory.listing()
+        listing = await directory.listing()
+        if self.settings.sidecars and listing.assets and not self._sidecars_denied:
+            try:
+                return await self._with_sidecars(directory, listing)
+            except (PermissionDenied, UnsupportedVersion) as exc:
+                # UnsupportedVersion: a tree built before the server's version was known
+                self._no_sidecars(exc)
+            except ImmichError as exc:
+                # the files are listed all the same; the next listing asks again
+                log.warning("sidecars of %s not listed this time: %s", directory.key, exc)
+        return listing
+
+    # -- sidecars
+
+    async def _sidecar_of(self, directory: Directory, name: str) -> SidecarFile | None:
+        """The sidecar of the asset file ``name`` in ``directory``, if it has one."""
+        node = await directory.lookup(name)
+        if not isinstance(node, AssetFile):
+            return None
+        try:
+            file_id = await self.catalog.sidecar(node.asset)
+        except (PermissionDenied, UnsupportedVersion) as exc:
+            self._no_sidecars(exc)
+            return None
+        return None if file_id is None else SidecarFile(node.asset, file_id)
+
+    def _no_sidecars(self, exc: PermissionDenied | UnsupportedVersion) -> None:
+        """Sidecars are off from now on (the files are still listed), said once."""
+        self._sidecars_denied = True
+        if isinstance(exc, PermissionDenied):
+            log.warning(
+                "--sidecars: no NAME.xmp files are listed: the API key lacks %s (%s)",
+                exc.permission or "assetFile.read",
+                exc,
+            )
+        else:
+            log.warning("--sidecars: no NAME.xmp files are listed: %s", exc)
+
+    async def _with_sidecars(self, directory: Directory, listing: Listing) -> Listing:
+        """``listing`` plus ``NAME.xmp`` for each asset with a sidecar, kept as long as
+        ``listing`` is the directory's (each asset's sidecar is asked about once per
+        version of the asset, however often the directory is listed)."""
+        listings = self.cache.listings
+        key = ("sidecars", directory.key)
+
+        async def load() -> Listing:
+            files = [(name, node) for name, node in listing.entries if type(node) is AssetFile]
+            if not files:
+                return listing  # renditions (thumbs/) have no sidecars beside them
+            sidecars = await self.catalog.sidecars([node.asset for _, node in files])
+            items: dict[str, Directory | FileNode] = dict(listing.entries)
+            for name, node in files:
+                file_id = sidecars.get(node.asset.id)
+                if file_id is not None:
+                    items.setdefault(name + SIDECAR_SUFFIX, SidecarFile(node.asset, file_id))
+            return Listing.build(items, listing.newest, listing.assets)
+
+        augmented: Listing = await listings.get(key, load)
+        if augmented.assets is not listing.assets:  # built from an older answer
+            listings.pop(key)
+            augmented = await listings.get(key, load)
+        return augmented
 
     # -- attributes
 
@@ -558,7 +652,7 @@ class Tree:
         if type(node) is AssetFile:
             # nearly every readdir entry: checked first (an ABC isinstance costs more)
             known = node.asset
-            if known.size is not None:
+            if known.size is not None and known.is_edited is not True:
                 return Attributes(False, known.size, known.file_modified_at, known.file_created_at)
         if isinstance(node, Directory):
             listing = node.cached_listing()
@@ -568,7 +662,9 @@ class Tree:
         asset = node.asset
         size: int | None
         if isinstance(node, AssetFile):
-            size = self.catalog.known_size(asset)
+            size = self.catalog.known_file_size(asset)
+        elif isinstance(node, SidecarFile):
+            size = self.catalog.known_sidecar_size(asset, node.file_id)
         else:
             info = self.catalog.known_thumbnail_info(asset.id, node.size)
             size = info[0] if info is not None else None
@@ -584,10 +680,12 @@ class Tree:
     async def attributes(self, node: Node) -> Attributes:
         """Exact attributes; may fetch a thumbnail or HEAD an original to learn a size."""
         if isinstance(node, AssetFile):
-            if node.asset.size is None:
-                await self.catalog.original_size(node.asset)
+            if self.catalog.known_file_size(node.asset) is None:
+                await self.catalog.file_size(node.asset)
         elif isinstance(node, ThumbnailFile):
             await self.catalog.thumbnail_info(node.asset.id, node.size)
+        elif isinstance(node, SidecarFile):
+            await self.catalog.sidecar_content(node.asset, node.file_id)
         elif not isinstance(node, Directory):
             return await node.attributes()
         return self.cached_attributes(node)
@@ -607,12 +705,14 @@ class Tree:
     def xattrs(self, node: Node) -> dict[str, bytes]:
         """The tree's own extended attributes (``user.immich.*``) of a node."""
         if not isinstance(node, AssetFile | ThumbnailFile):
-            return {}
+            return {}  # a sidecar speaks for itself
         asset = node.asset
         values = {"user.immich.id": asset.id, "user.immich.type": asset.type}
         if isinstance(node, AssetFile):
             if asset.checksum:
                 values["user.immich.checksum"] = asset.checksum
+            if asset.is_edited is not None:
+                values["user.immich.edited"] = "1" if asset.is_edited else "0"
         else:
             values["user.immich.thumbnail_size"] = node.size
         return {name: value.encode("utf-8") for name, value in values.items()}
@@ -622,8 +722,12 @@ class Tree:
     async def open(self, node: FileNode | VirtualFile) -> OpenFile:
         """An open handle on a file's bytes."""
         if isinstance(node, AssetFile):
-            size = await self.catalog.original_size(node.asset)
+            size = await self.catalog.file_size(node.asset)
+            if self.catalog.serves_edited(node.asset):
+                return self.readers.open(node.asset.id, size, edited=True)
             return self.readers.open(node.asset.id, size)
+        if isinstance(node, SidecarFile):
+            return BytesFile(await self.catalog.sidecar_content(node.asset, node.file_id))
         if not isinstance(node, ThumbnailFile):
             return await node.open()
         thumbnail = await self.catalog.thumbnail(node.asset.id, node.size)

@@ -585,8 +585,8 @@ class Views:
             self.manifest_sizes.popitem(last=False)
 
     def known_size(self, asset: Asset) -> int | None:
-        """The size known without a request (Immich's, or one learned before)."""
-        return self.catalog.known_size(asset)
+        """The size of the file known without a request (Immich's, or one learned before)."""
+        return self.catalog.known_file_size(asset)
 
     def manifest(self, directory: Directory, name: str) -> ManifestFile | None:
         """The manifest found by ``name`` in ``directory`` (None if it has none)."""

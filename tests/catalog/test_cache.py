@@ -162,6 +162,7 @@ def test_metadata_cache_statistics_names_every_cache() -> None:
         "thumbnail_info",
         "thumbnails",
         "misc",
+        "files",
     }
     assert caches.listings.ttl == 1 and caches.assets.ttl == 2
 

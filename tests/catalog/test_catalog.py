@@ -266,7 +266,7 @@ async def test_original_size_from_immich_else_one_head() -> None:
 async def test_thumbnail_type_probes_one_asset_and_falls_back_to_the_default() -> None:
     class Missing(MemorySource):
         async def get_thumbnail_response(
-            self, asset_id: str, size: str = "preview"
+            self, asset_id: str, size: str = "preview", *, edited: bool = False
         ) -> tuple[bytes, str]:
             raise NotFound("not generated yet")
 
@@ -305,3 +305,23 @@ async def test_a_month_is_one_search_window_filtered_on_local_time(month: int) -
     found = await catalog.month_assets(2020, month)
     assert ids(found) == [month]
     assert source.filters[-1]["takenAfter"] < f"2020-{month:02d}-01"
+
+
+def test_an_edited_file_is_pinned_by_its_edit_not_the_original_checksum() -> None:
+    data = make_asset(1, "a.jpg")
+    original = Asset.from_json(data)
+    edited = Asset.from_json({**data, "isEdited": True})
+    edited_again = Asset.from_json(
+        {**data, "isEdited": True, "updatedAt": "2022-01-01T00:00:00.000Z"}
+    )
+    plain = Catalog(MemorySource([data]))
+    assert not plain.serves_edited(edited)
+    assert plain.content_tag(edited) == edited.checksum
+    catalog = Catalog(MemorySource([data]), settings=CatalogSettings(edited=True))
+    assert catalog.serves_edited(edited) and not catalog.serves_edited(original)
+    assert catalog.content_tag(original) == original.checksum
+    assert edited.checksum not in (catalog.content_tag(edited), catalog.content_tag(edited_again))
+    assert catalog.content_tag(edited) != catalog.content_tag(edited_again)
+    # the edit's size is never the listing's (that is the original's)
+    assert catalog.known_file_size(edited) is None
+    assert catalog.known_file_size(original) == original.size

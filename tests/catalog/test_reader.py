@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from immichfs.catalog.reader import ReadaheadConfig, ReaderClosed, ReaderPool
+from immichfs.client.retry import RetryPolicy
 from immichfs.errors import NotFound, ProtocolError, RequestTimeout, ServerError, TruncatedBody
 
 KiB = 1024
@@ -123,17 +124,19 @@ class FakeIntoFetcher(FakeFetcher):
         return '"v1"'
 
 
-def small_config(**overrides: float) -> ReadaheadConfig:
+QUICK_RETRY = RetryPolicy(base_delay=0.01)
+
+
+def small_config(retry: RetryPolicy = QUICK_RETRY, **overrides: float) -> ReadaheadConfig:
     values: dict[str, float] = {
         "initial_window": 64 * KiB,
         "max_window": 256 * KiB,
         "max_ahead": 512 * KiB,
         "backward_keep": 64 * KiB,
         "global_budget": 4 * MiB,
-        "backoff_base": 0.01,
     }
     values.update(overrides)
-    return ReadaheadConfig(**values)  # type: ignore[arg-type]
+    return ReadaheadConfig(retry=retry, **values)  # type: ignore[arg-type]
 
 
 async def check_read(reader, offset: int, size: int) -> None:  # type: ignore[no-untyped-def]
@@ -574,7 +577,7 @@ async def test_transient_errors_retried_then_surface(autojump_clock: trio.abc.Cl
             raise ServerError("503 from the server", status=503)
 
     fetch.before = flaky
-    pool = ReaderPool(fetch, small_config(max_attempts=4, retry_budget=10.0))
+    pool = ReaderPool(fetch, small_config(RetryPolicy(attempts=4, budget=10.0, base_delay=0.01)))
     reader = pool.open("a", size)
     await check_read(reader, 0, 200 * KiB)
     assert pool.statistics()["retries"] == 2
@@ -607,7 +610,7 @@ async def test_retry_budget_zero_turns_retries_off() -> None:
     fetch = FakeFetcher({"a": size})
     fetch.truncate_after = 1000
     fetch.truncate_times = 1
-    pool = ReaderPool(fetch, small_config(retry_budget=0))
+    pool = ReaderPool(fetch, small_config(RetryPolicy(attempts=1)))
     reader = pool.open("a", size)
     with pytest.raises(TruncatedBody):
         await reader.read(0, 4096)

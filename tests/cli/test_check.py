@@ -159,3 +159,19 @@ def test_old_server_is_refused(fake_library: FakeLibrary) -> None:
         'immichfs check: step "connect" failed: '
         "Immich v1.123.0 is too old: immichfs needs v1.135 or newer"
     )
+
+
+@pytest.mark.parametrize("version", ["2.7.5", "3.2.0"])
+def test_asset_file_permissions_are_asked_for_from_32(
+    fake_library: FakeLibrary, version: str
+) -> None:
+    permissions = ["asset.read", "asset.view", "asset.download", "asset.statistics"]
+    with FakeImmich(fake_library, version=version, permissions=permissions) as srv:
+        result = run_check(srv.url, srv.api_key)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "permissions:" in x)
+    if version == "3.2.0":
+        assert "assetFile.read (without it --sidecars lists no NAME.xmp files)" in line
+        assert "assetFile.download (without it --sidecars' NAME.xmp files answer" in line
+    else:  # the server has no such permissions: a key cannot have them
+        assert "assetFile" not in line

@@ -413,7 +413,7 @@ async def test_the_retry_loop_retries_only_transient_errors() -> None:
 
 # -- against the fake Immich server, over real HTTP ---------------------------------
 
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 
 
 def connect_to(srv: FakeImmich, **kwargs: Any) -> ImmichConnector:

@@ -422,7 +422,8 @@ async def test_tls_with_custom_ca_and_insecure(nursery: trio.Nursery, tmp_path: 
             await fill(client, "abc", 7, 70)
 
 
-@pytest.mark.expect_log(r"; try \d+ of at most", logger="immichfs.client.retry")
+# no WARNING: every cut comes after bytes arrived, which renews the tries (one retry
+# loop, RetryPolicy.call with progress), so each retry is a first one (DEBUG)
 async def test_reader_resumes_cut_downloads_at_the_exact_offset(
     fake_immich: Any, fake_library: Any
 ) -> None:
@@ -454,3 +455,64 @@ async def test_reader_resumes_cut_downloads_at_the_exact_offset(
         assert starts == sorted(starts)
         assert len(set(starts)) >= len(starts) - 1
     assert sum(r.bytes_sent for r in originals(fake_immich)) <= 3 * MiB + 2 * MiB
+
+
+async def test_open_range_reads_a_body_in_pieces(fake_immich: Any, fake_library: Any) -> None:
+    asset = largest(fake_library)
+    content = content_of(fake_library, asset.id)
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
+        start, end = 1000, 5 * MiB + 999
+        async with client.open_range(asset.id, start, end, total=asset.size) as body:
+            assert body.etag is not None
+            got = b""
+            for piece in (1, 64 * KiB - 1, 3 * MiB, 2 * MiB - 64 * KiB):
+                buf = bytearray(piece)
+                seen: list[int] = []
+                await body.read_into(memoryview(buf), seen.append)
+                assert seen[-1] == piece and seen == sorted(seen)
+                got += buf
+        assert got == content[start : end + 1]
+        assert client.statistics()["idle_connections"] == 1  # read to its end: reusable
+        # a body left early closes its connection (its rest is never read)
+        async with client.open_range(asset.id, 0, asset.size - 1, total=asset.size) as body:
+            buf = bytearray(MiB)
+            await body.read_into(memoryview(buf))
+            assert bytes(buf) == content[:MiB]
+        assert client.statistics()["idle_connections"] == 0
+        with pytest.raises(StaleAsset):
+            async with client.open_range(asset.id, 0, 10, total=asset.size + 1):
+                pass
+
+
+@pytest.mark.parametrize("fake_immich", [{"realistic": True}], indirect=True)
+async def test_reader_streams_from_an_immich_like_origin(
+    fake_immich: Any, fake_library: Any
+) -> None:
+    """5 ms before each first byte, and (as the pool was told) responses that share one
+    server thread: past its first window, the file is one request (RangeGetClient's
+    ``open_range``, read window by window)."""
+    asset = largest(fake_library)
+    content = content_of(fake_library, asset.id)
+    async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
+        pool = ReaderPool(client)
+        # what a pool learns from a real Immich: two responses at once bring no more
+        pool.estimate.note_transfer(8 * MiB, 8 / 350)
+        pool.estimate.waiting(1, 0.0, 0)
+        for change, now, received in ((1, 0.0, 0), (1, 0.1, 35 * MiB), (-2, 0.2, 70 * MiB)):
+            pool.estimate.arriving(change, now, received)
+        pool.estimate.waiting(-1, 0.2, 70 * MiB)
+        async with pool.running():
+            reader = pool.open(asset.id, asset.size)
+            digest = hashlib.sha1()
+            for offset in range(0, asset.size, MiB):
+                digest.update(await reader.read(offset, MiB))
+            await reader.aclose()
+    assert digest.hexdigest() == hashlib.sha1(content).hexdigest()
+    stats = pool.statistics()
+    assert stats["streams"] == 1
+    assert stats["origin_latency_ms"] >= 4.5  # learnt from the responses
+    first = pool.config.initial_window
+    assert [r.range for r in originals(fake_immich)] == [
+        f"bytes=0-{first - 1}",
+        f"bytes={first}-{asset.size - 1}",
+    ]

@@ -44,7 +44,7 @@ from immichfs.gateway.serve import build_gateway, serve_gateway
 
 TOKEN = "gw-token-" + "Z" * 24
 #: the Immich versions the fake emulates; behaviour that differs between them is run on each
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 every_version = pytest.mark.parametrize("fake_immich", VERSIONS, indirect=True)
 
 
@@ -844,3 +844,22 @@ def test_serve_on_a_busy_port_fails_with_one_line() -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"immichfs serve: cannot listen on 127.0.0.1:{port}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("fake_immich", ["3.2.0"], indirect=True)
+async def test_file_edited(client: httpx.AsyncClient, fake_library: Any) -> None:
+    asset = by_name(fake_library, "Kinkaku-ji.jpg")
+    assert asset.is_edited
+    path = f"/api/immich/assets/{asset.id}/file"
+    edited = await client.get(path, params={"edited": "true"})
+    assert edited.status_code == 200
+    assert edited.content == fake_library.edited_content(asset.id)
+    assert edited.headers["content-length"] == str(len(edited.content))
+    assert edited.headers["content-type"] == "image/jpeg"
+    tail = await client.get(path, params={"edited": "true"}, headers={"Range": "bytes=-100"})
+    assert tail.status_code == 206
+    assert tail.content == fake_library.edited_content(asset.id)[-100:]
+    original = await client.get(path)
+    assert original.content == fake_library.content(asset.id)
+    bad = await client.get(path, params={"edited": "maybe"})
+    assert_error(bad, 400, "bad_request", "edited")

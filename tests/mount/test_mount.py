@@ -26,7 +26,7 @@ from mountutil import MountProcess, clean_env, poll, stat_past_the_kernel_cache,
 
 pytestmark = pytest.mark.fuse
 
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 MIB = 1 << 20
 #: the organised views (immichfs.vfs.views), beside this file's subject
 VIEWS = {"albums", "people", "tags", "by-date", "favorites", "archive"}

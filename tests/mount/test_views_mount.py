@@ -23,7 +23,7 @@ from mountutil import MountProcess, poll
 
 pytestmark = pytest.mark.fuse
 
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 #: the documented bound for a change to appear with the default settings
 BOUND = 30.0
 

@@ -36,7 +36,7 @@ from immichfs.vfs.views import (
 from immichfs_fake import FakeImmich, FakeLibrary
 from immichfs_fake.library import FakeAsset
 
-VERSIONS = ["1.135.3", "2.7.5", "3.1.0"]
+VERSIONS = ["1.135.3", "2.7.5", "3.1.0", "3.2.0"]
 
 
 class RecordingSource:
