@@ -100,6 +100,8 @@ def mount(mutable_immich: FakeImmich, tmp_path: Path) -> Iterator[Mount]:
         "IMMICH_API_KEY": mutable_immich.api_key,
         "IMMICHFS_TIMEOUT": str(TIMEOUT),
         "IMMICHFS_RETRY_BUDGET": str(BUDGET),
+        # faults of the network path: bytes kept on disk would answer in the server's place
+        "IMMICHFS_CACHE_SIZE_MB": "0",
         "IMMICHFS_LISTING_TTL": "1",
         "IMMICHFS_ASSET_TTL": "1",
         "IMMICHFS_KERNEL_TTL": "0.5",
