@@ -111,6 +111,16 @@ def _read_only() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
 
+def _refusing(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """The handler ``name`` of a request that would write: EROFS, whatever it asks."""
+
+    async def refuse(self: Operations, *args: Any) -> Any:
+        raise _read_only()
+
+    refuse.__name__ = refuse.__qualname__ = name
+    return _guarded(refuse)
+
+
 @dataclass(eq=False)
 class _ReadyEntries:
     """readdir's replies for one listing's asset files, each built on first use.
@@ -316,17 +326,6 @@ class Operations(pyfuse3.Operations):
         return self._entry(inode, await self.tree.attributes(node))
 
     @_guarded
-    async def setattr(
-        self,
-        inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        raise _read_only()
-
-    @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         raise pyfuse3.FUSEError(errno.EINVAL)
 
@@ -480,72 +479,6 @@ class Operations(pyfuse3.Operations):
         node = await self._node(inode)
         return [name.encode("utf-8") for name in await self.tree.listxattr(node)]
 
-    @_guarded
-    async def setxattr(
-        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
-    ) -> None:
-        raise _read_only()
-
-    @_guarded
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _read_only()
-
-    # -- everything that writes: EROFS
-
-    @_guarded
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise _read_only()
-
-    @_guarded
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise _read_only()
-
-    @_guarded
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _read_only()
-
-    @_guarded
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _read_only()
-
-    @_guarded
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise _read_only()
-
-    @_guarded
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        raise _read_only()
-
-    @_guarded
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise _read_only()
-
-    @_guarded
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        raise _read_only()
-
-    @_guarded
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _read_only()
-
     # -- changes made behind the kernel's back
 
     async def invalidate(self, keys: Iterable[Key]) -> int:
@@ -588,3 +521,23 @@ class Operations(pyfuse3.Operations):
             "cache": self.tree.cache.statistics(),
             "reader": self.tree.readers.statistics(),
         }
+
+
+#: the handlers of requests that would write. pyfuse3 calls each by its name; one
+#: refusal (EROFS) serves them all, each keeping its name in logs and error counts.
+WRITE_HANDLERS = (
+    "setattr",
+    "setxattr",
+    "removexattr",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "write",
+    "create",
+)
+for _name in WRITE_HANDLERS:
+    setattr(Operations, _name, _refusing(_name))

@@ -451,6 +451,19 @@ class Exchange:
 Handler = Callable[[Exchange, dict[str, str]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class _Download:
+    """One answer of the file endpoint: what to ask Immich for and what to send."""
+
+    asset_id: str
+    status: int
+    headers: list[tuple[str, str]]
+    start: int | None
+    end: int | None
+    length: int
+    edited: bool = False
+
+
 class Gateway:
     """The ASGI application.
 
@@ -712,19 +725,11 @@ class Gateway:
             await exchange.start(status, headers)
             await exchange.body(b"")
             return
-        await self._stream(exchange, asset_id, status, headers, start, end, length, edited)
+        await self._stream(
+            exchange, _Download(asset_id, status, headers, start, end, length, edited)
+        )
 
-    async def _stream(
-        self,
-        exchange: Exchange,
-        asset_id: str,
-        status: int,
-        headers: list[tuple[str, str]],
-        start: int | None,
-        end: int | None,
-        length: int,
-        edited: bool = False,
-    ) -> None:
+    async def _stream(self, exchange: Exchange, download: _Download) -> None:
         """Copy the original from Immich to the client, cancelled when the client leaves."""
         failure: errors.ImmichError | None = None
         self.downloads_active += 1
@@ -732,9 +737,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_disconnect, exchange, nursery.cancel_scope)
                 try:
-                    await self._copy(
-                        exchange, asset_id, status, headers, start, end, length, edited
-                    )
+                    await self._copy(exchange, download)
                 except errors.ImmichError as exc:
                     failure = exc
                 finally:
@@ -746,22 +749,16 @@ class Gateway:
                 raise failure
             # the status line is gone; ending the body early closes the connection, and
             # the client sees fewer bytes than Content-Length: an error, never wrong bytes
-            log.warning("download of asset %s broke off: %s", asset_id, scrub(str(failure)))
+            log.warning(
+                "download of asset %s broke off: %s", download.asset_id, scrub(str(failure))
+            )
 
-    async def _copy(
-        self,
-        exchange: Exchange,
-        asset_id: str,
-        status: int,
-        headers: list[tuple[str, str]],
-        start: int | None,
-        end: int | None,
-        length: int,
-        edited: bool = False,
-    ) -> None:
+    async def _copy(self, exchange: Exchange, download: _Download) -> None:
+        asset_id, status, headers = download.asset_id, download.status, download.headers
+        start, end, length = download.start, download.end, download.length
         immich = self._immich()
         async with immich.stream_full_resolution_file(
-            asset_id, start, end, edited=edited
+            asset_id, start, end, edited=download.edited
         ) as chunks:
             # headers only once Immich has answered, so its errors still become JSON
             await exchange.start(status, headers)

@@ -134,15 +134,24 @@ class CachedDirectory(Directory):
         """Load the entries (called on a cache miss)."""
 
 
-# -- albums ------------------------------------------------------------------------
-
-
-class AlbumsDirectory(CachedDirectory):
-    """``/albums``: one directory per album, under a distinct, stable name."""
+class TopDirectory(CachedDirectory):
+    """A view at the root (``/albums``, ``/people``, ``/tags``, ``/by-date``): every
+    entry is a directory."""
 
     def __init__(self, views: Views, key: Key) -> None:
         super().__init__(views.tree, key, ROOT_KEY)
         self.views = views
+
+    def subdirectories(self) -> int:
+        listing = self.cached_listing()
+        return len(listing) if listing is not None else 0
+
+
+# -- albums ------------------------------------------------------------------------
+
+
+class AlbumsDirectory(TopDirectory):
+    """``/albums``: one directory per album, under a distinct, stable name."""
 
     async def build(self) -> Listing:
         albums = await self.views.albums()
@@ -153,20 +162,12 @@ class AlbumsDirectory(CachedDirectory):
         newest = max((a.updated_at for a in albums if a.updated_at is not None), default=None)
         return Listing.build(items, newest)
 
-    def subdirectories(self) -> int:
-        listing = self.cached_listing()
-        return len(listing) if listing is not None else 0
-
 
 # -- people ------------------------------------------------------------------------
 
 
-class PeopleDirectory(CachedDirectory):
+class PeopleDirectory(TopDirectory):
     """``/people``: named people, and unnamed ones under an id-based name (optional)."""
-
-    def __init__(self, views: Views, key: Key) -> None:
-        super().__init__(views.tree, key, ROOT_KEY)
-        self.views = views
 
     async def build(self) -> Listing:
         people = await self.views.people()
@@ -222,12 +223,8 @@ class TagIndex:
         )
 
 
-class TagsDirectory(CachedDirectory):
+class TagsDirectory(TopDirectory):
     """``/tags``: the top-level tags."""
-
-    def __init__(self, views: Views, key: Key) -> None:
-        super().__init__(views.tree, key, ROOT_KEY)
-        self.views = views
 
     async def build(self) -> Listing:
         index = await self.views.tag_index()
@@ -264,12 +261,8 @@ class TagDirectory(CachedDirectory):
 # -- by date -------------------------------------------------------------------------
 
 
-class ByDateDirectory(CachedDirectory):
+class ByDateDirectory(TopDirectory):
     """``/by-date``: the years that have assets."""
-
-    def __init__(self, views: Views, key: Key) -> None:
-        super().__init__(views.tree, key, ROOT_KEY)
-        self.views = views
 
     async def build(self) -> Listing:
         buckets = await self.tree.catalog.buckets()
@@ -492,20 +485,20 @@ class Views:
     # -- directories from keys
 
     def album_directory(self, album_id: str) -> AssetDirectory:
-        return AssetDirectory(
-            self.tree,
-            ("album", album_id),
-            ALBUMS_KEY,
-            lambda: self.catalog.album_assets(album_id),
-        )
+        return self._members("album", album_id, ALBUMS_KEY, self.catalog.album_assets)
 
     def person_directory(self, person_id: str) -> AssetDirectory:
-        return AssetDirectory(
-            self.tree,
-            ("person", person_id),
-            PEOPLE_KEY,
-            lambda: self.catalog.person_assets(person_id),
-        )
+        return self._members("person", person_id, PEOPLE_KEY, self.catalog.person_assets)
+
+    def _members(
+        self,
+        kind: str,
+        ident: str,
+        parent: Key,
+        load: Callable[[str], Awaitable[Sequence[Asset]]],
+    ) -> AssetDirectory:
+        """The directory of one album's or person's assets, keyed ``(kind, id)``."""
+        return AssetDirectory(self.tree, (kind, ident), parent, lambda: load(ident))
 
     def tag_directory(self, tag_id: str) -> TagDirectory:
         return TagDirectory(self, tag_id, self._tag_parents.get(tag_id, TAGS_KEY))
