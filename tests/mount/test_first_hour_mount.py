@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMMICH", "NOTIFY_SOCKET"))}
     env["HOME"] = "/nonexistent"  # no ~/.config/immichfs/config.toml from the machine
+    if "IMMICHFS_CACHE_DIR" in os.environ:  # the test session's (conftest), never ~/.cache
+        env["IMMICHFS_CACHE_DIR"] = os.environ["IMMICHFS_CACHE_DIR"]
     env.update(extra)
     return env
 

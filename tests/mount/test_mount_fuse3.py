@@ -86,6 +86,8 @@ def test_mount_t_fuse_immichfs_through_mount_fuse3(
     key_file.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMMICH")}
     env["HOME"] = "/nonexistent"
+    if "IMMICHFS_CACHE_DIR" in os.environ:  # the test session's (conftest), never /var/cache
+        env["IMMICHFS_CACHE_DIR"] = os.environ["IMMICHFS_CACHE_DIR"]
     result = subprocess.run(
         [
             *("mount", "-t", "fuse.immichfs", fake_immich.url, str(mountpoint)),
