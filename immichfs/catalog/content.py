@@ -14,7 +14,7 @@ again. When every block of an original is there, the whole file's SHA-1 (compute
 while the blocks were written in order, else by reading the file back) is
 compared with the asset's ``checksum``; a mismatch drops the entry and stops
 caching that version (external-library assets, whose checksum hashes the path,
-are never kept whole for that reason; see docs/CACHE.md).
+are never kept whole for that reason; see docs/SEMANTICS.md, "Persistent cache and offline reads").
 
 *Crash safety.* Bytes are written before their hashes are committed, and every
 read verifies, so a ``kill -9`` (or a power cut) at any moment leaves at worst
