@@ -750,12 +750,12 @@ class CachedSource:
         *,
         edited: bool = False,
     ) -> str | None:
-        if self.online():
-            return await self._fetch_inner(asset_id, start, view, total, etag, progress, edited)
-        # offline: one try, no retries (the server may be back: then it works at once)
         try:
             return await self._fetch_inner(asset_id, start, view, total, etag, progress, edited)
         except TransientError as exc:
+            if self.online():
+                raise
+            # offline: the one try failed (had the server been back, it would have worked)
             raise Offline(
                 f"asset {asset_id}: the server is unreachable and these bytes are not cached"
             ) from exc

@@ -31,10 +31,8 @@ from immichfs.client.connector import ImmichConnector
 from immichfs.errors import UserError
 from immichfs.fuse.mount import (
     GROUPS,
-    UNREACHABLE,
     MountPlan,
-    check_server,
-    offline_possible,
+    check_or_go_offline,
     serve,
 )
 from immichfs.logs import scrub, setup_logging
@@ -67,12 +65,7 @@ async def _check_only(settings: options.Settings) -> bool:
     """The server and key are fine (True), or the server is unreachable but an earlier
     mount saved a catalog to mount offline from (False, after one warning line)."""
     async with ImmichConnector(config=options.client_config(settings, retry=False)) as connector:
-        try:
-            await check_server(connector)
-        except UNREACHABLE as exc:
-            if not offline_possible(settings, connector.url):
-                raise
-            log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
+        if await check_or_go_offline(connector, settings) is not None:
             return False
         missing = missing_permissions(
             await connector.get_key_permissions(), connector.server_version, settings

@@ -227,6 +227,20 @@ async def check_server(connector: ImmichConnector) -> None:
     await connector.validate_key()
 
 
+async def check_or_go_offline(connector: ImmichConnector, settings: options.Settings) -> str | None:
+    """Check the server (:func:`check_server`). None when it answers; when it cannot
+    be reached but an earlier mount saved a catalog, why (after one warning line) —
+    the mount then serves offline. Any other failure is raised."""
+    try:
+        await check_server(connector)
+    except UNREACHABLE as exc:
+        if not offline_possible(settings, connector.url):
+            raise
+        log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
+        return str(exc)
+    return None
+
+
 async def _watch_server(
     connector: ImmichConnector,
     reachability: Reachability,
@@ -288,13 +302,9 @@ async def serve(
         if plan.offline:
             reachability.set(False, "unreachable at mount time")
         else:
-            try:
-                await check_server(connector)
-            except UNREACHABLE as exc:
-                if not offline_possible(settings, connector.url):
-                    raise
-                log.warning("%s: mounting offline from the saved catalog (cached bytes only)", exc)
-                reachability.set(False, str(exc))
+            away = await check_or_go_offline(connector, settings)
+            if away is not None:
+                reachability.set(False, away)
         # the catalog is kept even with --cache-size-mb 0 (no bytes then)
         local = await open_local_cache(connector, settings, reachability)
         if local is None and not reachability.online:
