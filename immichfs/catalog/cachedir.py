@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +36,18 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 IDENTITY = "identity.json"
 LOCK = "lock"
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """A SQLite database of the cache directory, as both stores use theirs: private
+    (0600), in WAL mode (readers never wait for the writer; a crash loses at most
+    the last transactions, never consistency), autocommit unless a transaction is
+    opened, usable from the worker threads the stores run in."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    os.chmod(path, FILE_MODE)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
 
 
 def default_root(env: dict[str, str] | None = None, *, uid: int | None = None) -> Path:

@@ -35,7 +35,6 @@ import hashlib
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 import zlib
@@ -48,7 +47,7 @@ from typing import Any, cast
 
 import trio
 
-from immichfs.catalog.cachedir import FILE_MODE, ensure_private_dir
+from immichfs.catalog.cachedir import FILE_MODE, ensure_private_dir, open_database
 from immichfs.errors import Offline, TransientError
 from immichfs.model import checksum_hex
 
@@ -153,12 +152,7 @@ class ContentCache:
         self.stats = ContentStatistics(limit=self.limit)
         ensure_private_dir(directory)
         ensure_private_dir(self.blobs)
-        self._db = sqlite3.connect(
-            directory / "content.sqlite", check_same_thread=False, isolation_level=None
-        )
-        os.chmod(directory / "content.sqlite", FILE_MODE)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(directory / "content.sqlite")
         self._db.executescript(_SCHEMA)
         self._load()
         self._evict(self.limit)  # a smaller --cache-size-mb than last time

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
@@ -35,7 +33,7 @@ from typing import Any
 
 import trio
 
-from immichfs.catalog.cachedir import FILE_MODE
+from immichfs.catalog.cachedir import open_database
 from immichfs.catalog.content import ContentCache, content_key
 from immichfs.errors import Offline, TransientError
 from immichfs.model import Asset
@@ -182,12 +180,7 @@ class CatalogStore:
         self.url_hint = url_hint
         self._clock = clock
         self._lock = threading.Lock()
-        fresh = not path.exists()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if fresh:
-            os.chmod(path, FILE_MODE)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             # written by another version of immichfs: start afresh rather than misread it
