@@ -744,42 +744,31 @@ class CachedSource:
         *,
         edited: bool = False,
     ) -> str | None:
+        """Fill ``view`` from the server (the inner fetcher). Offline, the one try that
+        failed becomes :class:`Offline` (had the server been back, it would have worked)."""
+        flag = {"edited": True} if edited else {}
         try:
-            return await self._fetch_inner(asset_id, start, view, total, etag, progress, edited)
+            if self._into:
+                result: str | None = await self.inner.fetch_into(
+                    asset_id, start, view, total=total, etag=etag, progress=progress, **flag
+                )
+                return result
+            fetch = cast(_Fetch, self.inner)
+            filled = 0
+            async with fetch(asset_id, start, start + len(view) - 1, **flag) as chunks:
+                async for chunk in chunks:
+                    n = len(chunk)
+                    view[filled : filled + n] = chunk
+                    filled += n
+                    if progress is not None:
+                        progress(filled)
+            return None
         except TransientError as exc:
             if self.online():
                 raise
-            # offline: the one try failed (had the server been back, it would have worked)
             raise Offline(
                 f"asset {asset_id}: the server is unreachable and these bytes are not cached"
             ) from exc
-
-    async def _fetch_inner(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        total: int | None,
-        etag: str | None,
-        progress: Callable[[int], None] | None,
-        edited: bool,
-    ) -> str | None:
-        flag = {"edited": True} if edited else {}
-        if self._into:
-            result: str | None = await self.inner.fetch_into(
-                asset_id, start, view, total=total, etag=etag, progress=progress, **flag
-            )
-            return result
-        fetch = cast(_Fetch, self.inner)
-        filled = 0
-        async with fetch(asset_id, start, start + len(view) - 1, **flag) as chunks:
-            async for chunk in chunks:
-                n = len(chunk)
-                view[filled : filled + n] = chunk
-                filled += n
-                if progress is not None:
-                    progress(filled)
-        return None
 
     def statistics(self) -> dict[str, int]:
         inner = getattr(self.inner, "statistics", None)
