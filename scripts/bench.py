@@ -362,6 +362,23 @@ def parallel_cat(paths: Sequence[Path], parallel: int) -> float:
     return time.perf_counter() - started
 
 
+def dd_against_curl(
+    fake: Fake, curl: Curl, url: str, path: Path, repeat: int
+) -> tuple[float, float, float, int]:
+    """``dd bs=1M`` of ``path`` through the mount (page cache dropped first), and
+    ``url`` with curl and with curl | dd, taking turns ``repeat`` times: the best time
+    of each, and the GETs the mount's last read made."""
+    dd_runs, curl_runs, pipe_runs, gets = [], [], [], 0
+    for _ in range(repeat):
+        curl_runs.append(curl.get(url))
+        pipe_runs.append(curl.piped(url))
+        drop_page_cache([path])
+        fake.ask("reset")
+        dd_runs.append(timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True))
+        gets = fake.ask("stats")["gets"]
+    return min(dd_runs), min(curl_runs), min(pipe_runs), gets
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -468,18 +485,8 @@ class Bench:
                 # 1 + 4. sequential read and memory; mount and curl take turns, best of each
                 peak_reset = mount.reset_peak()
                 before = mount.rss_mb()
-                dd_runs, curl_runs, pipe_runs, gets = [], [], [], 0
-                for _ in range(repeat):
-                    curl_runs.append(curl.get(video_url))
-                    pipe_runs.append(curl.piped(video_url))
-                    drop_page_cache([path])
-                    fake.ask("reset")
-                    dd_runs.append(
-                        timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True)
-                    )
-                    gets = fake.ask("stats")["gets"]
+                dd, curl_seq, pipe, gets = dd_against_curl(fake, curl, video_url, path, repeat)
                 peak = mount.peak_mb() if peak_reset else float("nan")
-                dd, curl_seq, pipe = min(dd_runs), min(curl_runs), min(pipe_runs)
                 self.results["seq_mib_s"] = round(mib / dd)
                 self.results["seq_curl_mib_s"] = round(mib / curl_seq)
                 self.results["seq_ratio"] = round(curl_seq / dd, 3)
@@ -671,18 +678,8 @@ class Bench:
                     f"{lat / curl_lat:.2f}×",
                     "1 GET, ≤128 KiB",
                 )
-                dd_runs, curl_runs, pipe_runs, gets = [], [], [], 0
-                for _ in range(self.args.repeat):
-                    curl_runs.append(curl.get(url))
-                    pipe_runs.append(curl.piped(url))
-                    drop_page_cache([path])
-                    fake.ask("reset")
-                    dd_runs.append(
-                        timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True)
-                    )
-                    gets = fake.ask("stats")["gets"]
+                dd, curl_seq, pipe, gets = dd_against_curl(fake, curl, url, path, self.args.repeat)
                 learnt = self.learnt(mount)
-            dd, curl_seq, pipe = min(dd_runs), min(curl_runs), min(pipe_runs)
             self.results.update({f"immichlike_{k}": v for k, v in learnt.items()})
             self.results["immichlike_seq_mib_s"] = round(mib / dd)
             self.results["immichlike_seq_curl_mib_s"] = round(mib / curl_seq)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -255,3 +256,15 @@ class MemorySource:
             yield data
 
         yield chunks()
+
+
+def ramp(start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file whose content depends on the position (byte p
+    belongs to the 8-byte big-endian number p - p % 8), so any shifted, repeated or
+    missing byte shows; the reader tests read such files."""
+    if end <= start:
+        return b""
+    first = start - start % 8
+    count = (end - first + 7) // 8
+    data = struct.pack(f">{count}Q", *range(first, first + 8 * count, 8))
+    return data[start - first : end - first]

@@ -13,7 +13,6 @@ Content depends on position (byte p belongs to the 8-byte big-endian number
 
 from __future__ import annotations
 
-import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +22,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memory_source import ramp
 
 from immichfs.catalog.reader import (
     AssetReader,
@@ -49,16 +49,6 @@ def immich(size: int, **kw: Any) -> Origin:
 
 #: a local server that answers at once and streams fast
 FAST = (0.00005, 2048 * MiB)
-
-
-def ramp(start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of the position-dependent reference content."""
-    if end <= start:
-        return b""
-    first = start - start % 8
-    count = (end - first + 7) // 8
-    data = struct.pack(f">{count}Q", *range(first, first + 8 * count, 8))
-    return data[start - first : end - first]
 
 
 class Origin:

@@ -7,7 +7,6 @@ place is caught. No sockets: the HTTP side is covered by test_rangeget.py.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -16,6 +15,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memory_source import ramp
 
 from immichfs.catalog.reader import ReadaheadConfig, ReaderClosed, ReaderPool
 from immichfs.client.retry import RetryPolicy
@@ -24,16 +24,6 @@ from immichfs.errors import NotFound, ProtocolError, RequestTimeout, ServerError
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
-
-
-def ramp(start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of the position-dependent reference content."""
-    if end <= start:
-        return b""
-    first = start - start % 8
-    count = (end - first + 7) // 8
-    data = struct.pack(f">{count}Q", *range(first, first + 8 * count, 8))
-    return data[start - first : end - first]
 
 
 class FakeFetcher:
