@@ -362,6 +362,17 @@ def parallel_cat(paths: Sequence[Path], parallel: int) -> float:
     return time.perf_counter() - started
 
 
+def listing_library(count: int) -> dict[str, Any]:
+    """The fake library of the listing scenarios: ``count`` small photos, nothing else."""
+    return {
+        "photos": count,
+        "videos": 0,
+        "photo_bytes": (16 * KiB, 64 * KiB),
+        "large_video_bytes": None,
+        "extra": False,
+    }
+
+
 def dd_against_curl(
     fake: Fake, curl: Curl, url: str, path: Path, repeat: int
 ) -> tuple[float, float, float, int]:
@@ -587,13 +598,7 @@ class Bench:
 
     def listing(self) -> None:
         count = self.sizes["listing"]
-        generate = {
-            "photos": count,
-            "videos": 0,
-            "photo_bytes": (16 * KiB, 64 * KiB),
-            "large_video_bytes": None,
-            "extra": False,
-        }
+        generate = listing_library(count)
         with self.fake("listing", generate, report_size=None) as fake:
             page = [PY, __file__, "--page", fake.url, str(fake.keyfile)]
             subprocess.run(page, check=True, capture_output=True)  # warm the server
@@ -773,13 +778,7 @@ class Bench:
 
     def _cache_listing(self) -> None:
         count = self.sizes["listing"]
-        generate = {
-            "photos": count,
-            "videos": 0,
-            "photo_bytes": (16 * KiB, 64 * KiB),
-            "large_video_bytes": None,
-            "extra": False,
-        }
+        generate = listing_library(count)
         cache = self.work / "cache-remount"
         with self.fake("remount", generate, report_size=None) as fake:
             extra = ["--refresh-interval=3600"]

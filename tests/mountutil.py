@@ -145,6 +145,22 @@ class MountProcess:
         self._log.close()
 
 
+#: the top-level directories a mount (and ``immich://``) shows with default settings
+VIEWS = frozenset(
+    {
+        "albums",
+        "archive",
+        "by-date",
+        "favorites",
+        "people",
+        "photos",
+        "search",
+        "tags",
+        "thumbs",
+        "videos",
+    }
+)
+
 T = TypeVar("T")
 
 

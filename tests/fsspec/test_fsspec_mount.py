@@ -13,33 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mountutil import MountProcess, fuse_unavailable
+from mountutil import VIEWS, MountProcess
 
 from immichfs.fsspec import ImmichFileSystem
 
 pytestmark = pytest.mark.fuse
 
-#: every top-level view of the default settings
-VIEWS = {
-    "albums",
-    "archive",
-    "by-date",
-    "favorites",
-    "people",
-    "photos",
-    "search",
-    "tags",
-    "thumbs",
-    "videos",
-}
 QUERY = "IMG_00"
 
 
 @pytest.fixture
 def mountpoint(fake_immich: Any, tmp_path: Path) -> Iterator[Path]:
-    reason = fuse_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot mount FUSE here: {reason}")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     process = MountProcess(
