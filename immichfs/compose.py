@@ -19,9 +19,10 @@ from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.content import CachedSource
 from immichfs.catalog.local import LocalCache
-from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher, ReaderPool
+from immichfs.catalog.reader import RangeSource, ReaderPool
 from immichfs.client.connector import ASSET_FILES_SINCE, ImmichConnector
-from immichfs.client.originals import RangeGetClient
+from immichfs.client.originals import ChunkSource, RangeGetClient
+from immichfs.client.retry import RangeFetcher
 from immichfs.errors import TransientError
 from immichfs.model import Asset
 from immichfs.vfs.tree import Tree, TreeSettings
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 def build_tree(
     connector: ImmichConnector,
     settings: options.Settings,
-    fetch: RangeFetcher | RangeIntoFetcher | None = None,
+    fetch: RangeSource | RangeFetcher | None = None,
     *,
     local: LocalCache | None = None,
 ) -> tuple[Tree, Views]:
@@ -56,14 +57,16 @@ def build_tree(
         cache,
         CatalogSettings(search_limit=settings.search_limit, edited=settings.edits == "edited"),
     )
-    source: RangeFetcher | RangeIntoFetcher = fetch or connector.stream_full_resolution_file
+    source: RangeSource | RangeFetcher = fetch or connector.stream_full_resolution_file
+    content = None
     if local is not None:
-        source = _use_local(connector, catalog, local, source)
+        source = content = _use_local(connector, catalog, local, source)
     readers = ReaderPool(source, options.readahead_config(settings))
     tree = Tree(
         catalog,
         readers,
         TreeSettings(show_trash=settings.show_trash, sidecars=_sidecars(connector, settings)),
+        content=content,
     )
     views = install_views(
         tree,
@@ -79,7 +82,7 @@ def _use_local(
     connector: ImmichConnector,
     catalog: Catalog,
     local: LocalCache,
-    source: RangeFetcher | RangeIntoFetcher,
+    source: RangeSource | RangeFetcher,
 ) -> CachedSource:
     """Hook the on-disk catalog into ``catalog`` and the content cache around ``source``."""
     cache, store = catalog.cache, local.store
@@ -111,7 +114,8 @@ def _use_local(
         cache.queries.pop(key)
 
     memory.on_fresh = fresh
-    return CachedSource(source, local.content, version_of, online=local.reachability)
+    inner = source if isinstance(source, RangeSource) else ChunkSource(source)
+    return CachedSource(inner, local.content, version_of, online=local.reachability)
 
 
 def _sidecars(connector: ImmichConnector, settings: options.Settings) -> bool:

@@ -38,15 +38,27 @@ IDENTITY = "identity.json"
 LOCK = "lock"
 
 
-def open_database(path: Path) -> sqlite3.Connection:
+def open_database(path: Path, schema: str = "", version: int = 0) -> sqlite3.Connection:
     """A SQLite database of the cache directory, as both stores use theirs: private
     (0600), in WAL mode (readers never wait for the writer; a crash loses at most
     the last transactions, never consistency), autocommit unless a transaction is
-    opened, usable from the worker threads the stores run in."""
+    opened, usable from the worker threads the stores run in.
+
+    ``schema`` is created if missing. A database of another format ``version``
+    (``PRAGMA user_version``) is emptied first: a cache is rebuilt, never migrated."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     os.chmod(path, FILE_MODE)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    if schema:
+        with db:
+            (found,) = db.execute("PRAGMA user_version").fetchone()
+            if found != version:
+                tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                for (table,) in tables.fetchall():
+                    db.execute(f'DROP TABLE "{table}"')
+                db.execute(f"PRAGMA user_version = {int(version)}")
+        db.executescript(schema)
     return db
 
 

@@ -34,20 +34,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import re
 import threading
 import time
-import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
+import xxhash
 
 from immichfs.catalog.cachedir import FILE_MODE, ensure_private_dir, open_database
+from immichfs.catalog.reader import AssetReader, RangeBody, RangeSource, ReaderPool
+from immichfs.client.originals import ByteRange
 from immichfs.errors import Offline, TransientError
 from immichfs.model import checksum_hex
 
@@ -55,10 +58,16 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 BLOCK_SIZE = MiB
+#: the writer thread's nice value (a first read slows less while the cache fills)
+_WRITER_NICE = 10
+#: bytes the disk is asked to read ahead of a cached file's reader
+_DISK_AHEAD = 8 * MiB
 #: most partly fetched blocks kept in memory until neighbouring ranges complete them
 #: (read-ahead windows are not block-aligned)
 _MAX_PARTIAL = 32
 
+#: the on-disk format; a cache of another one is emptied (2: xxh3-128 block digests)
+_FORMAT = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -82,12 +91,13 @@ CREATE TABLE IF NOT EXISTS refused (
 
 
 def _digest(block: bytes | memoryview) -> bytes:
-    """A block's check value: CRC-32. It is there to catch damage on disk (flipped bits,
-    torn or truncated writes: every burst up to 32 bits, anything else but one time in
-    2^32); someone able to rewrite the block could rewrite the database beside it just
-    as well, so a cryptographic hash would add cost, not safety. What ties the bytes
-    to Immich is the whole file's SHA-1 against the asset's checksum."""
-    return zlib.crc32(block).to_bytes(4, "big")
+    """A block's check value: XXH3-128. It is there to catch damage on disk (flipped
+    bits, torn or truncated writes: a wrong block passes one time in 2^128) at ~40 GB/s,
+    so checking costs next to nothing beside the read; someone able to rewrite the
+    block could rewrite the database beside it just as well, so a cryptographic hash
+    would add cost, not safety. What ties the bytes to Immich is the whole file's
+    SHA-1 against the asset's checksum."""
+    return xxhash.xxh3_128_digest(block)
 
 
 def content_key(asset_id: str, checksum: str, rendition: str = "original") -> str:
@@ -113,8 +123,8 @@ class _Entry:
 
 @dataclass
 class ContentStatistics:
-    hits: int = 0  # reads served entirely from disk
-    misses: int = 0  # reads that needed the server (in part or whole)
+    hits: int = 0  # reads served from disk
+    misses: int = 0  # reads that needed the server
     bytes_served: int = 0
     bytes_written: int = 0
     evictions: int = 0
@@ -149,11 +159,11 @@ class ContentCache:
         self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
         self._held = 0  # bytes of recorded blocks
         self._reserved = 0  # bytes being written (counted against the limit already)
+        self._writer: _Writer | None = None
         self.stats = ContentStatistics(limit=self.limit)
         ensure_private_dir(directory)
         ensure_private_dir(self.blobs)
-        self._db = open_database(directory / "content.sqlite")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(directory / "content.sqlite", _SCHEMA, _FORMAT)
         self._load()
         self._evict(self.limit)  # a smaller --cache-size-mb than last time
 
@@ -211,91 +221,94 @@ class ContentCache:
         return -(-size // self.block_size)
 
     # -- queries (no disk I/O) ---------------------------------------------------------
+    # These run on the trio thread for every read, so they take no lock: the writer
+    # holds it across database commits (a WAL checkpoint can take milliseconds), and
+    # one dict lookup at a time is atomic. An answer made stale meanwhile is safe:
+    # every block is verified when it is read.
 
     def covered(self, key: str, start: int, size: int) -> int:
         """How many bytes from ``start`` the recorded blocks cover (not yet verified)."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry.size != size or start >= size:
-                return 0
-            pos = start
-            while pos < size and (pos // self.block_size) in entry.blocks:
-                pos = self._block_end(entry, pos // self.block_size)
-            return pos - start
+        entry = self._entries.get(key)
+        if entry is None or entry.size != size or start >= size:
+            return 0
+        blocks = entry.blocks
+        pos = start
+        while pos < size and (pos // self.block_size) in blocks:
+            pos = self._block_end(entry, pos // self.block_size)
+        return pos - start
+
+    def blocks_of(self, key: str, size: int) -> frozenset[int]:
+        """The indices of the recorded blocks of the ``size``-byte file ``key``."""
+        entry = self._entries.get(key)
+        if entry is None or entry.size != size:
+            return frozenset()
+        # one C call holding the GIL: the writer cannot change the dict meanwhile
+        return frozenset(entry.blocks)
 
     def etag(self, key: str) -> str | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry.etag if entry is not None else None
+        entry = self._entries.get(key)
+        return entry.etag if entry is not None else None
 
     def has_whole(self, key: str) -> bool:
         """Every block of ``key`` is recorded and the file matched its checksum."""
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry is not None and entry.verified
+        entry = self._entries.get(key)
+        return entry is not None and entry.verified
 
     # -- reading -----------------------------------------------------------------------
 
     def read_into(
-        self,
-        key: str,
-        start: int,
-        view: memoryview,
-        size: int,
-        progress: Callable[[int], None] | None = None,
+        self, key: str, start: int, view: memoryview, size: int, *, fd: int | None = None
     ) -> int:
         """Fill ``view`` from disk with the bytes at ``start`` of the ``size``-byte file,
-        as far as verified blocks reach; returns how many bytes were filled (a prefix),
-        and tells ``progress`` after each block. A block that fails verification is
-        dropped (the caller fetches it again)."""
+        as far as verified blocks reach; returns how many bytes were filled (a prefix).
+        A block that fails verification is dropped (the caller fetches it again).
+        ``fd``: the file, already open (else it is opened for this read)."""
+        if fd is None:
+            try:
+                own = os.open(self.blobs / key, os.O_RDONLY)
+            except FileNotFoundError:
+                self.drop(key)
+                return 0
+            try:
+                return self.read_into(key, start, view, size, fd=own)
+            finally:
+                os.close(own)
         want = len(view)
         filled = 0
-        try:
-            fd = os.open(self.blobs / key, os.O_RDONLY)
-        except FileNotFoundError:
-            self.drop(key)
-            return 0
-        # the kernel reads ahead from disk while the first block is checked
-        os.posix_fadvise(fd, start, want, os.POSIX_FADV_WILLNEED)
-        try:
-            while filled < want:
-                pos = start + filled
-                idx = pos // self.block_size
-                with self._lock:
-                    entry = self._entries.get(key)
-                    expected = entry.blocks.get(idx) if entry is not None else None
-                    if entry is None or expected is None or entry.size != size:
-                        break
-                    block_start = idx * self.block_size
-                    block_len = self._block_len(entry, idx)
-                offset = pos - block_start
-                take = min(want - filled, block_len - offset)
-                if offset == 0 and take == block_len:
-                    target = view[filled : filled + take]  # straight into the caller's buffer
-                    got = os.preadv(fd, [target], block_start)
-                    data: bytes | memoryview = target
-                else:
-                    data = os.pread(fd, block_len, block_start)
-                    got = len(data)
-                if got != block_len or _digest(data) != expected:
-                    log.warning("cached block %d of %s failed verification: dropped", idx, key)
-                    with self._lock:
-                        self.stats.dropped_blocks += 1
-                    self._drop_block(key, idx)
-                    break
-                if not (offset == 0 and take == block_len):
-                    view[filled : filled + take] = data[offset : offset + take]
-                filled += take
-                if progress is not None and filled < want:
-                    progress(filled)
-        finally:
-            os.close(fd)
-        if filled:
+        while filled < want:
+            pos = start + filled
+            idx = pos // self.block_size
             with self._lock:
                 entry = self._entries.get(key)
-                if entry is not None:
-                    entry.last_read = self._clock()
-                self.stats.bytes_served += filled
+                expected = entry.blocks.get(idx) if entry is not None else None
+                if entry is None or expected is None or entry.size != size:
+                    break
+                block_start = idx * self.block_size
+                block_len = self._block_len(entry, idx)
+            offset = pos - block_start
+            take = min(want - filled, block_len - offset)
+            whole = offset == 0 and take == block_len
+            if whole:
+                target = view[filled : filled + take]  # straight into the caller's buffer
+                got = os.preadv(fd, [target], block_start)
+                data: bytes | memoryview = target
+            else:
+                data = os.pread(fd, block_len, block_start)
+                got = len(data)
+            if got != block_len or _digest(data) != expected:
+                log.warning("cached block %d of %s failed verification: dropped", idx, key)
+                with self._lock:
+                    self.stats.dropped_blocks += 1
+                self._drop_block(key, idx)
+                break
+            if not whole:
+                view[filled : filled + take] = data[offset : offset + take]
+            filled += take
+        with self._lock:
+            entry = self._entries.get(key)
+            if filled and entry is not None:
+                entry.last_read = self._clock()
+            self.stats.bytes_served += filled
         return filled
 
     # -- writing -----------------------------------------------------------------------
@@ -630,8 +643,18 @@ class ContentCache:
             )
 
     def close(self) -> None:
+        """Write what the writer holds, save the read times, close the index."""
+        if self._writer is not None:
+            self._writer.close()
         self.flush()
         self._db.close()
+
+    @property
+    def writer(self) -> _Writer:
+        """The thread that writes fetched bytes (started on first use)."""
+        if self._writer is None:
+            self._writer = _Writer(self)
+        return self._writer
 
     def statistics(self) -> dict[str, int]:
         with self._lock:
@@ -642,12 +665,164 @@ class ContentCache:
 
 #: asset id -> the checksum its bytes must have now; None when unknown
 VersionOf = Callable[[str], Awaitable[str | None]]
-_Fetch = Callable[[str, int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+
+
+class _Writer:
+    """Writes fetched bytes into the cache from one worker thread, in the order they
+    came: the reads that fetched them never wait for the disk or the hashing (SHA-1
+    runs at about 1 GB/s, as fast as a fast server sends), and a file read in order
+    is hashed as it is written.
+
+    Bytes wait in at most ``limit`` bytes of block-sized buffers, reused (fresh
+    memory for every piece costs page faults worth a second copy); a fetch that
+    finds none free waits for one (a fetch that failed drops its bytes instead)."""
+
+    def __init__(self, cache: ContentCache, limit: int = 32 * MiB) -> None:
+        self.cache = cache
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._free: list[bytearray] = []
+        self._unmade = max(1, limit // cache.block_size)  # buffers not allocated yet
+        self._busy = 0
+        self._waiting: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = []
+        self._drained = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def _buffer(self) -> bytearray | None:
+        """A free buffer, if any. Lock held by the caller."""
+        if self._free:
+            buf = self._free.pop()
+        elif self._unmade:
+            self._unmade -= 1
+            buf = bytearray(self.cache.block_size)
+        else:
+            return None
+        self._busy += 1
+        return buf
+
+    def _pieces(self, start: int, data: memoryview) -> Iterator[tuple[int, memoryview]]:
+        """``data`` cut at block boundaries: whole blocks stay whole."""
+        bs = self.cache.block_size
+        pos, end = start, start + len(data)
+        while pos < end:
+            cut = min(end, (pos // bs + 1) * bs)
+            yield pos, data[pos - start : cut - start]
+            pos = cut
+
+    async def put(self, key: str, start: int, data: memoryview, size: int, **kw: Any) -> None:
+        """Queue a copy of ``data`` (the caller's buffer is reused) for writing."""
+        for at, piece in self._pieces(start, data):
+            while True:
+                with self._lock:
+                    buf = self._buffer()
+                    if buf is not None:
+                        break
+                    event = trio.Event()
+                    self._waiting.append((trio.lowlevel.current_trio_token(), event))
+                await event.wait()
+            self._submit(key, at, piece, buf, size, kw)
+
+    def put_nowait(self, key: str, start: int, data: memoryview, size: int, **kw: Any) -> None:
+        """Queue a copy of ``data`` as far as buffers are free now; the rest is dropped."""
+        for at, piece in self._pieces(start, data):
+            with self._lock:
+                buf = self._buffer()
+            if buf is None:
+                return
+            self._submit(key, at, piece, buf, size, kw)
+
+    def _submit(
+        self, key: str, at: int, piece: memoryview, buf: bytearray, size: int, kw: Any
+    ) -> None:
+        n = len(piece)
+        buf[:n] = piece
+        self._jobs.put((key, at, buf, n, size, kw))
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="immichfs-content-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        # background work: where it competes for a core, the reads in front go first
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WRITER_NICE)
+        while (job := self._jobs.get()) is not None:
+            key, start, buf, n, size, kw = job
+            try:
+                self.cache.write(key, start, memoryview(buf)[:n], size, **kw)
+            except Exception as exc:  # a full or failing disk: the bytes are not kept
+                log.warning("content cache: cannot keep %s: %s", key, exc)
+            finally:
+                with self._lock:
+                    self._free.append(buf)
+                    self._busy -= 1
+                    waiting, self._waiting = self._waiting, []
+                    self._drained.notify_all()
+                for token, event in waiting:
+                    with suppress(trio.RunFinishedError):
+                        token.run_sync_soon(event.set)
+
+    def drain(self) -> None:
+        """Block until everything queued is written (tests, unmount)."""
+        with self._lock:
+            self._drained.wait_for(lambda: self._busy == 0)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+
+class _TeeBody:
+    """A body whose bytes are also handed to the cache's writer as they are read."""
+
+    def __init__(
+        self, body: RangeBody, writer: _Writer, want: ByteRange, key: str, checksum: str
+    ) -> None:
+        self.body = body
+        self.writer = writer
+        self.want = want
+        self.key = key
+        self.checksum = checksum
+        self.position = want.start
+
+    @property
+    def etag(self) -> str | None:
+        return self.body.etag
+
+    async def read_into(
+        self, view: memoryview, progress: Callable[[int], None] | None = None
+    ) -> None:
+        filled = 0
+
+        def note(n: int) -> None:
+            nonlocal filled
+            filled = n
+            if progress is not None:
+                progress(n)
+
+        at, self.position = self.position, self.position + len(view)
+        total = self.want.total
+        assert total is not None
+        keep = {"etag": self.body.etag or self.want.etag, "checksum": self.checksum}
+        try:
+            await self.body.read_into(view, note)
+        except BaseException:
+            if filled:  # what arrived is kept even if the rest failed (a resumed range goes on)
+                self.writer.put_nowait(self.key, at, view[:filled], total, **keep)
+            raise
+        # the reader may be closed meanwhile (the last bytes were read): kept all the same
+        with trio.CancelScope(shield=True):
+            await self.writer.put(self.key, at, view, total, **keep)
 
 
 class CachedSource:
-    """A ``RangeIntoFetcher`` that serves verified bytes from a :class:`ContentCache`
-    and tees what it fetches from ``inner`` (a RangeIntoFetcher or RangeFetcher) into it.
+    """A ``RangeSource`` that keeps what it fetches from ``inner`` in a
+    :class:`ContentCache`, and opens files that read from the cache first
+    (:meth:`open_file`).
 
     ``version_of(asset_id)`` names the checksum the asset has now (from the
     catalog); an asset whose checksum is unknown passes straight through. While
@@ -657,7 +832,7 @@ class CachedSource:
 
     def __init__(
         self,
-        inner: Any,
+        inner: RangeSource,
         cache: ContentCache,
         version_of: VersionOf,
         *,
@@ -667,115 +842,192 @@ class CachedSource:
         self.cache = cache
         self.version_of = version_of
         self.online = online
-        self._into = hasattr(inner, "fetch_into")
 
-    async def fetch_into(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        progress: Callable[[int], None] | None = None,
-        edited: bool = False,
-    ) -> str | None:
-        if edited:  # an edit's rendition: not the bytes the asset's checksum names
-            return await self._fetch(asset_id, start, view, total, etag, progress, edited=True)
-        checksum = await self.version_of(asset_id) if self.cache.limit > 0 else None
-        if checksum is None or total is None:
-            return await self._fetch(asset_id, start, view, total, etag, progress)
-        key = content_key(asset_id, checksum)
-        cache = self.cache
-        served = 0
-        stored_etag = cache.etag(key)
-        if cache.covered(key, start, total) and (etag is None or etag == stored_etag):
-            # readers waiting for the first blocks get them while the next are read
-            tell = None
-            if progress is not None:
-                report = progress
+    async def _checksum(self, asset_id: str) -> str | None:
+        """The checksum whose bytes are kept for ``asset_id`` (None: not kept)."""
+        return await self.version_of(asset_id) if self.cache.limit > 0 else None
 
-                def tell(n: int) -> None:
-                    trio.from_thread.run_sync(report, n)
-
-            served = await trio.to_thread.run_sync(cache.read_into, key, start, view, total, tell)
-            if served and progress is not None:
-                progress(served)
-        if served == len(view):
-            cache.stats.hits += 1
-            return stored_etag
-        cache.stats.misses += 1
-        rest = view[served:]
-        filled = 0
-
-        def note(n: int) -> None:
-            nonlocal filled
-            filled = n
-            if progress is not None:
-                progress(served + n)
-
-        got_etag: str | None = None
+    @asynccontextmanager
+    async def open_range(self, want: ByteRange) -> AsyncIterator[RangeBody]:
+        # an edit's rendition is not the bytes the asset's checksum names: not kept
+        checksum = None
+        if not want.edited and want.total is not None:
+            checksum = await self._checksum(want.asset_id)
         try:
-            got_etag = await self._fetch(asset_id, start + served, rest, total, etag, note)
-        finally:
-            if filled:
-                # what arrived is kept even if the rest failed (a resumed window goes on)
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(
-                        lambda: cache.write(
-                            key,
-                            start + served,
-                            rest[:filled],
-                            total,
-                            etag=got_etag or etag or stored_etag,
-                            checksum=checksum,
-                        )
-                    )
-        return got_etag
-
-    async def _fetch(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        total: int | None,
-        etag: str | None,
-        progress: Callable[[int], None] | None,
-        *,
-        edited: bool = False,
-    ) -> str | None:
-        """Fill ``view`` from the server (the inner fetcher). Offline, the one try that
-        failed becomes :class:`Offline` (had the server been back, it would have worked)."""
-        flag = {"edited": True} if edited else {}
-        try:
-            if self._into:
-                result: str | None = await self.inner.fetch_into(
-                    asset_id, start, view, total=total, etag=etag, progress=progress, **flag
-                )
-                return result
-            fetch = cast(_Fetch, self.inner)
-            filled = 0
-            async with fetch(asset_id, start, start + len(view) - 1, **flag) as chunks:
-                async for chunk in chunks:
-                    n = len(chunk)
-                    view[filled : filled + n] = chunk
-                    filled += n
-                    if progress is not None:
-                        progress(filled)
-            return None
+            async with self.inner.open_range(want) as body:
+                if checksum is None:
+                    yield body
+                else:
+                    key = content_key(want.asset_id, checksum)
+                    yield _TeeBody(body, self.cache.writer, want, key, checksum)
         except TransientError as exc:
+            # offline, the one try that failed becomes Offline (had the server been
+            # back, it would have worked)
             if self.online():
                 raise
             raise Offline(
-                f"asset {asset_id}: the server is unreachable and these bytes are not cached"
+                f"asset {want.asset_id}: the server is unreachable and these bytes are not cached"
             ) from exc
 
-    def statistics(self) -> dict[str, int]:
-        inner = getattr(self.inner, "statistics", None)
-        return dict(inner()) if callable(inner) else {}
+    async def open_file(self, asset_id: str, size: int, readers: ReaderPool) -> OpenOriginal:
+        """A handle on an original: its cached blocks from disk, the rest through
+        ``readers`` (the read-ahead reader over this source, created when needed)."""
+        checksum = await self._checksum(asset_id)
+        if checksum is None:
+            return readers.open(asset_id, size)
+        handle = CachedFile(self.cache, asset_id, content_key(asset_id, checksum), size, readers)
+        handle.start()
+        return handle
+
+
+class _Block:
+    """One block being read from disk for a :class:`CachedFile`."""
+
+    __slots__ = ("data", "done")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytearray | None = None  # None once done: not verified, or not there
+
+
+class CachedFile:
+    """An open original: reads that verified blocks on disk cover are served from the
+    cache, any other read (or one whose block fails verification) from the network
+    reader, whose fetches the cache keeps.
+
+    Blocks are read and verified in worker threads; while reads go forward, the next
+    ``AHEAD`` blocks are read before they are asked for, so a sequential reader
+    finds them in memory (the thread hop and the disk stay off its path). At most
+    ``AHEAD + 2`` blocks are held per handle."""
+
+    AHEAD = 2
+
+    def __init__(
+        self, cache: ContentCache, asset_id: str, key: str, size: int, readers: ReaderPool
+    ) -> None:
+        self.cache = cache
+        self.asset_id = asset_id
+        self.key = key
+        self.size = size
+        self._readers = readers
+        # the blocks on disk when opened: served from there; the rest comes through the
+        # reader, whole (blocks its fetches write meanwhile are in its windows already)
+        self._on_disk = cache.blocks_of(key, size)
+        self._reader: AssetReader | None = None
+        self._fd: int | None = None
+        self._blocks: dict[int, _Block] = {}
+        self._next = -1  # the offset a sequential read would start at
+        self._reading = 0  # worker threads using the descriptor
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<CachedFile {self.key} size={self.size}>"
+
+    def start(self) -> None:
+        """Begin reading the first blocks, as a read from the start would (most opens
+        are followed by one): the disk is busy while the kernel sends that read."""
+        bs = self.cache.block_size
+        if 0 in self._on_disk:
+            for idx in range(min(self.AHEAD, (self.size - 1) // bs) + 1):
+                if idx in self._on_disk:
+                    self._start(idx)
+            self._next = 0
+
+    @property
+    def reader(self) -> AssetReader:
+        if self._reader is None:
+            self._reader = self._readers.open(self.asset_id, self.size)
+            # the cached bytes' version: a file changed since is StaleAsset, not a mix
+            self._reader.etag = self._reader.etag or self.cache.etag(self.key)
+        return self._reader
+
+    async def read(self, offset: int, size: int) -> bytes:
+        data = await self.read_buffer(offset, size)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def read_buffer(self, offset: int, size: int) -> bytes | memoryview:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        stats = self.cache.stats
+        bs = self.cache.block_size
+        if all(idx in self._on_disk for idx in range(offset // bs, (end - 1) // bs + 1)):
+            data = await self._from_disk(offset, end)
+            if data is not None:
+                stats.hits += 1
+                return data
+        stats.misses += 1
+        self._next = -1
+        return await self.reader.read_buffer(offset, size)
+
+    async def _from_disk(self, offset: int, end: int) -> bytes | memoryview | None:
+        """Bytes ``offset..end`` from verified blocks, or None."""
+        bs = self.cache.block_size
+        first, last = offset // bs, (end - 1) // bs
+        # no checkpoint until every block is asked for
+        sequential = offset in (0, self._next)  # a file's start: it will likely go on
+        self._next = end
+        ahead = self.AHEAD if sequential else 0
+        for idx in range(first, min(last + ahead, (self.size - 1) // bs) + 1):
+            if idx not in self._blocks and idx in self._on_disk:
+                self._start(idx)
+        wanted = [(idx, self._blocks[idx]) for idx in range(first, last + 1)]
+        for idx in [i for i in self._blocks if i < first - 1 or i > last + ahead]:
+            del self._blocks[idx]  # behind the reader (one kept: reads need not be aligned)
+        pieces = []
+        for idx, block in wanted:
+            await block.done.wait()
+            if block.data is None:  # failed verification (dropped) or gone: the server's
+                self._blocks.pop(idx, None)
+                self._on_disk = self._on_disk - {idx}
+                return None
+            at = idx * bs
+            pieces.append(memoryview(block.data)[max(offset, at) - at : min(end, at + bs) - at])
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _start(self, idx: int) -> None:
+        block = self._blocks[idx] = _Block()
+        self._reading += 1
+
+        async def run() -> None:
+            try:
+                block.data = await trio.to_thread.run_sync(self._read_block, idx)
+            finally:
+                self._reading -= 1
+                block.done.set()
+                if self._closed and self._reading == 0:
+                    self._close_fd()
+
+        self._readers.spawn(run)
+
+    def _read_block(self, idx: int) -> bytearray | None:
+        """One block, verified (worker thread)."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.cache.blobs / self.key, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        bs = self.cache.block_size
+        # the disk reads the blocks after this one while this one is checked (the
+        # kernel's own read-ahead of one file is 128 KiB: too shallow a queue)
+        os.posix_fadvise(self._fd, idx * bs, _DISK_AHEAD, os.POSIX_FADV_WILLNEED)
+        buf = bytearray(min(self.size, (idx + 1) * bs) - idx * bs)
+        got = self.cache.read_into(self.key, idx * bs, memoryview(buf), self.size, fd=self._fd)
+        return buf if got == len(buf) else None
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     async def aclose(self) -> None:
-        closer = getattr(self.inner, "aclose", None)
-        if closer is not None:
-            await closer()
-        await trio.to_thread.run_sync(self.cache.flush)
+        self._closed = True
+        self._blocks.clear()
+        if self._reading == 0:  # else the last block read in flight closes it
+            self._close_fd()
+        if self._reader is not None:
+            await self._reader.aclose()
+
+
+#: what :meth:`CachedSource.open_file` hands out
+OpenOriginal = CachedFile | AssetReader

@@ -89,11 +89,12 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from immichfs.client.retry import RetryPolicy
+from immichfs.client.originals import ByteRange, ChunkSource
+from immichfs.client.retry import RangeFetcher, RetryPolicy
 from immichfs.errors import (
     ImmichfsError,
     ProtocolError,
@@ -107,44 +108,14 @@ log = logging.getLogger(__name__)
 KiB = 1024
 MiB = 1024 * KiB
 
-#: (asset_id, start, end_inclusive) -> async context manager yielding byte chunks.
-#: It must check the answer (206, Content-Range) before yielding the first byte, as
-#: the connector and rangeget do: the reader serves bytes as soon as they arrive.
-RangeFetcher = Callable[[str, int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
-
-
-@runtime_checkable
-class RangeIntoFetcher(Protocol):
-    """A faster fetcher that writes a range straight into a buffer.
-
-    ``fetch_into`` fills ``view`` (``len(view)`` bytes starting at ``start``)
-    completely or raises; after each piece it calls ``progress(n)`` with the
-    number of bytes of ``view`` filled so far, so a failure can be resumed at
-    the exact offset reached. ``total`` is the file size the caller expects
-    (a different size on the server raises StaleAsset); ``etag`` likewise pins
-    the version. It returns the response's ETag (None if the server sent none).
-    ``edited`` reads the edited rendition instead of the original.
-    ``immichfs.client.originals.RangeGetClient`` implements it.
-    """
-
-    async def fetch_into(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        progress: Callable[[int], None] | None = None,
-        edited: bool = False,
-    ) -> str | None: ...
-
 
 class RangeBody(Protocol):
     """The body of one ranged GET, read piece by piece into the caller's buffers."""
 
-    #: the response's ETag (None if the server sent none)
-    etag: str | None
+    @property
+    def etag(self) -> str | None:
+        """The response's ETag (None if the server sent none)."""
+        ...
 
     async def read_into(
         self, view: memoryview, progress: Callable[[int], None] | None = None
@@ -158,26 +129,18 @@ class RangeBody(Protocol):
 
 
 @runtime_checkable
-class RangeStreamFetcher(Protocol):
-    """A fetcher that opens one ranged GET and lets the caller read it at its pace.
+class RangeSource(Protocol):
+    """Where the reader gets bytes: one ranged GET, read at the caller's pace.
 
-    The reader uses it for streams: one request for the rest of a file, read
-    into successive windows as memory allows (TCP holds the server back in
-    between). ``open_range`` checks the answer (206, Content-Range, ``total``,
-    ``etag``) before it returns the body. ``immichfs.client.originals.RangeGetClient``
-    implements it.
+    ``open_range`` checks the answer (206, Content-Range, ``want.total``,
+    ``want.etag``) before it returns the body, because the reader serves bytes as
+    soon as they arrive. A window is one range read into one buffer; a stream is
+    one range read into successive windows as memory allows (TCP holds the server
+    back in between). ``immichfs.client.originals.RangeGetClient`` is one; a
+    ``RangeFetcher`` (chunks, the connector's) becomes one through ``ChunkSource``.
     """
 
-    def open_range(
-        self,
-        asset_id: str,
-        start: int,
-        end: int,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        edited: bool = False,
-    ) -> AbstractAsyncContextManager[RangeBody]: ...
+    def open_range(self, want: ByteRange) -> AbstractAsyncContextManager[RangeBody]: ...
 
 
 class ReaderClosed(ImmichfsError):
@@ -612,22 +575,18 @@ class _StreamIdle(Exception):
 class ReaderPool:
     """Creates one AssetReader per open file handle; owns the shared budget and counters.
 
-    ``fetch`` is a RangeFetcher (e.g. ``ImmichConnector.stream_full_resolution_file``)
-    or a RangeIntoFetcher (``immichfs.client.originals.RangeGetClient``, the fast path).
+    ``fetch`` is a RangeSource (``immichfs.client.originals.RangeGetClient``, the
+    fast path) or a RangeFetcher (e.g. ``ImmichConnector.stream_full_resolution_file``).
     """
 
     def __init__(
         self,
-        fetch: RangeFetcher | RangeIntoFetcher,
+        fetch: RangeSource | RangeFetcher,
         config: ReadaheadConfig | None = None,
         *,
         nursery: trio.Nursery | None = None,
     ) -> None:
-        self._fetch = fetch
-        self._into: RangeIntoFetcher | None = fetch if isinstance(fetch, RangeIntoFetcher) else None
-        self._streamer: RangeStreamFetcher | None = (
-            fetch if isinstance(fetch, RangeStreamFetcher) else None
-        )
+        self.source: RangeSource = fetch if isinstance(fetch, RangeSource) else ChunkSource(fetch)
         self.config = config or ReadaheadConfig()
         #: what a request to the origin costs, learnt from every response
         self.estimate = OriginEstimate()
@@ -759,7 +718,8 @@ class ReaderPool:
 
     # -- tasks ------------------------------------------------------------------
 
-    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` in the pool's nursery (a trio system task when it has none)."""
         if self._nursery is not None:
             self._nursery.start_soon(fn)
         else:
@@ -1037,7 +997,6 @@ class AssetReader:
         q_end = self._queue[-1].end
         if (
             need <= cfg.max_window
-            or self._pool._streamer is None
             or self._pool._streams >= cfg.max_streams
             # a rest that one window covers is one request anyway
             or self.size - q_end <= cfg.max_window
@@ -1147,7 +1106,7 @@ class AssetReader:
                     pool._recycle(window)
 
         window.fetching = True
-        pool._spawn(run)
+        pool.spawn(run)
 
     async def _fill(self, window: _Window) -> None:
         """Fetch the window, retrying transient failures from the exact offset reached."""
@@ -1195,62 +1154,28 @@ class AssetReader:
         pool = self._pool
         start = window.start + base
         want = window.size - base
-        if pool._into is not None:
 
-            def progress(n: int) -> None:
-                if n >= timing.next_mark:
-                    timing.mark(n)
-                if n == want:
-                    # timed before the waiting reads wake: they may decide on it
-                    timing.end(n)
-                pool._counters["bytes_fetched"] += base + n - window.filled
-                window.progress(base + n)
+        def progress(n: int) -> None:
+            if n >= timing.next_mark:
+                timing.mark(n)
+            if n == want:
+                # timed before the waiting reads wake: they may decide on it
+                timing.end(n)
+            pool._counters["bytes_fetched"] += base + n - window.filled
+            window.progress(base + n)
 
-            etag = await pool._into.fetch_into(
-                self.asset_id,
-                start,
-                memoryview(window.buf)[base : window.size],
-                total=self.size,
-                etag=self.etag,
-                progress=progress,
-                **({"edited": True} if self.edited else {}),
-            )
-            if window.filled != window.size:
-                raise TruncatedBody(
-                    f"asset {self.asset_id}: range at {start} ended after "
-                    f"{window.filled - base} of {window.size - base} bytes"
-                )
-            self._pin_etag(etag)
-            return
-        fetch = cast(RangeFetcher, pool._fetch)
-        filled = base
-        size = window.size
-        buf = window.buf
-        ranged = (
-            fetch(self.asset_id, start, window.end - 1, edited=True)  # type: ignore[call-arg]
-            if self.edited
-            else fetch(self.asset_id, start, window.end - 1)
-        )
-        async with ranged as chunks:
-            async for chunk in chunks:
-                n = len(chunk)
-                if filled + n > size:
-                    raise ProtocolError(
-                        f"asset {self.asset_id}: the server sent more bytes than the range asked"
-                    )
-                buf[filled : filled + n] = chunk
-                filled += n
-                if filled - base >= timing.next_mark:
-                    timing.mark(filled - base)
-                if filled == size:
-                    timing.end(want)
-                pool._counters["bytes_fetched"] += n
-                window.progress(filled)
-        if filled != size:
+        async with pool.source.open_range(self._range(start, window.end - 1)) as body:
+            await body.read_into(memoryview(window.buf)[base : window.size], progress)
+            etag = body.etag
+        if window.filled != window.size:
             raise TruncatedBody(
-                f"asset {self.asset_id}: range at {start} ended after {filled - base} "
-                f"of {size - base} bytes"
+                f"asset {self.asset_id}: range at {start} ended after "
+                f"{window.filled - base} of {want} bytes"
             )
+        self._pin_etag(etag)
+
+    def _range(self, start: int, end: int) -> ByteRange:
+        return ByteRange(self.asset_id, start, end, self.size, self.etag, self.edited)
 
     # -- streams ----------------------------------------------------------------------
 
@@ -1286,7 +1211,7 @@ class AssetReader:
                 pool._streams -= 1
                 self._end_stream(stream, error)
 
-        pool._spawn(run)
+        pool.spawn(run)
         return stream
 
     def _stop_stream(self, stream: _Stream) -> None:
@@ -1322,17 +1247,9 @@ class AssetReader:
     async def _stream_once(self, stream: _Stream) -> None:
         """One request from ``stream.position`` to its end, read into its windows in turn."""
         pool = self._pool
-        assert pool._streamer is not None
         pool._counters["range_requests"] += 1
         asked = trio.current_time()
-        async with pool._streamer.open_range(
-            self.asset_id,
-            stream.position,
-            stream.end - 1,
-            total=self.size,
-            etag=self.etag,
-            **({"edited": True} if self.edited else {}),
-        ) as body:
+        async with pool.source.open_range(self._range(stream.position, stream.end - 1)) as body:
             pool.estimate.note_latency(trio.current_time() - asked)
             self._pin_etag(body.etag)
             counters = pool._counters

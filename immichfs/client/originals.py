@@ -39,6 +39,7 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -71,6 +72,29 @@ _TLS_READ = 256 * 1024  # bytes asked of a TLS stream per receive
 _YIELD_EVERY = 1024 * 1024  # bytes read from a busy socket between scheduler turns
 _MAX_ERROR_BYTES = 64 * 1024
 _MAX_HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """One ranged GET of an asset's bytes: ``start..end`` (inclusive) of its original,
+    of its edited rendition with ``edited``. ``total`` is the file size the caller
+    expects and ``etag`` the version it pinned: an answer with another raises
+    StaleAsset."""
+
+    asset_id: str
+    start: int
+    end: int
+    total: int | None = None
+    etag: str | None = None
+    edited: bool = False
+
+    @property
+    def what(self) -> str:
+        return f"asset {self.asset_id}"
+
+    def at(self, start: int) -> ByteRange:
+        """The same range from ``start`` on (a resumed or partly served one)."""
+        return replace(self, start=start)
 
 
 class _Redirected(Exception):
@@ -327,8 +351,8 @@ class RangeGetClient:
 
     ``url`` is the server's base URL (as for the connector: a reverse-proxy
     path prefix is kept, a trailing ``/api`` removed). The client is both a
-    ``RangeFetcher`` (call it, or use :meth:`stream`) and a ``RangeIntoFetcher``
-    (:meth:`fetch_into`, used by ``ReaderPool`` for the fast path).
+    ``RangeFetcher`` (call it, or use :meth:`stream`) and a ``RangeSource``
+    (:meth:`open_range`, what ``ReaderPool`` uses).
     """
 
     def __init__(
@@ -404,51 +428,17 @@ class RangeGetClient:
 
     # -- public API -----------------------------------------------------------------
 
-    async def fetch_into(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        progress: Callable[[int], None] | None = None,
-        edited: bool = False,
-    ) -> str | None:
-        """Fill ``view`` with bytes ``start .. start+len(view)-1`` of the original
-        (of the edited rendition with ``edited``).
-
-        Returns the response's ETag. See ``immichfs.catalog.reader.RangeIntoFetcher``.
-        """
-        if len(view) == 0:
-            return etag
-        end = start + len(view) - 1
-        async with self.open_range(
-            asset_id, start, end, total=total, etag=etag, edited=edited
-        ) as body:
-            await body.read_into(view, progress)
-            return body.etag
-
     @asynccontextmanager
-    async def open_range(
-        self,
-        asset_id: str,
-        start: int,
-        end: int,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        edited: bool = False,
-    ) -> AsyncIterator[_Exchange | _ChunkBody]:
-        """Ask for bytes ``start..end`` (inclusive); the checked body, read at the caller's pace.
+    async def open_range(self, want: ByteRange) -> AsyncIterator[_Exchange | ChunkBody]:
+        """Ask for ``want``; the checked body, read at the caller's pace.
 
         ``body.read_into(view, progress)`` fills the next ``len(view)`` bytes, as
         often as needed; ``body.etag`` is the response's ETag. Leaving early closes
         the connection (the rest of the body is not read). See
-        ``immichfs.catalog.reader.RangeStreamFetcher``.
+        ``immichfs.catalog.reader.RangeSource``.
         """
         try:
-            async with self._exchange(asset_id, start, end, total, etag, edited) as exchange:
+            async with self._exchange(want) as exchange:
                 yield exchange
                 return
         except _Redirected:
@@ -456,8 +446,8 @@ class RangeGetClient:
         # a redirect: the connector (httpx) handles what this client does not
         assert self._fallback is not None
         self._fallbacks += 1
-        async with self._fall_back(asset_id, start, end, edited) as chunks:
-            yield _ChunkBody(chunks, end - start + 1, f"asset {asset_id}")
+        async with ChunkSource(self._fallback).open_range(want) as body:
+            yield body
 
     def stream(
         self, asset_id: str, start: int, end: int, *, edited: bool = False
@@ -467,45 +457,28 @@ class RangeGetClient:
 
     __call__ = stream
 
-    def _fall_back(
-        self, asset_id: str, start: int, end: int, edited: bool
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        assert self._fallback is not None
-        if edited:
-            return self._fallback(asset_id, start, end, edited=True)  # type: ignore[call-arg]
-        return self._fallback(asset_id, start, end)
-
     @asynccontextmanager
     async def _stream(
         self, asset_id: str, start: int, end: int, edited: bool = False
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        try:
-            async with self._exchange(asset_id, start, end, None, None, edited) as exchange:
-                chunks = exchange.chunks()
-                try:
-                    yield chunks
-                finally:
-                    await chunks.aclose()
-                return
-        except _Redirected:
-            pass
-        assert self._fallback is not None
-        self._fallbacks += 1
-        async with self._fall_back(asset_id, start, end, edited) as fallback_chunks:
-            yield fallback_chunks
+        async with self.open_range(ByteRange(asset_id, start, end, edited=edited)) as body:
+            chunks = body.chunks()
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()
 
     # -- the exchange -------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _exchange(
-        self,
-        asset_id: str,
-        start: int,
-        end: int,
-        total: int | None,
-        etag: str | None,
-        edited: bool = False,
-    ) -> AsyncGenerator[_Exchange, None]:
+    async def _exchange(self, want: ByteRange) -> AsyncGenerator[_Exchange, None]:
+        asset_id, start, end, total, edited = (
+            want.asset_id,
+            want.start,
+            want.end,
+            want.total,
+            want.edited,
+        )
         check_asset_id(asset_id)
         if start < 0 or end < start:
             raise ValueError(f"bad range {start}-{end}")
@@ -535,7 +508,7 @@ class RangeGetClient:
                 if status != 206:
                     await self._refuse(conn, h, response, what)
                 exchange = _Exchange(self, conn, h, response, end - start + 1, what)
-                exchange.length = self._check_206(response, start, end, total, etag, what)
+                exchange.length = self._check_206(response, start, end, total, want.etag, what)
                 if exchange.length is None and not self._chunked(response):
                     raise ProtocolError(f"{what}: 206 without Content-Length")
                 yield exchange
@@ -741,8 +714,8 @@ class RangeGetClient:
         raise error
 
 
-class _ChunkBody:
-    """A body of chunks (the fallback's) read into the caller's buffers, like ``_Exchange``."""
+class ChunkBody:
+    """A body of chunks (a ``RangeFetcher``'s) read into the caller's buffers (as ``_Exchange``)."""
 
     etag: str | None = None  # the fallback does not say
 
@@ -775,6 +748,46 @@ class _ChunkBody:
             if progress is not None:
                 progress(filled)
         self._left -= want
+        if self._left == 0:
+            # the stream must end here: read it to its end (an exhausted stream is
+            # closed at once, not left to the garbage collector) and refuse any more
+            async for extra in self._chunks:
+                if extra:
+                    raise ProtocolError(f"{self._what}: more bytes than the range asked")
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The rest of the body as it comes (the fetcher checks its length)."""
+        if self._pending:
+            yield bytes(self._pending)
+            self._pending = memoryview(b"")
+        async for chunk in self._chunks:
+            yield chunk
+
+
+class ChunkSource:
+    """A ``RangeSource`` over a ``RangeFetcher`` (the connector's chunk stream): the
+    ranged GET is the fetcher's; ``total`` and ``etag`` are not checked here (the
+    fetcher checks its Content-Range; the reader pins the first ETag it sees)."""
+
+    def __init__(self, fetch: RangeFetcher) -> None:
+        self.fetch = fetch
+
+    def chunks(self, want: ByteRange) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        if want.edited:
+            return self.fetch(want.asset_id, want.start, want.end, edited=True)  # type: ignore[call-arg]
+        return self.fetch(want.asset_id, want.start, want.end)
+
+    @asynccontextmanager
+    async def open_range(self, want: ByteRange) -> AsyncIterator[ChunkBody]:
+        async with self.chunks(want) as chunks:
+            try:
+                yield ChunkBody(chunks, want.end - want.start + 1, want.what)
+            finally:
+                # a body read to its last byte may not have seen the stream end: close
+                # it now, not when the garbage collector runs
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
 
 class _StaleConnection(Exception):

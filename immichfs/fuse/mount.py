@@ -29,9 +29,10 @@ import trio
 from immichfs import options
 from immichfs.catalog.cachedir import default_root
 from immichfs.catalog.local import LocalCache, has_catalog
-from immichfs.catalog.reader import RangeFetcher, RangeIntoFetcher
+from immichfs.catalog.reader import RangeSource
 from immichfs.catalog.store import Reachability
 from immichfs.client.connector import ImmichConnector
+from immichfs.client.retry import RangeFetcher
 from immichfs.compose import build_tree, byte_client
 from immichfs.errors import (
     ConnectError,
@@ -167,7 +168,7 @@ async def open_local_cache(
 def build_mount(
     connector: ImmichConnector,
     settings: options.Settings,
-    fetch: RangeFetcher | RangeIntoFetcher | None = None,
+    fetch: RangeSource | RangeFetcher | None = None,
     *,
     mountpoint: str | None = None,
     local: LocalCache | None = None,
@@ -215,7 +216,7 @@ def build_mount(
 def build_operations(
     connector: ImmichConnector,
     settings: options.Settings,
-    fetch: RangeFetcher | RangeIntoFetcher | None = None,
+    fetch: RangeSource | RangeFetcher | None = None,
 ) -> Operations:
     """The FUSE adapter of :func:`build_mount` (its refresh task not running)."""
     return build_mount(connector, settings, fetch).operations

@@ -43,6 +43,7 @@ import pyfuse3
 import trio
 from cachetools import LRUCache
 
+from immichfs.catalog.content import CachedFile
 from immichfs.catalog.reader import AssetReader
 from immichfs.errors import (
     AuthenticationError,
@@ -423,9 +424,10 @@ class Operations(pyfuse3.Operations):
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         _, handle = self.files.get(fh)
-        if isinstance(handle, AssetReader):
-            # a view of the read-ahead window, no copy: pyfuse3 takes any buffer and
-            # copies it into the reply before anything else runs (see read_buffer)
+        if isinstance(handle, AssetReader | CachedFile):
+            # a view of the read-ahead window or a block from disk, no copy: pyfuse3 takes
+            # any buffer and copies it into the reply before anything else runs
+            # (see read_buffer)
             return cast(bytes, await handle.read_buffer(off, size))
         return await handle.read(off, size)
 

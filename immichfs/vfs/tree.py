@@ -38,6 +38,7 @@ from typing import NamedTuple, Protocol, Union, runtime_checkable
 
 from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
+from immichfs.catalog.content import CachedSource
 from immichfs.catalog.reader import ReaderPool
 from immichfs.errors import ImmichError, NotFound, PermissionDenied, UnsupportedVersion
 from immichfs.model import Asset
@@ -455,10 +456,13 @@ class Tree:
         readers: ReaderPool,
         settings: TreeSettings | None = None,
         *,
+        content: CachedSource | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.catalog = catalog
         self.readers = readers
+        #: the content cache's side of the byte path (None: every read goes to the server)
+        self.content = content
         self.settings = settings or TreeSettings()
         self.mounted_at = now()
         self._directories: dict[Key, Directory] = {}
@@ -723,9 +727,12 @@ class Tree:
         """An open handle on a file's bytes."""
         if isinstance(node, AssetFile):
             size = await self.catalog.file_size(node.asset)
+            asset_id = node.asset.id
             if self.catalog.serves_edited(node.asset):
-                return self.readers.open(node.asset.id, size, edited=True)
-            return self.readers.open(node.asset.id, size)
+                return self.readers.open(asset_id, size, edited=True)
+            if self.content is not None:
+                return await self.content.open_file(asset_id, size, self.readers)
+            return self.readers.open(asset_id, size)
         if isinstance(node, SidecarFile):
             return BytesFile(await self.catalog.sidecar_content(node.asset, node.file_id))
         if not isinstance(node, ThumbnailFile):

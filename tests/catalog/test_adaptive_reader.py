@@ -27,11 +27,11 @@ from memory_source import ramp
 from immichfs.catalog.reader import (
     AssetReader,
     OriginEstimate,
-    RangeIntoFetcher,
-    RangeStreamFetcher,
+    RangeSource,
     ReadaheadConfig,
     ReaderPool,
 )
+from immichfs.client.originals import ByteRange
 from immichfs.client.retry import RetryPolicy
 from immichfs.errors import ProtocolError, StaleAsset, TruncatedBody
 
@@ -52,7 +52,7 @@ FAST = (0.00005, 2048 * MiB)
 
 
 class Origin:
-    """A RangeIntoFetcher and RangeStreamFetcher with a latency and a throughput.
+    """A RangeSource with a latency and a throughput.
 
     ``requests`` logs ``(start, end_inclusive)``; ``cut_after`` makes the next
     ``cut_times`` responses break after that many body bytes (a dropped
@@ -84,21 +84,13 @@ class Origin:
         self.etag = '"v1"'
 
     @asynccontextmanager
-    async def open_range(
-        self,
-        asset_id: str,
-        start: int,
-        end: int,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        edited: bool = False,
-    ) -> AsyncIterator[Body]:
+    async def open_range(self, want: ByteRange) -> AsyncIterator[Body]:
+        start, end = want.start, want.end
         assert 0 <= start <= end < self.size, (start, end)  # never past EOF
-        assert total == self.size
+        assert want.total == self.size
         self.requests.append((start, end))
         await trio.sleep(self.latency)
-        if etag is not None and etag != self.etag:
+        if want.etag is not None and want.etag != self.etag:
             raise StaleAsset("changed")
         limit = end + 1
         if self.cut_after is not None and self.cut_times > 0 and start + self.cut_after < limit:
@@ -112,23 +104,6 @@ class Origin:
             raise
         finally:
             self.open_bodies -= 1
-
-    async def fetch_into(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        progress: Callable[[int], None] | None = None,
-        edited: bool = False,
-    ) -> str | None:
-        async with self.open_range(
-            asset_id, start, start + len(view) - 1, total=total, etag=etag
-        ) as body:
-            await body.read_into(view, progress)
-            return body.etag
 
 
 class Body:
@@ -202,10 +177,8 @@ def taught(pool: ReaderPool, gain: float = 1.0) -> ReaderPool:
     return pool
 
 
-def test_origin_is_both_kinds_of_fetcher() -> None:
-    origin = Origin(MiB, *FAST)
-    assert isinstance(origin, RangeStreamFetcher)
-    assert isinstance(origin, RangeIntoFetcher)
+def test_origin_is_a_range_source() -> None:
+    assert isinstance(Origin(MiB, *FAST), RangeSource)
 
 
 # -- the estimate ------------------------------------------------------------------------
@@ -553,8 +526,10 @@ async def test_a_body_longer_than_the_range_is_refused() -> None:
     """The ProtocolError of an over-long body reaches the read (never wrong bytes)."""
 
     class Overlong(Origin):
-        async def fetch_into(self, *args: object, **kw: object) -> str | None:
+        @asynccontextmanager
+        async def open_range(self, want: ByteRange) -> AsyncIterator[Body]:
             raise ProtocolError("the server sent more bytes than the range asked")
+            yield  # an async generator all the same
 
     origin = Overlong(8 * MiB, *FAST)
     pool = ReaderPool(origin)

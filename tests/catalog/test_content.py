@@ -1,5 +1,6 @@
 """The content cache on a real directory: verified blocks, whole-file checksums,
-eviction, crash leftovers, and the byte-path wrapper over a fake fetcher."""
+eviction, crash leftovers, the writer thread, and the byte path (the tee and the
+files read from disk) over a fake source."""
 
 from __future__ import annotations
 
@@ -7,13 +8,24 @@ import base64
 import hashlib
 import itertools
 import os
+import sqlite3
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
-from immichfs.catalog.content import CachedSource, ContentCache, content_key
+from immichfs.catalog.content import (
+    CachedFile,
+    CachedSource,
+    ContentCache,
+    _Writer,
+    content_key,
+)
+from immichfs.catalog.reader import ReaderPool
+from immichfs.client.originals import ByteRange, ChunkBody
 from immichfs.errors import ConnectError, Offline
 
 BLOCK = 1024
@@ -204,32 +216,36 @@ def test_content_key_is_a_safe_file_name() -> None:
 # -- the byte path ---------------------------------------------------------------------
 
 
-class FakeFetcher:
-    """A RangeIntoFetcher over in-memory files, counting requests."""
+class FakeSource:
+    """A RangeSource over in-memory files, counting requests; ``cut_after`` bytes of
+    a body arrive before the connection breaks."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
         self.requests: list[tuple[str, int, int]] = []
         self.fail: Exception | None = None
+        self.cut_after: int | None = None
 
-    async def fetch_into(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> str | None:
+    @asynccontextmanager
+    async def open_range(self, want: ByteRange) -> AsyncIterator[ChunkBody]:
         if self.fail is not None:
             raise self.fail
-        self.requests.append((asset_id, start, len(view)))
-        data = self.files[asset_id]
-        view[:] = data[start : start + len(view)]
-        if progress is not None:
-            progress(len(view))
-        return 'W/"v1"'
+        self.requests.append((want.asset_id, want.start, want.end + 1 - want.start))
+        data = self.files[want.asset_id][want.start : want.end + 1]
+        cut = self.cut_after
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            yield data[:cut]
+            if cut is not None:
+                raise ConnectError("cut")
+
+        stream = chunks()
+        body = ChunkBody(stream, len(data), want.what)
+        body.etag = 'W/"v1"'
+        try:
+            yield body
+        finally:
+            await stream.aclose()
 
 
 def version(checksum: str | None) -> Callable[[str], Awaitable[str | None]]:
@@ -239,66 +255,142 @@ def version(checksum: str | None) -> Callable[[str], Awaitable[str | None]]:
     return version_of
 
 
-async def fetch(source: CachedSource, asset_id: str, start: int, n: int, total: int) -> bytes:
-    buf = bytearray(n)
-    await source.fetch_into(asset_id, start, memoryview(buf), total=total)
-    return bytes(buf)
+async def read_file(
+    source: CachedSource, pool: ReaderPool, asset_id: str, start: int, n: int, total: int
+) -> bytes:
+    """Open the asset as the tree does, read, close; what was fetched is on disk after."""
+    handle = await source.open_file(asset_id, total, pool)
+    assert isinstance(handle, CachedFile) == (await source.version_of(asset_id) is not None)
+    try:
+        return await handle.read(start, n)
+    finally:
+        await handle.aclose()
+        await trio.to_thread.run_sync(source.cache.writer.drain)
 
 
-async def test_cached_source_serves_the_second_read_from_disk(tmp_path: Path) -> None:
+async def test_cached_file_serves_the_second_read_from_disk(tmp_path: Path) -> None:
     data = blob(3 * BLOCK + 17)
-    fetcher = FakeFetcher({"a1": data})
+    origin = FakeSource({"a1": data})
     cache = make(tmp_path)
     online = [True]
-    source = CachedSource(fetcher, cache, version(checksum_of(data)), online=lambda: online[0])
-    assert await fetch(source, "a1", 0, len(data), len(data)) == data
-    assert len(fetcher.requests) == 1
-    assert await fetch(source, "a1", 0, len(data), len(data)) == data
-    assert await fetch(source, "a1", 500, 2000, len(data)) == data[500:2500]
-    assert len(fetcher.requests) == 1
+    source = CachedSource(origin, cache, version(checksum_of(data)), online=lambda: online[0])
+    pool = ReaderPool(source)
+    assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    assert len(origin.requests) == 1
+    assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    assert await read_file(source, pool, "a1", 500, 2000, len(data)) == data[500:2500]
+    assert len(origin.requests) == 1
     assert cache.stats.hits == 2
     online[0] = False  # offline: cached bytes still come
-    fetcher.fail = ConnectError("refused")
-    assert await fetch(source, "a1", 0, len(data), len(data)) == data
-    fetcher.files["b2"] = blob(100)
+    origin.fail = ConnectError("refused")
+    assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    origin.files["b2"] = blob(100)
     with pytest.raises(Offline):  # not transient: the reader does not retry it
-        await fetch(source, "b2", 0, 100, 100)
-    fetcher.fail = None  # the server is back before the mount noticed: one try works
-    assert await fetch(source, "b2", 0, 100, 100) == blob(100)
+        await read_file(source, pool, "b2", 0, 100, 100)
+    origin.fail = None  # the server is back before the mount noticed: one try works
+    assert await read_file(source, pool, "b2", 0, 100, 100) == blob(100)
 
 
-async def test_cached_source_fetches_only_what_is_missing(tmp_path: Path) -> None:
+async def test_cached_file_fetches_only_what_is_missing(tmp_path: Path) -> None:
     data = blob(4 * BLOCK)
-    fetcher = FakeFetcher({"a1": data})
-    source = CachedSource(fetcher, make(tmp_path), version(checksum_of(data)))
-    await fetch(source, "a1", 0, 2 * BLOCK, len(data))
-    assert await fetch(source, "a1", 0, len(data), len(data)) == data
-    assert fetcher.requests[-1] == ("a1", 2 * BLOCK, 2 * BLOCK)
+    origin = FakeSource({"a1": data})
+    source = CachedSource(origin, make(tmp_path), version(checksum_of(data)))
+    pool = ReaderPool(source)
+    assert await read_file(source, pool, "a1", 0, 2 * BLOCK, len(data)) == data[: 2 * BLOCK]
+    first = len(origin.requests)
+    assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    assert all(start >= 2 * BLOCK for _, start, _ in origin.requests[first:])
 
 
 async def test_cached_source_keeps_what_arrived_before_a_failure(tmp_path: Path) -> None:
     data = blob(3 * BLOCK)
     cache = make(tmp_path)
-
-    class Partial(FakeFetcher):
-        async def fetch_into(self, asset_id, start, view, *, total=None, etag=None, progress=None):  # type: ignore[no-untyped-def]
-            view[: 2 * BLOCK] = data[start : start + 2 * BLOCK]
-            assert progress is not None
-            progress(2 * BLOCK)
-            raise ConnectError("cut")
-
-    source = CachedSource(Partial({}), cache, version(checksum_of(data)))
+    origin = FakeSource({"a1": data})
+    origin.cut_after = 2 * BLOCK
+    source = CachedSource(origin, cache, version(checksum_of(data)))
+    buf = bytearray(len(data))
     with pytest.raises(ConnectError):
-        await fetch(source, "a1", 0, len(data), len(data))
+        async with source.open_range(ByteRange("a1", 0, len(data) - 1, len(data))) as body:
+            await body.read_into(memoryview(buf))
+    await trio.to_thread.run_sync(cache.writer.drain)
     assert cache.covered(content_key("a1", checksum_of(data)), 0, len(data)) == 2 * BLOCK
 
 
 async def test_unknown_checksum_passes_through(tmp_path: Path) -> None:
     data = blob(BLOCK)
-    fetcher = FakeFetcher({"a1": data})
+    origin = FakeSource({"a1": data})
     cache = make(tmp_path)
-    source = CachedSource(fetcher, cache, version(None))
-    assert await fetch(source, "a1", 0, BLOCK, BLOCK) == data
-    assert await fetch(source, "a1", 0, BLOCK, BLOCK) == data
-    assert len(fetcher.requests) == 2
+    source = CachedSource(origin, cache, version(None))
+    pool = ReaderPool(source)
+    assert await read_file(source, pool, "a1", 0, BLOCK, BLOCK) == data
+    assert await read_file(source, pool, "a1", 0, BLOCK, BLOCK) == data
+    assert len(origin.requests) == 2
     assert os.listdir(cache.blobs) == []
+
+
+def test_a_cache_of_another_format_is_emptied(tmp_path: Path) -> None:
+    data = blob(2 * BLOCK)
+    cache = make(tmp_path)
+    key = content_key("a1", checksum_of(data))
+    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache.close()
+    db = sqlite3.connect(tmp_path / "content" / "content.sqlite")
+    db.execute("PRAGMA user_version = 1")  # as a build with CRC-32 block digests left it
+    db.close()
+    again = make(tmp_path)
+    assert again.covered(key, 0, len(data)) == 0
+    assert os.listdir(again.blobs) == []
+
+
+async def test_writer_keeps_order_and_waits_for_room(tmp_path: Path) -> None:
+    """More bytes than the writer's buffers: put waits, nothing is lost, and a file
+    written in order is hashed on the way (verified without reading it back)."""
+    data = blob(40 * BLOCK)
+    cache = make(tmp_path)
+    writer = _Writer(cache, limit=4 * BLOCK)
+    key = content_key("a1", checksum_of(data))
+    view = memoryview(data)
+    for at in range(0, len(data), 3 * BLOCK + 100):  # pieces that split blocks
+        piece = view[at : at + 3 * BLOCK + 100]
+        await writer.put(key, at, piece, len(data), checksum=checksum_of(data))
+    await trio.to_thread.run_sync(writer.drain)
+    writer.close()
+    assert cache.has_whole(key)
+    assert read(cache, key, 0, len(data), len(data)) == data
+
+
+def test_writer_put_nowait_drops_what_does_not_fit(tmp_path: Path) -> None:
+    data = blob(8 * BLOCK)
+    cache = make(tmp_path)
+    writer = _Writer(cache, limit=2 * BLOCK)
+    key = content_key("a1", checksum_of(data))
+    with cache._lock:  # the writer thread waits in its first write: no buffer comes back
+        writer.put_nowait(key, 0, memoryview(data), len(data))
+    writer.drain()
+    writer.close()
+    assert cache.covered(key, 0, len(data)) == 2 * BLOCK
+
+
+@pytest.mark.expect_log("failed verification: dropped")
+async def test_cached_file_reads_a_damaged_block_from_the_server(tmp_path: Path) -> None:
+    data = blob(4 * BLOCK + 5)
+    origin = FakeSource({"a1": data})
+    cache = make(tmp_path)
+    source = CachedSource(origin, cache, version(checksum_of(data)))
+    pool = ReaderPool(source)
+    assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    key = content_key("a1", checksum_of(data))
+    with open(cache.blobs / key, "r+b") as f:  # a flipped bit in block 2
+        f.seek(2 * BLOCK + 7)
+        byte = f.read(1)
+        f.seek(2 * BLOCK + 7)
+        f.write(bytes([byte[0] ^ 1]))
+    before = len(origin.requests)
+    # reads of every size and alignment, as the kernel may send them
+    for step in (BLOCK, 300, 3 * BLOCK):
+        handle = await source.open_file("a1", len(data), pool)
+        got = b"".join([await handle.read(at, step) for at in range(0, len(data), step)])
+        await handle.aclose()
+        assert got == data
+    assert cache.stats.dropped_blocks == 1
+    assert len(origin.requests) > before  # the damaged block came from the server

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from memory_source import ramp
 
 from immichfs.catalog.reader import ReadaheadConfig, ReaderClosed, ReaderPool
+from immichfs.client.originals import ByteRange, ChunkBody, ChunkSource
 from immichfs.client.retry import RetryPolicy
 from immichfs.errors import NotFound, ProtocolError, RequestTimeout, ServerError, TruncatedBody
 
@@ -86,32 +87,15 @@ class FakeFetcher:
         yield chunks()
 
 
-class FakeIntoFetcher(FakeFetcher):
-    """The same content through the RangeIntoFetcher (fast path) protocol."""
+class FakeSource(FakeFetcher):
+    """The same content as a RangeSource (the byte client's protocol), with an ETag."""
 
-    async def fetch_into(
-        self,
-        asset_id: str,
-        start: int,
-        view: memoryview,
-        *,
-        total: int | None = None,
-        etag: str | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> str | None:
-        assert total == self.sizes[asset_id]
-        filled = 0
-        async with self(asset_id, start, start + len(view) - 1) as chunks:
-            async for chunk in chunks:
-                if filled + len(chunk) > len(view):
-                    raise ProtocolError("too many bytes")
-                view[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
-                if progress is not None:
-                    progress(filled)
-        if filled != len(view):
-            raise TruncatedBody("short")
-        return '"v1"'
+    @asynccontextmanager
+    async def open_range(self, want: ByteRange) -> AsyncIterator[ChunkBody]:
+        assert want.total == self.sizes[want.asset_id]
+        async with ChunkSource(self).open_range(want) as body:
+            body.etag = '"v1"'
+            yield body
 
 
 QUICK_RETRY = RetryPolicy(base_delay=0.01)
@@ -374,7 +358,7 @@ def test_property_random_read_sequences() -> None:
     @given(reads=reads, into=st.booleans(), sequential_start=st.integers(0, size))
     def check(reads: list[tuple[int, int, bool]], into: bool, sequential_start: int) -> None:
         async def main() -> None:
-            fetch = (FakeIntoFetcher if into else FakeFetcher)({"x": size}, chunk=40 * KiB)
+            fetch = (FakeSource if into else FakeFetcher)({"x": size}, chunk=40 * KiB)
             pool = ReaderPool(fetch, small_config(global_budget=1 * MiB))
             reader = pool.open("x", size)
             # a sequential run first, so reads hit windows in every state
@@ -631,7 +615,7 @@ async def test_range_ignored_is_an_error_never_wrong_bytes() -> None:
 
 async def test_into_path_checks_and_pins_etag() -> None:
     size = 3 * MiB
-    fetch = FakeIntoFetcher({"a": size})
+    fetch = FakeSource({"a": size})
     pool = ReaderPool(fetch, small_config())
     reader = pool.open("a", size)
     for offset in range(0, size, 100 * KiB):

@@ -26,7 +26,7 @@ import trio
 
 from immichfs.catalog.reader import ReaderPool
 from immichfs.client.config import ClientConfig
-from immichfs.client.originals import RangeGetClient
+from immichfs.client.originals import ByteRange, RangeGetClient
 from immichfs.errors import (
     AuthenticationError,
     ConnectError,
@@ -63,12 +63,21 @@ def photo(library: Any, min_size: int = 64 * KiB) -> Any:
     )
 
 
+async def fill_into(
+    client: RangeGetClient, asset_id: str, start: int, buf: bytearray, seen: list[int], **kw: Any
+) -> None:
+    """Fill ``buf`` from ``start`` with one ranged GET, as the reader's windows do."""
+    want = ByteRange(asset_id, start, start + len(buf) - 1, **kw)
+    async with client.open_range(want) as body:
+        await body.read_into(memoryview(buf), seen.append)
+
+
 async def fill(
     client: RangeGetClient, asset_id: str, start: int, length: int, **kw: Any
 ) -> tuple[bytes, list[int]]:
     buf = bytearray(length)
     seen: list[int] = []
-    await client.fetch_into(asset_id, start, memoryview(buf), progress=seen.append, **kw)
+    await fill_into(client, asset_id, start, buf, seen, **kw)
     return bytes(buf), seen
 
 
@@ -135,7 +144,7 @@ async def test_cut_body_reports_exact_progress(fake_immich: Any, fake_library: A
         buf = bytearray(length)
         seen: list[int] = []
         with pytest.raises(TruncatedBody):
-            await client.fetch_into(asset.id, 1000, memoryview(buf), progress=seen.append)
+            await fill_into(client, asset.id, 1000, buf, seen)
         got = seen[-1] if seen else 0
         assert got <= 300_000
         # the bytes reported as received are right: a resume at 1000 + got is exact
@@ -165,7 +174,7 @@ async def test_range_answered_with_200_is_refused(fake_immich: Any, fake_library
         buf = bytearray(b"\xee" * 1000)
         seen: list[int] = []
         with pytest.raises(ProtocolError, match="ignored the range"):
-            await client.fetch_into(asset.id, 100, memoryview(buf), progress=seen.append)
+            await fill_into(client, asset.id, 100, buf, seen)
         assert seen == []
         assert buf == bytearray(b"\xee" * 1000)  # nothing written as if it were the range
         async with client.stream(asset.id, 0, 9) as chunks:
@@ -462,7 +471,7 @@ async def test_open_range_reads_a_body_in_pieces(fake_immich: Any, fake_library:
     content = content_of(fake_library, asset.id)
     async with RangeGetClient(ClientConfig.create(fake_immich.url, fake_immich.api_key)) as client:
         start, end = 1000, 5 * MiB + 999
-        async with client.open_range(asset.id, start, end, total=asset.size) as body:
+        async with client.open_range(ByteRange(asset.id, start, end, asset.size)) as body:
             assert body.etag is not None
             got = b""
             for piece in (1, 64 * KiB - 1, 3 * MiB, 2 * MiB - 64 * KiB):
@@ -474,13 +483,13 @@ async def test_open_range_reads_a_body_in_pieces(fake_immich: Any, fake_library:
         assert got == content[start : end + 1]
         assert client.statistics()["idle_connections"] == 1  # read to its end: reusable
         # a body left early closes its connection (its rest is never read)
-        async with client.open_range(asset.id, 0, asset.size - 1, total=asset.size) as body:
+        async with client.open_range(ByteRange(asset.id, 0, asset.size - 1, asset.size)) as body:
             buf = bytearray(MiB)
             await body.read_into(memoryview(buf))
             assert bytes(buf) == content[:MiB]
         assert client.statistics()["idle_connections"] == 0
         with pytest.raises(StaleAsset):
-            async with client.open_range(asset.id, 0, 10, total=asset.size + 1):
+            async with client.open_range(ByteRange(asset.id, 0, 10, asset.size + 1)):
                 pass
 
 
