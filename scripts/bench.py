@@ -827,13 +827,15 @@ class Bench:
         epoch1 = min(off) / min(on)
         epoch1_like = min(like_off) / min(like_on)
         epoch2 = min(from_disk) / min(second)
-        self.results["epoch1_ratio_vs_nocache"] = round(epoch1, 3)
-        self.results["epoch1_ratio_vs_nocache_immichlike"] = round(epoch1_like, 3)
-        self.results["epoch2_ratio"] = round(epoch2, 3)
-        self.results["epoch2_MBps"] = round(total / min(second) / MiB, 1)
-        self.results["epoch_local_MBps"] = round(total / min(from_disk) / MiB, 1)
-        self.results["cache_disk_mb"] = round(disk / MiB, 1)
-        self.results["cache_size_mb"] = limit_mb
+        self.results.update(
+            epoch1_ratio_vs_nocache=round(epoch1, 3),
+            epoch1_ratio_vs_nocache_immichlike=round(epoch1_like, 3),
+            epoch2_ratio=round(epoch2, 3),
+            epoch2_MBps=round(total / min(second) / MiB, 1),
+            epoch_local_MBps=round(total / min(from_disk) / MiB, 1),
+            cache_disk_mb=round(disk / MiB, 1),
+            cache_size_mb=limit_mb,
+        )
         self.row(
             f"cat of {count} × 4 MiB, first pass, cache on",
             f"{total / min(on) / MiB:.0f} MB/s",

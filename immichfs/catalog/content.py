@@ -776,18 +776,19 @@ class _Writer:
             thread.join()
 
 
+@dataclass
 class _TeeBody:
     """A body whose bytes are also handed to the cache's writer as they are read."""
 
-    def __init__(
-        self, body: RangeBody, writer: _Writer, want: ByteRange, key: str, checksum: str
-    ) -> None:
-        self.body = body
-        self.writer = writer
-        self.want = want
-        self.key = key
-        self.checksum = checksum
-        self.position = want.start
+    body: RangeBody
+    writer: _Writer
+    want: ByteRange
+    key: str
+    checksum: str
+    position: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.position = self.want.start
 
     @property
     def etag(self) -> str | None:
