@@ -125,38 +125,23 @@ def _row(asset: Asset) -> str:
 
 
 def _assets(rows: list[list[Any]]) -> list[Asset]:
-    """The assets of decoded :func:`_row` arrays (positional: a keyword call per
-    asset cost a fifth more)."""
+    """The assets of decoded :func:`_row` arrays (turned into :class:`Asset`'s
+    arguments in place: the cheapest way found to build 100,000 of them)."""
     iso = datetime.fromisoformat
-    return [
-        Asset(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            iso(r[5]),
-            iso(r[6]),
-            iso(r[7]) if r[7] else None,
-            iso(r[8]) if r[8] else None,
-            iso(r[9]) if r[9] else None,
-            r[10],
-            r[11],
-            r[12],
-            r[13],
-            r[14],
-            r[15],
-            r[16],
-            r[17],
-            r[18],
-            r[19],
-            r[20],
-            tuple(r[21]),
-            tuple(r[22]),
-            r[23],
-        )
-        for r in rows
-    ]
+    found = []
+    for r in rows:
+        r[5] = iso(r[5])
+        r[6] = iso(r[6])
+        if r[7] is not None:
+            r[7] = iso(r[7])
+        if r[8] is not None:
+            r[8] = iso(r[8])
+        if r[9] is not None:
+            r[9] = iso(r[9])
+        r[21] = tuple(r[21])
+        r[22] = tuple(r[22])
+        found.append(Asset(*r))
+    return found
 
 
 def _key(text: str) -> Hashable:
