@@ -565,9 +565,13 @@ class CatalogMemory:
         except ValueError:
             return None
 
+    def save_state_now(self, name: str, value: Any) -> None:
+        """Keep ``value`` (JSON) under ``name``, at once (before the mount serves)."""
+        self.store.set_state(name, json.dumps(value, separators=(",", ":")))
+
     async def save_state(self, name: str, value: Any) -> None:
-        text = json.dumps(value, separators=(",", ":"))
-        await trio.to_thread.run_sync(self.store.set_state, name, text)
+        """:meth:`save_state_now` in a worker thread (a save may hold the catalog)."""
+        await trio.to_thread.run_sync(self.save_state_now, name, value)
 
     def mark_caught_up(self) -> None:
         """The refresh task has brought the catalog up to date: nothing is unconfirmed."""

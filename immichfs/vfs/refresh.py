@@ -249,6 +249,9 @@ class RefreshTask:
                 memory.store.forget_all_listings()
                 memory.saved_assets = 0
             memory.mark_caught_up()
+            # where this mount's deltas start: every listing it saves is newer
+            self._saved_state = self._state()
+            memory.save_state_now(STATE, self._saved_state)
             return
         self.watermark = watermark
         self._seen = {i: u for i, u in seen.items() if u is not None}
@@ -291,10 +294,6 @@ class RefreshTask:
             self._cancel = scope
             if self._stopped:
                 scope.cancel()
-            if self.memory is not None and self._saved_state is None:
-                # where this mount's deltas start: every listing it saves is newer
-                self._saved_state = self._state()
-                await self.memory.save_state(STATE, self._saved_state)
             # the counts before anything is listed, so a quiet first cycle renews too
             # (bounded: the mount waits for this; without them nothing is renewed)
             with trio.move_on_after(5):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 

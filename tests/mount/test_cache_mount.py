@@ -303,7 +303,7 @@ def test_asset_deleted_while_unmounted_disappears(cached: Cached) -> None:
     cached.unmount()
     library.delete(victim)  # permanently: no delta shows it
     library.trash(trashed)
-    added = library.add_asset("added while unmounted.jpg")
+    library.add_asset("added while unmounted.jpg")
     cached.mount()  # the listing TTL (20 s) is longer than the time allowed below
     os.listdir(cached.mountpoint / "photos")
     assert cached.status()["disk_cache"]["served_saved_listings"] >= 1  # from disk
