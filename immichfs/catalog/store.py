@@ -459,6 +459,8 @@ class CatalogMemory:
         self.caught_up = self.saved_assets == 0
         #: bumped by every :meth:`forget`: saves and disk reads begun before are void
         self._epoch = 0
+        #: a :meth:`forget` failed: the saved listings may be out of date
+        self.outdated = False
         self._seen: set[Hashable] = set()
         #: collection lists as last saved (saved again only when they change)
         self._answers: dict[Hashable, list[dict[str, Any]]] = {}
@@ -488,7 +490,7 @@ class CatalogMemory:
         if not self._kept(key):
             return await loader()
         online = self.reachability()
-        if not online or (key not in self._seen and self.current(key)):
+        if not online or (key not in self._seen and self.current(key) and not self.outdated):
             self._seen.add(key)
             saved = await self._saved(key)
             if saved is not None:
@@ -551,7 +553,14 @@ class CatalogMemory:
             store.forget_listings(keys | store.listings_holding(changed))
             store.forget_assets(gone)
 
-        await trio.to_thread.run_sync(work)
+        try:
+            await trio.to_thread.run_sync(work)
+        except BaseException:
+            # the saved listings may hold what changed: none is served again (online),
+            # and where the deltas stand is no longer saved, so the next mount's
+            # catch-up finds these changes again
+            self.outdated = True
+            raise
 
     async def held_ids(self, exclude: Callable[[Hashable], bool]) -> set[str]:
         """The ids of the assets the saved listings hold (but those of ``exclude``'s)."""

@@ -275,13 +275,19 @@ class RefreshTask:
         memory = self.memory
         if memory is None:
             return
-        if result.keys or result.changed_ids or result.removed_ids:
-            await memory.forget(result.keys, changed=result.changed_ids, gone=result.removed_ids)
-        state = self._state()
-        if state != self._saved_state:
-            await memory.save_state(STATE, state)
-            self._saved_state = state
-        if result.full:
+        try:
+            if result.keys or result.changed_ids or result.removed_ids:
+                await memory.forget(
+                    result.keys, changed=result.changed_ids, gone=result.removed_ids
+                )
+            state = self._state()
+            if state != self._saved_state and not memory.outdated:
+                await memory.save_state(STATE, state)
+                self._saved_state = state
+        except Exception as exc:  # a full disk must not stop the refresh
+            log.warning("cannot update the catalog on disk: %s", exc)
+            return
+        if result.full and not memory.outdated:
             self.catch_up = None
             memory.mark_caught_up()
 

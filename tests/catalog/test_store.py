@@ -295,3 +295,24 @@ def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
     db.close()
     again = CatalogStore(path)  # another version's: started afresh
     assert again.empty and again.saved_listing(PHOTOS) is None
+
+
+async def test_after_a_failed_forget_saved_listings_are_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1)])
+    memory = CatalogMemory(store, Reachability(), current=lambda key: True)
+
+    def full_disk(keys: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "forget_listings", full_disk)
+    with pytest.raises(sqlite3.OperationalError):
+        await memory.forget([PHOTOS])
+    assert memory.outdated  # the refresh task then stops saving where its deltas stand
+
+    async def load() -> list[Asset]:
+        return [asset(2)]
+
+    assert await memory.load(PHOTOS, load) == [asset(2)]  # the server's, not the saved one
