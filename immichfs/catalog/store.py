@@ -3,13 +3,14 @@
 One SQLite database (WAL) per server and user (``catalog.sqlite`` in the cache
 directory, see :mod:`immichfs.catalog.cachedir`):
 
-- ``listings``: a directory's assets in order (the timeline, an album, a person,
-  a tag, favourites, archive, a month), keyed by the directory's key, with the
-  time it was saved: one JSON array of asset rows, read back with one
-  ``json.loads`` (100,000 assets in a quarter of a second; a row per asset in
-  columns took two seconds more to turn back into assets), and the ids alone,
-  for finding the listings that hold an asset without decoding them;
-- ``assets``: each asset's row alone, for lookups by id (offline, by inode);
+- ``listings``: the directories whose assets were saved (the timeline, an album,
+  a person, a tag, favourites, archive, a month), keyed by the directory's key,
+  with the time they were saved;
+- ``listed``: their assets in order, one row each: the asset as one JSON array,
+  and its id (indexed: the listings that hold an asset are found without reading
+  them). A listing is read back as one text (``group_concat`` in SQLite) and one
+  ``json.loads``: 100,000 assets in a few tenths of a second, where the assets in
+  columns took two seconds more;
 - ``thumbnails``: the length and Content-Type of each thumbnail seen;
 - ``answers``: the collection lists (albums, people, tags, date buckets) as the
   server sent them (JSON), for offline mounts;
@@ -42,20 +43,22 @@ from immichfs.model import Asset
 
 log = logging.getLogger(__name__)
 
-#: 2: listings as JSON rows (1 kept assets in columns; such catalogs are started afresh)
+#: 2: a row of JSON per listed asset (1 kept assets in columns; such catalogs start afresh)
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS listings (
     key TEXT PRIMARY KEY,
-    saved_at REAL NOT NULL,
-    assets TEXT NOT NULL,
-    ids TEXT NOT NULL
+    saved_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS assets (
-    id TEXT PRIMARY KEY,
-    data TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS listed (
+    key TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    PRIMARY KEY (key, position)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS listed_by_id ON listed (id);
 CREATE TABLE IF NOT EXISTS thumbnails (
     size TEXT NOT NULL,
     asset_id TEXT NOT NULL,
@@ -74,7 +77,7 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL
 );
 """
-_TABLES = ("assets", "listings", "thumbnails", "answers", "state")
+_TABLES = ("assets", "listed", "listings", "thumbnails", "answers", "state")
 
 
 def key_text(key: Hashable) -> str | None:
@@ -193,24 +196,16 @@ class CatalogStore:
         text = key_text(key)
         if text is None:
             return
-        assets = list(assets)
-        rows = [_row(a) for a in assets]
-        listing = "[" + ",".join(rows) + "]"
-        ids = "\n".join(a.id for a in assets)
         with self._lock, self._db:
             if still is not None and not still():
                 return
-            # in key order, and only rows that changed: a listing saved again (its
-            # assets mostly as they were) rewrites little
+            self._db.execute("DELETE FROM listed WHERE key = ?", (text,))
+            # encoded as they are written: no second copy of a large listing in memory
             self._db.executemany(
-                "INSERT INTO assets VALUES (?, ?) ON CONFLICT (id) DO UPDATE "
-                "SET data = excluded.data WHERE data != excluded.data",
-                sorted(zip((a.id for a in assets), rows, strict=True)),
+                "INSERT INTO listed VALUES (?, ?, ?, ?)",
+                ((text, i, a.id, _row(a)) for i, a in enumerate(assets)),
             )
-            self._db.execute(
-                "INSERT OR REPLACE INTO listings VALUES (?, ?, ?, ?)",
-                (text, self._clock(), listing, ids),
-            )
+            self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?)", (text, self._clock()))
 
     def saved_listing(self, key: Hashable) -> tuple[list[Asset], float] | None:
         """``key``'s assets as last saved, and when (epoch seconds); None if never saved."""
@@ -219,16 +214,24 @@ class CatalogStore:
             return None
         with self._lock:
             row = self._db.execute(
-                "SELECT assets, saved_at FROM listings WHERE key = ?", (text,)
+                "SELECT saved_at, (SELECT group_concat(asset, ',') FROM listed WHERE key = ?) "
+                "FROM listings WHERE key = ?",
+                (text, text),
             ).fetchone()
         if row is None:
             return None
-        assets = _decoded(row[0])
-        return (assets, float(row[1])) if assets is not None else None
+        # the primary key's order: the rows come, and are joined, by position
+        assets = _decoded(f"[{row[1] or ''}]")
+        return (assets, float(row[0])) if assets is not None else None
 
     def saved_asset(self, asset_id: str) -> Asset | None:
+        """The asset as last saved in any listing."""
         with self._lock:
-            row = self._db.execute("SELECT data FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT asset FROM listed JOIN listings USING (key) WHERE id = ? "
+                "ORDER BY saved_at DESC LIMIT 1",
+                (asset_id,),
+            ).fetchone()
         found = _decoded(f"[{row[0]}]") if row is not None else None
         return found[0] if found else None
 
@@ -238,75 +241,49 @@ class CatalogStore:
 
     def listings_holding(self, asset_ids: Iterable[str]) -> set[Hashable]:
         """The keys of the saved listings that hold any of ``asset_ids``."""
-        wanted = set(asset_ids)
-        if not wanted:
-            return set()
+        found: set[str] = set()
         with self._lock:
-            rows = self._db.execute("SELECT key, ids FROM listings").fetchall()
-        return {_key(key) for key, ids in rows if not wanted.isdisjoint(ids.split("\n"))}
+            for asset_id in set(asset_ids):
+                found.update(
+                    key
+                    for (key,) in self._db.execute(
+                        "SELECT DISTINCT key FROM listed WHERE id = ?", (asset_id,)
+                    )
+                )
+        return {_key(key) for key in found}
 
     def held_ids(self, exclude: Callable[[Hashable], bool] = lambda key: False) -> set[str]:
         """The ids of every asset the saved listings hold (but those of ``exclude``'s)."""
-        held: set[str] = set()
         with self._lock:
-            rows = self._db.execute("SELECT key, ids FROM listings").fetchall()
-        for key, ids in rows:
-            if ids and not exclude(_key(key)):
-                held.update(ids.split("\n"))
+            keys = [key for (key,) in self._db.execute("SELECT key FROM listings")]
+            held: set[str] = set()
+            for key in keys:
+                if not exclude(_key(key)):
+                    held.update(
+                        i
+                        for (i,) in self._db.execute("SELECT id FROM listed WHERE key = ?", (key,))
+                    )
         return held
 
     def forget_listings(self, keys: Iterable[Hashable]) -> int:
         """Drop the saved listings of ``keys`` (they changed); returns how many there were."""
         texts = [(t,) for t in map(key_text, keys) if t is not None]
         with self._lock, self._db:
+            self._db.executemany("DELETE FROM listed WHERE key = ?", texts)
             before = self._db.total_changes
             self._db.executemany("DELETE FROM listings WHERE key = ?", texts)
             return self._db.total_changes - before
 
     def forget_assets(self, asset_ids: Iterable[str]) -> None:
         """Assets known to be gone (permanently deleted): out of every listing."""
-        gone = set(asset_ids)
-        if not gone:
-            return
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM assets WHERE id = ?", [(i,) for i in gone])
-            for key, ids in self._db.execute("SELECT key, ids FROM listings").fetchall():
-                if gone.isdisjoint(ids.split("\n")):
-                    continue
-                row = self._db.execute(
-                    "SELECT assets FROM listings WHERE key = ?", (key,)
-                ).fetchone()
-                try:
-                    kept = [r for r in json.loads(row[0]) if r[0] not in gone]
-                except (ValueError, TypeError, IndexError, KeyError):
-                    self._db.execute("DELETE FROM listings WHERE key = ?", (key,))
-                    continue
-                self._db.execute(
-                    "UPDATE listings SET assets = ?, ids = ? WHERE key = ?",
-                    (
-                        json.dumps(kept, separators=(",", ":")),
-                        "\n".join(r[0] for r in kept),
-                        key,
-                    ),
-                )
+            self._db.executemany("DELETE FROM listed WHERE id = ?", [(i,) for i in set(asset_ids)])
 
     def forget_all_listings(self) -> None:
         """Drop every saved listing (the catalog cannot say what changed since them)."""
         with self._lock, self._db:
+            self._db.execute("DELETE FROM listed")
             self._db.execute("DELETE FROM listings")
-            self._db.execute("DELETE FROM assets")
-
-    def prune_assets(self) -> int:
-        """Drop assets no saved listing holds any more; returns how many."""
-        with self._lock, self._db:
-            held: set[str] = set()
-            for (ids,) in self._db.execute("SELECT ids FROM listings"):
-                held.update(ids.split("\n"))
-            stale = [
-                i for (i,) in self._db.execute("SELECT id FROM assets").fetchall() if i not in held
-            ]
-            self._db.executemany("DELETE FROM assets WHERE id = ?", [(i,) for i in stale])
-            return len(stale)
 
     # -- collection lists
 
@@ -385,7 +362,7 @@ class CatalogStore:
 
     def statistics(self) -> dict[str, int]:
         with self._lock:
-            count = self._db.execute("SELECT count(*) FROM assets").fetchone()[0]
+            count = self._db.execute("SELECT count(DISTINCT id) FROM listed").fetchone()[0]
             listings = self._db.execute("SELECT count(*) FROM listings").fetchone()[0]
             thumbs = self._db.execute("SELECT count(*) FROM thumbnails").fetchone()[0]
         size = sum(
@@ -461,6 +438,9 @@ class CatalogMemory:
         self._epoch = 0
         #: a :meth:`forget` failed: the saved listings may be out of date
         self.outdated = False
+        #: saves running, and an event set when one ends (see :meth:`flush`)
+        self._saving = 0
+        self._saved_one = trio.Event()
         self._seen: set[Hashable] = set()
         #: collection lists as last saved (saved again only when they change)
         self._answers: dict[Hashable, list[dict[str, Any]]] = {}
@@ -521,6 +501,7 @@ class CatalogMemory:
             if remember is not None:
                 remember(saved)
             return saved
+        self._saving += 1  # counted from now: a flush right after this waits for it
         trio.lowlevel.spawn_system_task(self._save, key, assets, epoch)
         return assets
 
@@ -537,6 +518,15 @@ class CatalogMemory:
             )
         except Exception as exc:  # a full disk must not end the mount
             log.warning("cannot save the catalog: %s", exc)
+        finally:
+            self._saving -= 1
+            self._saved_one.set()
+            self._saved_one = trio.Event()
+
+    async def flush(self) -> None:
+        """Wait for the listings being saved (before the catalog is closed)."""
+        while self._saving:
+            await self._saved_one.wait()
 
     async def forget(
         self, keys: Iterable[Hashable], *, changed: Iterable[str] = (), gone: Iterable[str] = ()

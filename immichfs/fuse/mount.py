@@ -352,4 +352,7 @@ async def serve(
         finally:
             await fetch.aclose()
             if local is not None:
+                # the listings loaded last are kept too (a bounded wait: it is an unmount)
+                with trio.move_on_after(10, shield=True):
+                    await local.memory.flush()
                 local.close()

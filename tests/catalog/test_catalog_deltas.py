@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio.testing
 
 from immichfs.catalog.catalog import timeline_key
 from immichfs.catalog.local import LocalCache
@@ -45,7 +44,7 @@ async def mounted(
                 connector, Settings(listing_ttl=300, asset_ttl=300), local=local
             )
             yield tree, RefreshTask(tree, views, interval=3600), local
-            await trio.testing.wait_all_tasks_blocked()  # the last saves
+            await local.memory.flush()  # as an unmount does
         finally:
             local.close()
 

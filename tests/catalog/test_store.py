@@ -286,7 +286,7 @@ def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
     store = CatalogStore(path)
     store.save_listing(PHOTOS, [asset(1)])
     with store._db:
-        store._db.execute("UPDATE listings SET assets = '[[\"cut'")
+        store._db.execute("UPDATE listed SET asset = '[\"cut'")
     assert store.saved_listing(PHOTOS) is None  # counts as never saved
     store.close()
     db = sqlite3.connect(path)
