@@ -162,17 +162,29 @@ def assign_names(requests: Iterable[NameRequest], reserved: Iterable[str] = ()) 
         groups.setdefault(collision_key(name), []).append(request)
     result: dict[str, str] = {}
     losers: list[NameRequest] = []
-    # first: every group's first member claims its bare name (only groups of
-    # colliding names are put in order: most names are unique)
+    # first: every group's first member claims its bare name
     for key, group in groups.items():
-        if len(group) > 1:
-            group.sort(key=_RANK)
         if key in taken:
             losers.extend(group)
             continue
         taken.add(key)
-        result[group[0].ident] = cleaned[group[0].ident]
-        losers.extend(group[1:])
+        first = min(group, key=_RANK) if len(group) > 1 else group[0]
+        result[first.ident] = cleaned[first.ident]
+        if len(group) > 1:
+            losers.extend(r for r in group if r is not first)
+    # then the others get an id suffix; when no two of these names collide (nearly
+    # always) the order they are given in cannot matter, and none is needed
+    short = {
+        r.ident: with_suffix(
+            cleaned[r.ident],
+            SUFFIX_SEPARATOR + clean(r.ident).replace(".", "_")[:SHORT_ID_LENGTH],
+        )
+        for r in losers
+    }
+    keys = {collision_key(name) for name in short.values()}
+    if len(keys) == len(short) and taken.isdisjoint(keys):
+        result.update(short)
+        return result
     losers.sort(key=_RANK)
     # second pass, in the same order: the others get an id suffix
     for request in losers:
