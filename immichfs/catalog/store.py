@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL
 );
 """
+#: how many assets the catalog holds (also read by ``immichfs cache stats``)
+COUNT_ASSETS = "SELECT count(DISTINCT id) FROM listed"
 _TABLES = ("assets", "listed", "listings", "thumbnails", "answers", "state")
 
 
@@ -362,7 +364,7 @@ class CatalogStore:
 
     def statistics(self) -> dict[str, int]:
         with self._lock:
-            count = self._db.execute("SELECT count(DISTINCT id) FROM listed").fetchone()[0]
+            count = self._db.execute(COUNT_ASSETS).fetchone()[0]
             listings = self._db.execute("SELECT count(*) FROM listings").fetchone()[0]
             thumbs = self._db.execute("SELECT count(*) FROM thumbnails").fetchone()[0]
         size = sum(

@@ -130,7 +130,7 @@ class RefreshResult:
     albums: int = 0  # albums whose contents or name changed
     full: bool = False
     keys: set[Key] = field(default_factory=set)  # everything dropped, for the kernel
-    changed_ids: set[str] = field(default_factory=set)  # assets changed or added
+    changed_ids: set[str] = field(default_factory=set)  # assets a delta brought
     removed_ids: set[str] = field(default_factory=set)  # assets permanently deleted
 
     def summary(self) -> dict[str, Any]:
@@ -479,8 +479,10 @@ class RefreshTask:
             cache.assets.put(asset.id, asset)
             keys.add(("asset", asset.id))
             result.changed += 1
-            result.changed_ids.add(asset.id)
-        keys |= self._listings_with({a.id for a in assets})
+        ids = {a.id for a in assets}
+        keys |= self._listings_with(ids)
+        # saved listings may hold an older copy than the one cached here
+        result.changed_ids |= ids
         self._drop(keys, result)
 
     def _listings_with(self, asset_ids: set[str]) -> set[Key]:
