@@ -241,15 +241,17 @@ class CatalogStore:
         asset = self.saved_asset(asset_id)
         return asset.checksum if asset is not None and asset.checksum else None
 
-    def listings_holding(self, asset_ids: Iterable[str]) -> set[Hashable]:
-        """The keys of the saved listings that hold any of ``asset_ids``."""
+    def listings_holding(self, assets: Iterable[Asset]) -> set[Hashable]:
+        """The keys of the saved listings that hold another copy of any of ``assets``
+        (an older version: those holding this very one are as current)."""
         found: set[str] = set()
         with self._lock:
-            for asset_id in set(asset_ids):
+            for asset in assets:
                 found.update(
                     key
                     for (key,) in self._db.execute(
-                        "SELECT DISTINCT key FROM listed WHERE id = ?", (asset_id,)
+                        "SELECT DISTINCT key FROM listed WHERE id = ? AND asset != ?",
+                        (asset.id, _row(asset)),
                     )
                 )
         return {_key(key) for key in found}
@@ -531,14 +533,14 @@ class CatalogMemory:
             await self._saved_one.wait()
 
     async def forget(
-        self, keys: Iterable[Hashable], *, changed: Iterable[str] = (), gone: Iterable[str] = ()
+        self, keys: Iterable[Hashable], *, changed: Iterable[Asset] = (), gone: Iterable[str] = ()
     ) -> None:
         """What the refresh task found out of date: the saved listings of ``keys`` and
-        those holding a ``changed`` asset are dropped (loaded from the server when next
-        listed); ``gone`` assets (permanently deleted) leave every listing. Listings
-        being loaded or saved meanwhile are not saved."""
+        those holding another version of a ``changed`` asset are dropped (loaded from
+        the server when next listed); ``gone`` assets (permanently deleted) leave every
+        listing. Listings being loaded or saved meanwhile are not saved."""
         self._epoch += 1
-        keys, changed, gone = set(keys), set(changed), set(gone)
+        keys, changed, gone = set(keys), list(changed), set(gone)
         store = self.store
 
         def work() -> None:

@@ -130,7 +130,8 @@ class RefreshResult:
     albums: int = 0  # albums whose contents or name changed
     full: bool = False
     keys: set[Key] = field(default_factory=set)  # everything dropped, for the kernel
-    changed_ids: set[str] = field(default_factory=set)  # assets a delta brought
+    #: every asset a delta brought (for the catalog on disk), by id
+    delta: dict[str, Asset] = field(default_factory=dict)
     removed_ids: set[str] = field(default_factory=set)  # assets permanently deleted
 
     def summary(self) -> dict[str, Any]:
@@ -276,9 +277,9 @@ class RefreshTask:
         if memory is None:
             return
         try:
-            if result.keys or result.changed_ids or result.removed_ids:
+            if result.keys or result.delta or result.removed_ids:
                 await memory.forget(
-                    result.keys, changed=result.changed_ids, gone=result.removed_ids
+                    result.keys, changed=result.delta.values(), gone=result.removed_ids
                 )
             state = self._state()
             if state != self._saved_state and not memory.outdated:
@@ -479,10 +480,9 @@ class RefreshTask:
             cache.assets.put(asset.id, asset)
             keys.add(("asset", asset.id))
             result.changed += 1
-        ids = {a.id for a in assets}
-        keys |= self._listings_with(ids)
+        keys |= self._listings_with({a.id for a in assets})
         # saved listings may hold an older copy than the one cached here
-        result.changed_ids |= ids
+        result.delta.update((a.id, a) for a in assets)
         self._drop(keys, result)
 
     def _listings_with(self, asset_ids: set[str]) -> set[Key]:

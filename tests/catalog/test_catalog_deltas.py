@@ -118,7 +118,7 @@ async def test_a_remount_catches_up_with_changes_made_while_unmounted(
         result = task.last_result
         assert result is not None and result.full
         assert result.removed == 1 and deleted.id in result.removed_ids
-        assert {trashed.id, liked.id, added.id} <= result.changed_ids
+        assert {trashed.id, liked.id, added.id} <= result.delta.keys()
         assert await ids(tree, PHOTOS_KEY) == truth(library)
         assert await ids(tree, FAVORITES_KEY) == favorites | {liked.id}
         # the catalog on disk went the same way: nothing it holds is out of date

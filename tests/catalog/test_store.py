@@ -116,7 +116,7 @@ async def test_a_forget_outdates_saves_and_reads_in_flight(tmp_path: Path) -> No
     async with trio.open_nursery() as nursery:
         nursery.start_soon(memory.load, PHOTOS, slow)
         await started.wait()
-        await memory.forget([], changed=[asset(1).id])  # the refresh saw asset 1 change
+        await memory.forget([], changed=[asset(1, checksum="new")])  # asset 1 changed
         release.set()
     await trio.testing.wait_all_tasks_blocked()
     assert store.saved_listing(PHOTOS) is None  # never saved: it may predate the change
@@ -140,8 +140,10 @@ async def test_memory_forgets_changed_listings_and_gone_assets(tmp_path: Path) -
     assert await memory.held_ids(exclude=lambda key: key[:1] == ("album",)) == {  # type: ignore[index]
         asset(i).id for i in (1, 2, 3)
     }
-    await memory.forget([("album", "b")], changed=[asset(2).id], gone=[asset(3).id])
-    assert store.saved_listing(PHOTOS) is None  # held the changed asset 2
+    await memory.forget([], changed=[asset(2)])  # as saved: nothing to drop
+    assert store.saved_listing(("favorites",)) is not None
+    await memory.forget([("album", "b")], changed=[asset(2, size=1)], gone=[asset(3).id])
+    assert store.saved_listing(PHOTOS) is None  # held an older asset 2
     assert store.saved_listing(("favorites",)) is None
     assert store.saved_listing(("album", "b")) is None  # named
     assert store.saved_listing(("album", "a"))[0] == []  # type: ignore[index]
