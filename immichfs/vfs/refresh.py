@@ -40,8 +40,9 @@ reloads it.
 
 The catalog on disk (:class:`~immichfs.catalog.store.CatalogMemory`, when the
 mount keeps one) is kept the same way: after each cycle the saved listings of
-everything dropped and those holding a changed asset are dropped too, assets
-the full pass found gone leave every saved listing, and where the deltas stand
+everything dropped and those holding another version of an asset a delta brought
+are dropped too, assets the full pass found gone leave every saved listing, and
+where the deltas stand
 is saved with them (the watermark, the assets the overlap repeats, the albums'
 signatures). A remount resumes from there: its first cycle (the catch-up) runs
 a moment after the mount (1 s, plus 1 s per 25,000 assets in the catalog, at
