@@ -11,7 +11,7 @@ pyfuse3.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from immichfs import options
@@ -25,6 +25,7 @@ from immichfs.client.originals import ChunkSource, RangeGetClient
 from immichfs.client.retry import RangeFetcher
 from immichfs.errors import TransientError
 from immichfs.model import Asset
+from immichfs.vfs.refresh import renewable
 from immichfs.vfs.tree import Tree, TreeSettings
 from immichfs.vfs.views import ViewOptions, Views, ViewsExtension, install_views
 
@@ -92,9 +93,9 @@ def _use_local(
         return Asset.from_json(await connector.get_asset_info(asset_id))
 
     async def version_of(asset_id: str) -> str | None:
-        # the checksum the asset has now: right after a remount, while its saved
-        # listing is being reloaded, the server's (one request); then its cached
-        # metadata, else the catalog's
+        # the checksum the asset has now: right after a remount, until the refresh
+        # task has brought the catalog up to date, the server's (one request); then
+        # its cached metadata, else the catalog's
         try:
             fresh = await memory.confirmed(asset_id, lambda: fetch_asset(asset_id))
         except TransientError:
@@ -107,13 +108,8 @@ def _use_local(
             return known.checksum or None
         return store.checksum(asset_id)
 
-    async def fresh(key: Hashable, assets: Sequence[Asset]) -> None:
-        # a saved answer was served; the server's is here: the next listing shows it
-        for asset in assets:
-            cache.assets.put(asset.id, asset)
-        cache.queries.pop(key)
-
-    memory.on_fresh = fresh
+    # what the refresh task keeps current is served from the catalog at once
+    memory.current = renewable
     inner = source if isinstance(source, RangeSource) else ChunkSource(source)
     return CachedSource(inner, local.content, version_of, online=local.reachability)
 

@@ -332,7 +332,8 @@ class Catalog:
                     put(asset.id, asset)
 
             async def load() -> tuple[Asset, ...]:
-                return tuple(await memory.load(key, fetch, remember=remember))
+                with cyclic_gc_paused():  # a saved listing is decoded as a loaded one is parsed
+                    return tuple(await memory.load(key, fetch, remember=remember))
 
         assets: tuple[Asset, ...] = await self.cache.queries.get(key, load)
         return assets

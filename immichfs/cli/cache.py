@@ -20,6 +20,7 @@ from typing import Any
 from immichfs import options as config
 from immichfs.catalog.cachedir import CacheDir, DirectoryLock, default_root, list_user_dirs
 from immichfs.catalog.content import ContentCache
+from immichfs.catalog.store import COUNT_ASSETS
 from immichfs.cli.status import human_bytes
 from immichfs.errors import UserError
 
@@ -90,7 +91,7 @@ def stats(root: Path) -> list[dict[str, Any]]:
                 "url": place.url,
                 "user_id": place.user_id,
                 "in_use": _in_use(place),
-                "assets": _count(place.catalog_path, "SELECT count(*) FROM assets"),
+                "assets": _count(place.catalog_path, COUNT_ASSETS),
                 "listings": _count(place.catalog_path, "SELECT count(*) FROM listings"),
                 "thumbnails": _count(place.catalog_path, "SELECT count(*) FROM thumbnails"),
                 "cached_files": _count(content / "content.sqlite", "SELECT count(*) FROM entries"),

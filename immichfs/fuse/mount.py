@@ -19,7 +19,6 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -314,13 +313,6 @@ async def serve(
         try:
             mount = build_mount(connector, settings, fetch, mountpoint=plan.mountpoint, local=local)
             operations, refresh = mount.operations, mount.refresh
-            if local is not None:
-                # deltas resume where the last mount's catalog ends: what changed while
-                # nothing was mounted is found by the first cycle, not only by reloads
-                saved = local.store.state("newest_updated_at")
-                if saved is not None:
-                    since = datetime.fromtimestamp(float(saved), UTC)
-                    refresh.watermark = min(refresh.watermark, since)
             # signals are caught from before the mount until after the unmount, so
             # a second SIGTERM cannot kill the process between the two
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -361,4 +353,7 @@ async def serve(
         finally:
             await fetch.aclose()
             if local is not None:
+                # the listings loaded last are kept too (a bounded wait: it is an unmount)
+                with trio.move_on_after(10, shield=True):
+                    await local.memory.flush()
                 local.close()

@@ -27,6 +27,7 @@ the same on every listing and every mount.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -84,6 +85,14 @@ def fit(stem: str, tail: str, limit: int = MAX_NAME_BYTES) -> str:
 
 def clean(name: str, fallback: str = "unnamed") -> str:
     """``name`` as a valid file name: rules 1–4 of the module docstring."""
+    if (
+        name.isascii()
+        and name.isprintable()
+        and "/" not in name
+        and 0 < len(name) <= MAX_NAME_BYTES
+        and name not in (".", "..")
+    ):
+        return name  # most names: nothing to replace or shorten (a listing cleans 100,000)
     text = _UNSAFE.sub(_replace, name)
     if not text:
         text = _UNSAFE.sub(_replace, fallback) or "unnamed"
@@ -98,12 +107,15 @@ def clean(name: str, fallback: str = "unnamed") -> str:
 def with_suffix(name: str, suffix: str) -> str:
     """``stem + suffix + ext`` of an already clean ``name``, within 255 bytes."""
     stem, extension = split_extension(name)
-    return fit(stem, suffix + extension)
+    tail = suffix + extension
+    if name.isascii() and tail.isascii() and len(stem) + len(tail) <= MAX_NAME_BYTES:
+        return stem + tail  # ASCII: as many bytes as characters, and few enough
+    return fit(stem, tail)
 
 
 def collision_key(name: str) -> str:
     """What two names must share to collide: NFC, so composed/decomposed forms clash."""
-    return unicodedata.normalize("NFC", name)
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
 
 
 def is_valid(name: str) -> bool:
@@ -136,37 +148,55 @@ class NameRequest(NamedTuple):
     order: Any  # sortable; the smallest of a colliding group keeps the bare name
 
 
+#: the order of the module docstring's rule 5: ``order``, then ``ident``
+_RANK = operator.itemgetter(2, 0)
+
+
 def assign_names(requests: Iterable[NameRequest], reserved: Iterable[str] = ()) -> dict[str, str]:
     """ident → unique file name, by the rules of the module docstring."""
-    ordered = sorted(requests, key=lambda r: (r.order, r.ident))
     taken: set[str] = {collision_key(name) for name in reserved}
-    cleaned = {r.ident: clean(r.name, r.ident) for r in ordered}
+    cleaned: dict[str, str] = {}
+    groups: dict[str, list[NameRequest]] = {}
+    for request in requests:
+        name = cleaned[request.ident] = clean(request.name, request.ident)
+        groups.setdefault(collision_key(name), []).append(request)
     result: dict[str, str] = {}
     losers: list[NameRequest] = []
-    # first pass: every group's first member claims its bare name
-    for request in ordered:
-        name = cleaned[request.ident]
-        key = collision_key(name)
+    # first: every group's first member claims its bare name
+    for key, group in groups.items():
         if key in taken:
-            losers.append(request)
+            losers.extend(group)
             continue
         taken.add(key)
-        result[request.ident] = name
+        first = min(group, key=_RANK) if len(group) > 1 else group[0]
+        result[first.ident] = cleaned[first.ident]
+        if len(group) > 1:
+            losers.extend(r for r in group if r is not first)
+    # then the others get an id suffix; when no two of these names collide (nearly
+    # always) the order they are given in cannot matter, and none is needed
+    short = {
+        r.ident: with_suffix(
+            cleaned[r.ident],
+            SUFFIX_SEPARATOR + clean(r.ident).replace(".", "_")[:SHORT_ID_LENGTH],
+        )
+        for r in losers
+    }
+    keys = {collision_key(name) for name in short.values()}
+    if len(keys) == len(short) and taken.isdisjoint(keys):
+        result.update(short)
+        return result
+    losers.sort(key=_RANK)
     # second pass, in the same order: the others get an id suffix
     for request in losers:
         name = cleaned[request.ident]
         ident = clean(request.ident).replace(".", "_")
-        candidates = [
-            with_suffix(name, SUFFIX_SEPARATOR + ident[:SHORT_ID_LENGTH]),
-            with_suffix(name, SUFFIX_SEPARATOR + ident),
-        ]
-        chosen = next((c for c in candidates if collision_key(c) not in taken), None)
-        counter = 2
-        while chosen is None:
-            candidate = with_suffix(name, f"{SUFFIX_SEPARATOR}{ident}{SUFFIX_SEPARATOR}{counter}")
-            if collision_key(candidate) not in taken:
-                chosen = candidate
-            counter += 1
+        chosen = with_suffix(name, SUFFIX_SEPARATOR + ident[:SHORT_ID_LENGTH])
+        if collision_key(chosen) in taken:
+            chosen = with_suffix(name, SUFFIX_SEPARATOR + ident)
+            counter = 2
+            while collision_key(chosen) in taken:
+                chosen = with_suffix(name, f"{SUFFIX_SEPARATOR}{ident}{SUFFIX_SEPARATOR}{counter}")
+                counter += 1
         taken.add(collision_key(chosen))
         result[request.ident] = chosen
     return result

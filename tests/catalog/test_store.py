@@ -4,8 +4,9 @@ are served first and when the server is away; the cache directory rules."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,17 +77,12 @@ def test_thumbnail_sizes_are_per_asset_version(tmp_path: Path) -> None:
     assert store.thumbnail_type("preview") == "image/jpeg"
 
 
-async def test_memory_serves_saved_first_then_fresh(tmp_path: Path) -> None:
+async def test_memory_serves_saved_listings_it_is_told_are_kept_current(tmp_path: Path) -> None:
     store = CatalogStore(tmp_path / "catalog.sqlite")
     store.save_listing(PHOTOS, [asset(1), asset(2)])
-    fresh_keys: list[Hashable] = []
-    done = trio.Event()
-
-    async def on_fresh(key: Hashable, assets: Sequence[Asset]) -> None:
-        fresh_keys.append(key)
-        done.set()
-
-    memory = CatalogMemory(store, Reachability(), on_fresh=on_fresh)
+    store.save_listing(("person", "p"), [asset(1)])
+    memory = CatalogMemory(store, Reachability(), current=lambda key: key == PHOTOS)
+    assert not memory.caught_up and memory.saved_assets == 2
     calls = 0
 
     async def load() -> list[Asset]:
@@ -94,17 +90,64 @@ async def test_memory_serves_saved_first_then_fresh(tmp_path: Path) -> None:
         calls += 1
         return [asset(1)]  # asset 2 was deleted while unmounted
 
-    first = await memory.load(PHOTOS, load)
+    remembered: list[Asset] = []
+    first = await memory.load(PHOTOS, load, remember=remembered.extend)
     assert [a.id for a in first] == [asset(1).id, asset(2).id]  # at once, from disk
+    assert remembered == list(first)
+    assert calls == 0
+    # a listing the refresh task only lets expire comes from the server
+    assert await memory.load(("person", "p"), load) == [asset(1)]
+    assert calls == 1
+    # and once served, the next load of a listing (it expired) asks the server too
+    assert await memory.load(PHOTOS, load) == [asset(1)]
+    assert calls == 2
+
+
+async def test_a_forget_outdates_saves_and_reads_in_flight(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    memory = CatalogMemory(store, Reachability(), current=lambda key: True)
+    started, release = trio.Event(), trio.Event()
+
+    async def slow() -> list[Asset]:
+        started.set()
+        await release.wait()
+        return [asset(1)]  # as the server had it before the change
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(memory.load, PHOTOS, slow)
+        await started.wait()
+        await memory.forget([], changed=[asset(1, checksum="new")])  # asset 1 changed
+        release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert store.saved_listing(PHOTOS) is None  # never saved: it may predate the change
+
+    async def fresh() -> list[Asset]:
+        return [asset(1, checksum="new")]
+
+    await memory.load(("album", "a"), fresh)
     with trio.fail_after(5):
-        await memory.confirmed(asset(2).id)  # waits for the server's listing
-    assert done.is_set()
-    assert fresh_keys == [PHOTOS]
-    assert [a.id for a in await memory.load(PHOTOS, load)] == [asset(1).id]
-    assert calls == 1  # the fresh listing was handed over, not loaded twice
-    with trio.fail_after(5):
-        while store.saved_listing(PHOTOS)[0] != [asset(1)]:  # type: ignore[index]
+        while store.saved_listing(("album", "a")) is None:
             await trio.sleep(0.01)
+
+
+async def test_memory_forgets_changed_listings_and_gone_assets(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1), asset(2), asset(3)])
+    store.save_listing(("album", "a"), [asset(3)])
+    store.save_listing(("album", "b"), [asset(4)])
+    store.save_listing(("favorites",), [asset(2)])
+    memory = CatalogMemory(store, Reachability())
+    assert await memory.held_ids(exclude=lambda key: key[:1] == ("album",)) == {  # type: ignore[index]
+        asset(i).id for i in (1, 2, 3)
+    }
+    await memory.forget([], changed=[asset(2)])  # as saved: nothing to drop
+    assert store.saved_listing(("favorites",)) is not None
+    await memory.forget([("album", "b")], changed=[asset(2, size=1)], gone=[asset(3).id])
+    assert store.saved_listing(PHOTOS) is None  # held an older asset 2
+    assert store.saved_listing(("favorites",)) is None
+    assert store.saved_listing(("album", "b")) is None  # named
+    assert store.saved_listing(("album", "a"))[0] == []  # type: ignore[index]
+    assert store.saved_asset(asset(3).id) is None
 
 
 async def test_memory_offline_serves_saved_or_fails_fast(tmp_path: Path) -> None:
@@ -221,17 +264,57 @@ async def test_collection_lists_are_kept_for_offline(tmp_path: Path) -> None:
 async def test_an_unconfirmed_asset_is_asked_for_alone(tmp_path: Path) -> None:
     store = CatalogStore(tmp_path / "catalog.sqlite")
     store.save_listing(PHOTOS, [asset(1)])
-    memory = CatalogMemory(store, Reachability())
-    release = trio.Event()
+    memory = CatalogMemory(store, Reachability(), current=lambda key: True)
 
-    async def slow_listing() -> list[Asset]:
-        await release.wait()
-        return [asset(1, checksum="new")]
+    async def listing() -> list[Asset]:
+        raise AssertionError("served from disk")
 
     async def one() -> Asset:
         return asset(1, checksum="new")
 
-    await memory.load(PHOTOS, slow_listing)  # saved, reload pending
+    await memory.load(PHOTOS, listing)  # from disk, before the catalog is caught up
     assert (await memory.confirmed(asset(1).id, one)).checksum == "new"  # type: ignore[union-attr]
     assert await memory.confirmed(asset(1).id, one) is None  # checked once
-    release.set()
+    memory._seen.clear()
+    await memory.load(PHOTOS, listing)
+    memory.mark_caught_up()  # the refresh task's catch-up is done: nothing to check
+    assert await memory.confirmed(asset(1).id, one) is None
+
+
+@pytest.mark.expect_log("a saved listing cannot be read")
+@pytest.mark.expect_log("has schema 1: starting a new one")
+def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    store = CatalogStore(path)
+    store.save_listing(PHOTOS, [asset(1)])
+    with store._db:
+        store._db.execute("UPDATE listed SET asset = '[\"cut'")
+    assert store.saved_listing(PHOTOS) is None  # counts as never saved
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    again = CatalogStore(path)  # another version's: started afresh
+    assert again.empty and again.saved_listing(PHOTOS) is None
+
+
+async def test_after_a_failed_forget_saved_listings_are_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1)])
+    memory = CatalogMemory(store, Reachability(), current=lambda key: True)
+
+    def full_disk(keys: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "forget_listings", full_disk)
+    with pytest.raises(sqlite3.OperationalError):
+        await memory.forget([PHOTOS])
+    assert memory.outdated  # the refresh task then stops saving where its deltas stand
+
+    async def load() -> list[Asset]:
+        return [asset(2)]
+
+    assert await memory.load(PHOTOS, load) == [asset(2)]  # the server's, not the saved one

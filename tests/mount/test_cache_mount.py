@@ -291,19 +291,36 @@ def test_kill_9_during_cp_then_remount_is_consistent(cached: Cached) -> None:
 
 def test_asset_deleted_while_unmounted_disappears(cached: Cached) -> None:
     library = cached.library
-    victim = assets_of(library, "IMAGE", 1)[0]
+    victim, trashed = assets_of(library, "IMAGE", 2)
     cached.mount()
-    name = cached.path_of(victim).name
-    cached.unmount()
-    library.delete(victim)
-    cached.mount()  # the listing TTL (20 s) is longer than the time allowed below
-    # the saved listing may show it for a moment; the server's replaces it in the
-    # background (freshness: one listing load, plus the kernel's TTL)
+    name, trashed_name = cached.path_of(victim).name, cached.path_of(trashed).name
+    # the listing is saved in the background: unmount once it is on disk
     poll(
+        lambda: cached.status()["disk_cache"]["catalog"]["listings"],
+        until=lambda listings: listings >= 1,
+        timeout=30,
+    )
+    cached.unmount()
+    library.delete(victim)  # permanently: no delta shows it
+    library.trash(trashed)
+    library.add_asset("added while unmounted.jpg")
+    cached.mount()  # the listing TTL (20 s) is longer than the time allowed below
+    os.listdir(cached.mountpoint / "photos")
+    assert cached.status()["disk_cache"]["served_saved_listings"] >= 1  # from disk
+    # the saved listing may show them for a moment; the refresh task's catch-up
+    # brings the catalog up to date a moment after the mount (freshness: that
+    # delay, one cycle, the kernel's TTL)
+    names = poll(
         lambda: os.listdir(cached.mountpoint / "photos"),
-        until=lambda names: name not in names,
+        until=lambda names: name not in names and trashed_name not in names,
         timeout=10,
     )
+    assert any(n.startswith("added while unmounted") for n in names)
+    cached.unmount()
+    # what the catch-up found stays found: the next remount's catalog is up to date
+    cached.mount()
+    names = os.listdir(cached.mountpoint / "photos")
+    assert name not in names and trashed_name not in names
     cached.unmount()
 
 
