@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -31,6 +32,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from immichfs.errors import UserError
+
+log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -44,8 +47,9 @@ def open_database(path: Path, schema: str = "", version: int = 0) -> sqlite3.Con
     the last transactions, never consistency), autocommit unless a transaction is
     opened, usable from the worker threads the stores run in.
 
-    ``schema`` is created if missing. A database of another format ``version``
-    (``PRAGMA user_version``) is emptied first: a cache is rebuilt, never migrated."""
+    ``schema`` is created if missing. A database written in another format
+    ``version`` (``PRAGMA user_version``; another immichfs) is emptied first, with
+    one warning: a cache is rebuilt, never misread nor migrated."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     os.chmod(path, FILE_MODE)
     db.execute("PRAGMA journal_mode=WAL")
@@ -55,8 +59,11 @@ def open_database(path: Path, schema: str = "", version: int = 0) -> sqlite3.Con
             (found,) = db.execute("PRAGMA user_version").fetchone()
             if found != version:
                 tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                for (table,) in tables.fetchall():
-                    db.execute(f'DROP TABLE "{table}"')
+                names = [name for (name,) in tables.fetchall()]
+                if names:
+                    log.warning("%s has format %s: starting a new one", path, found)
+                for name in names:
+                    db.execute(f'DROP TABLE "{name}"')
                 db.execute(f"PRAGMA user_version = {int(version)}")
         db.executescript(schema)
     return db

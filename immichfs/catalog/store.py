@@ -79,7 +79,6 @@ CREATE TABLE IF NOT EXISTS state (
 """
 #: how many assets the catalog holds (also read by ``immichfs cache stats``)
 COUNT_ASSETS = "SELECT count(DISTINCT id) FROM listed"
-_TABLES = ("assets", "listed", "listings", "thumbnails", "answers", "state")
 
 
 def key_text(key: Hashable) -> str | None:
@@ -171,16 +170,7 @@ class CatalogStore:
         self.url_hint = url_hint
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = open_database(path)
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            # written by another version of immichfs: start afresh rather than misread it
-            log.warning("catalog %s has schema %s: starting a new one", path, version)
-            with self._db:
-                for table in _TABLES:
-                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._db = open_database(path, _SCHEMA, SCHEMA_VERSION)
 
     @property
     def empty(self) -> bool:

@@ -43,6 +43,7 @@ import pyfuse3
 import trio
 from cachetools import LRUCache
 
+from immichfs.catalog.catalog import cyclic_gc_paused
 from immichfs.catalog.content import CachedFile
 from immichfs.catalog.reader import AssetReader
 from immichfs.errors import (
@@ -353,31 +354,34 @@ class Operations(pyfuse3.Operations):
         ready = self._ready_entries(snapshot)
         built = ready.entries if ready is not None else None
         accepted: list[int] = []
-        try:
-            for next_id, name, node in snapshot.since(start_id):
-                index = next_id - 3  # in the listing: the snapshot starts with . and ..
-                answer = built[index] if built is not None and index >= 0 else None
-                if answer is None:
-                    inode = inode_of(node.key)
-                    attrs = attributes(node)
-                    if (
-                        built is not None
-                        and index >= 0
-                        and type(node) is AssetFile
-                        and attrs.size_known
-                    ):
-                        answer = built[index] = self._entry(inode, attrs)
-                    else:
-                        fill(entry, inode, attrs)
-                        answer = entry
-                if not reply(token, name.encode("utf-8"), answer, next_id):
-                    break
-                # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
-                # except . and .. (the kernel does not link them)
-                if index >= 0:
-                    accepted.append(answer.st_ino)
-        finally:
-            self.inodes.remember_each(accepted)
+        # entries built here are kept with the listing: no collector walks over them
+        # meanwhile (see cyclic_gc_paused)
+        with cyclic_gc_paused():
+            try:
+                for next_id, name, node in snapshot.since(start_id):
+                    index = next_id - 3  # in the listing: the snapshot starts with . and ..
+                    answer = built[index] if built is not None and index >= 0 else None
+                    if answer is None:
+                        inode = inode_of(node.key)
+                        attrs = attributes(node)
+                        if (
+                            built is not None
+                            and index >= 0
+                            and type(node) is AssetFile
+                            and attrs.size_known
+                        ):
+                            answer = built[index] = self._entry(inode, attrs)
+                        else:
+                            fill(entry, inode, attrs)
+                            answer = entry
+                    if not reply(token, name.encode("utf-8"), answer, next_id):
+                        break
+                    # readdir is readdirplus in pyfuse3: an accepted entry is a lookup,
+                    # except . and .. (the kernel does not link them)
+                    if index >= 0:
+                        accepted.append(answer.st_ino)
+            finally:
+                self.inodes.remember_each(accepted)
 
     def _ready_entries(self, snapshot: DirSnapshot[Directory | FileNode]) -> _ReadyEntries | None:
         """The finished replies of the snapshot's listing, kept while that listing is."""

@@ -328,6 +328,7 @@ async def test_unknown_checksum_passes_through(tmp_path: Path) -> None:
     assert os.listdir(cache.blobs) == []
 
 
+@pytest.mark.expect_log("has format 1: starting a new one")
 def test_a_cache_of_another_format_is_emptied(tmp_path: Path) -> None:
     data = blob(2 * BLOCK)
     cache = make(tmp_path)

@@ -282,7 +282,7 @@ async def test_an_unconfirmed_asset_is_asked_for_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.expect_log("a saved listing cannot be read")
-@pytest.mark.expect_log("has schema 1: starting a new one")
+@pytest.mark.expect_log("has format 1: starting a new one")
 def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
     path = tmp_path / "catalog.sqlite"
     store = CatalogStore(path)
