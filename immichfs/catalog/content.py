@@ -708,6 +708,7 @@ class _Writer:
         self._waiting: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = []
         self._drained = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def _buffer(self) -> bytearray | None:
         """A free buffer, if any. Lock held by the caller."""
@@ -755,6 +756,11 @@ class _Writer:
     def _submit(
         self, key: str, at: int, piece: memoryview, buf: bytearray, size: int, kw: Any
     ) -> None:
+        if self._closed:  # the cache is closing: nothing more is kept
+            with self._lock:
+                self._free.append(buf)
+                self._busy -= 1
+            return
         n = len(piece)
         buf[:n] = piece
         self._jobs.put((key, at, buf, n, size, kw))
@@ -791,6 +797,7 @@ class _Writer:
 
     def close(self) -> None:
         """Write what is queued, then stop the thread."""
+        self._closed = True
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(None)
