@@ -43,6 +43,14 @@ def make(tmp_path: Path, limit: int = 1 << 20) -> ContentCache:
     return ContentCache(tmp_path / "content", limit, block_size=BLOCK)
 
 
+def cached_blob(tmp_path: Path, data: bytes) -> tuple[ContentCache, str]:
+    """A cache holding all of ``data`` as asset a1's original (verified)."""
+    cache = make(tmp_path)
+    key = content_key("a1", checksum_of(data))
+    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    return cache, key
+
+
 def read(cache: ContentCache, key: str, start: int, n: int, size: int) -> bytes:
     buf = bytearray(n)
     got = cache.read_into(key, start, memoryview(buf), size)
@@ -51,9 +59,7 @@ def read(cache: ContentCache, key: str, start: int, n: int, size: int) -> bytes:
 
 def test_whole_file_round_trip_and_verified(tmp_path: Path) -> None:
     data = blob(5 * BLOCK + 100)
-    cache = make(tmp_path)
-    key = content_key("a1", checksum_of(data))
-    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache, key = cached_blob(tmp_path, data)
     assert cache.has_whole(key)
     assert read(cache, key, 0, len(data), len(data)) == data
     assert read(cache, key, 1000, 3000, len(data)) == data[1000:4000]
@@ -89,9 +95,7 @@ def test_ranges_finishing_in_any_order_fill_every_block(tmp_path: Path) -> None:
 @pytest.mark.expect_log("failed verification: dropped")
 def test_flipped_byte_is_never_served(tmp_path: Path) -> None:
     data = blob(3 * BLOCK)
-    cache = make(tmp_path)
-    key = content_key("a1", checksum_of(data))
-    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache, key = cached_blob(tmp_path, data)
     path = cache.blobs / key
     raw = bytearray(path.read_bytes())
     raw[BLOCK + 5] ^= 0xFF
@@ -106,9 +110,7 @@ def test_flipped_byte_is_never_served(tmp_path: Path) -> None:
 @pytest.mark.expect_log("failed verification: dropped")
 def test_truncated_file_is_noticed_at_start_and_on_read(tmp_path: Path) -> None:
     data = blob(3 * BLOCK)
-    cache = make(tmp_path)
-    key = content_key("a1", checksum_of(data))
-    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache, key = cached_blob(tmp_path, data)
     os.truncate(cache.blobs / key, BLOCK + 10)
     assert read(cache, key, 0, len(data), len(data)) == data[:BLOCK]
     cache.close()
@@ -184,9 +186,7 @@ def test_size_zero_keeps_nothing(tmp_path: Path) -> None:
 
 def test_crash_leftovers_are_cleaned_at_start(tmp_path: Path) -> None:
     data = blob(2 * BLOCK)
-    cache = make(tmp_path)
-    key = content_key("a1", checksum_of(data))
-    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache, key = cached_blob(tmp_path, data)
     # bytes written but never recorded (killed between the write and the commit)
     (cache.blobs / "orphan.0000").write_bytes(b"x" * 100)
     cache.close()
@@ -199,9 +199,7 @@ def test_crash_leftovers_are_cleaned_at_start(tmp_path: Path) -> None:
 
 def test_permissions_are_private(tmp_path: Path) -> None:
     data = blob(BLOCK)
-    cache = make(tmp_path)
-    key = content_key("a1", checksum_of(data))
-    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache, key = cached_blob(tmp_path, data)
     assert stat.S_IMODE(os.stat(tmp_path / "content").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(cache.blobs).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(cache.blobs / key).st_mode) == 0o600
@@ -331,9 +329,7 @@ async def test_unknown_checksum_passes_through(tmp_path: Path) -> None:
 @pytest.mark.expect_log("has format 1: starting a new one")
 def test_a_cache_of_another_format_is_emptied(tmp_path: Path) -> None:
     data = blob(2 * BLOCK)
-    cache = make(tmp_path)
-    key = content_key("a1", checksum_of(data))
-    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache, key = cached_blob(tmp_path, data)
     cache.close()
     db = sqlite3.connect(tmp_path / "content" / "content.sqlite")
     db.execute("PRAGMA user_version = 1")  # as a build with CRC-32 block digests left it
