@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,6 +197,32 @@ class Asset:
             tags=tags,
             is_edited=edited if isinstance(edited := data.get("isEdited"), bool) else None,
         )
+
+
+def _asset_builder() -> Callable[[Sequence[Any]], Asset]:
+    """A function making an :class:`Asset` of its fields' values, all of them, in
+    the class's order (no defaults, no checks): what a saved listing is read back
+    with. The frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``; the slots' own setters take half the time (100,000
+    assets of a remount's listing: a quarter of a second less)."""
+    names = [f.name for f in fields(Asset)]
+    env: dict[str, Any] = {"new": object.__new__, "cls": Asset, "count": len(names)}
+    env.update((f"set_{name}", getattr(Asset, name).__set__) for name in names)
+    body = "".join(f"    set_{name}(asset, values[{i}])\n" for i, name in enumerate(names))
+    # generated from the dataclass's own fields, as dataclasses makes __init__
+    exec(
+        "def asset_of_fields(values):\n"
+        "    if len(values) != count:\n"
+        "        raise ValueError(f'{len(values)} values for {count} fields')\n"
+        f"    asset = new(cls)\n{body}    return asset\n",
+        env,
+    )
+    built: Callable[[Sequence[Any]], Asset] = env["asset_of_fields"]
+    return built
+
+
+#: ``Asset(*values)``, in half the time; ValueError unless there is one value per field
+asset_of_fields = _asset_builder()
 
 
 def _text(value: Any) -> str:

@@ -218,14 +218,16 @@ class Attributes(NamedTuple):
     size_known: bool = True
 
 
-def asset_order(asset: Asset) -> tuple[datetime, str]:
-    """Who keeps the bare name among duplicates: the first uploaded (then by id).
+def asset_order(asset: Asset) -> datetime:
+    """Who keeps the bare name among duplicates: the first uploaded (then by id:
+    :func:`~immichfs.vfs.names.assign_names` ranks by order, then by the ident,
+    which is the asset's id; no tuple is built per asset of a listing).
 
     Upload time (``createdAt``) is used when the server sends it (v1.140+), so a
     new upload never renames an existing file; older servers fall back to the
     capture time.
     """
-    return (asset.created_at or asset.file_created_at, asset.id)
+    return asset.created_at or asset.file_created_at
 
 
 def name_assets(assets: Sequence[Asset], reserved: Sequence[str] = ()) -> dict[str, str]:

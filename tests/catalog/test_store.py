@@ -290,6 +290,10 @@ def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
     with store._db:
         store._db.execute("UPDATE listed SET asset = '[\"cut'")
     assert store.saved_listing(PHOTOS) is None  # counts as never saved
+    for row in ("[1, 2]", "[" + "null," * 30 + "null]", "{}"):  # too few or many fields
+        with store._db:
+            store._db.execute("UPDATE listed SET asset = ?", (row,))
+        assert store.saved_listing(PHOTOS) is None
     store.close()
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 1")

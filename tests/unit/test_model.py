@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from immichfs.errors import ProtocolError
 from immichfs.model import (
     EXIF_FIELDS,
     Asset,
+    asset_of_fields,
     checksum_hex,
     parse_duration_ms,
     parse_instant,
@@ -139,3 +141,16 @@ def test_checksum_hex_only_for_sha1() -> None:
     assert checksum_hex(base64.b64encode(digest).decode()) == digest.hex()
     assert checksum_hex(base64.b64encode(b"short").decode()) is None
     assert checksum_hex("not base64!") is None
+
+
+def test_asset_of_fields_is_the_constructor_with_every_field() -> None:
+    asset = Asset.from_json(asset_json(people=[{"name": "Ann"}], tags=[{"value": "A/B"}]))
+    values = [getattr(asset, f.name) for f in dataclasses.fields(Asset)]
+    built = asset_of_fields(values)
+    assert type(built) is Asset and built == Asset(*values) == asset
+    assert hash(built) == hash(asset) and built.exif == asset.exif
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.id = "other"  # type: ignore[misc]
+    for wrong in (values[:-1], [*values, None]):
+        with pytest.raises(ValueError, match="fields"):
+            asset_of_fields(wrong)

@@ -25,6 +25,7 @@ from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.catalog import cyclic_gc_paused as _cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
 from immichfs.errors import NotFound, ServerError
+from immichfs.model import Asset
 from immichfs.vfs.names import is_valid
 from immichfs.vfs.tree import (
     AssetFile,
@@ -36,6 +37,7 @@ from immichfs.vfs.tree import (
     Tree,
     TreeSettings,
     extension_for,
+    name_assets,
 )
 
 
@@ -350,3 +352,20 @@ def test_a_collector_disabled_by_someone_else_stays_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_first_uploaded_then_the_smallest_id_keeps_a_shared_name() -> None:
+    def one(n: int, uploaded: str) -> Asset:
+        return Asset.from_json(make_asset(n, "a.jpg", uploaded=uploaded))
+
+    early, late = "2020-01-01T00:00:00.000Z", "2021-01-01T00:00:00.000Z"
+    assets = [one(3, late), one(2, early), one(1, late), one(4, early)]
+    for order in (assets, assets[::-1]):
+        names = name_assets(order)
+        assert names[assets[1].id] == "a.jpg"  # uploaded first; of the two, smaller id
+        assert sorted(names.values()) == [
+            "a.jpg",
+            "a~00000001.jpg",
+            "a~00000003.jpg",
+            "a~00000004.jpg",
+        ]
