@@ -19,9 +19,9 @@ from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.content import CachedSource
 from immichfs.catalog.local import LocalCache
-from immichfs.catalog.reader import RangeSource, ReaderPool
+from immichfs.catalog.reader import RangeSource, ReaderPool, range_source
 from immichfs.client.connector import ASSET_FILES_SINCE, ImmichConnector
-from immichfs.client.originals import ChunkSource, RangeGetClient
+from immichfs.client.originals import RangeGetClient
 from immichfs.client.retry import RangeFetcher
 from immichfs.errors import TransientError
 from immichfs.model import Asset
@@ -110,8 +110,7 @@ def _use_local(
 
     # what the refresh task keeps current is served from the catalog at once
     memory.current = renewable
-    inner = source if isinstance(source, RangeSource) else ChunkSource(source)
-    return CachedSource(inner, local.content, version_of, online=local.reachability)
+    return CachedSource(range_source(source), local.content, version_of, online=local.reachability)
 
 
 def _sidecars(connector: ImmichConnector, settings: options.Settings) -> bool:

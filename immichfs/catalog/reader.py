@@ -143,6 +143,11 @@ class RangeSource(Protocol):
     def open_range(self, want: ByteRange) -> AbstractAsyncContextManager[RangeBody]: ...
 
 
+def range_source(fetch: RangeSource | RangeFetcher) -> RangeSource:
+    """``fetch`` as a RangeSource (a chunk fetcher through ``ChunkSource``)."""
+    return fetch if isinstance(fetch, RangeSource) else ChunkSource(fetch)
+
+
 class ReaderClosed(ImmichfsError):
     """A read on a file handle that was already released."""
 
@@ -586,7 +591,7 @@ class ReaderPool:
         *,
         nursery: trio.Nursery | None = None,
     ) -> None:
-        self.source: RangeSource = fetch if isinstance(fetch, RangeSource) else ChunkSource(fetch)
+        self.source = range_source(fetch)
         self.config = config or ReadaheadConfig()
         #: what a request to the origin costs, learnt from every response
         self.estimate = OriginEstimate()
