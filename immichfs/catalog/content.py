@@ -10,11 +10,14 @@ ETag, last read time and whether the whole file matched Immich's checksum.
 *Verified.* A block is served only if the bytes read back from disk have the
 check value taken when they were written; anything else (a flipped bit, a truncated
 file, a block recorded but never written before a crash) is dropped and fetched
-again. When every block of an original is there, the whole file's SHA-1 (computed
-while the blocks were written in order, else by reading the file back) is
-compared with the asset's ``checksum``; a mismatch drops the entry and stops
-caching that version (external-library assets, whose checksum hashes the path,
-are never kept whole for that reason; see docs/SEMANTICS.md, "Persistent cache and offline reads").
+again. When every block of an original is there, the whole file's SHA-1 is
+compared with the asset's ``checksum`` by a background thread, once the cache has
+been idle for a moment (:class:`_Verifier`: hashing costs about 1 ms of CPU per
+MiB, which the read that fetched the bytes must not pay); a mismatch drops the
+entry and stops caching that version (external-library assets, whose checksum
+hashes the path, are never kept whole for that reason; see docs/SEMANTICS.md,
+"Persistent cache and offline reads"). Until then its blocks are served as any
+range is: by their own check values.
 
 *Crash safety.* Bytes are written before their hashes are committed, and every
 read verifies, so a ``kill -9`` (or a power cut) at any moment leaves at worst
@@ -31,8 +34,11 @@ bookkeeping is guarded by one lock that is never held during file I/O or hashing
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
 import logging
+import mmap
 import os
 import queue
 import re
@@ -42,6 +48,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +65,16 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 BLOCK_SIZE = MiB
-#: the writer thread's nice value (a first read slows less while the cache fills)
-_WRITER_NICE = 10
+#: what O_DIRECT writes must be a multiple of (and aligned to): one page covers every device
+_DIRECT_UNIT = 4096
+#: seconds without reads or writes before the whole-file check runs (see _Verifier)
+_VERIFY_WHEN_IDLE = 2.0
 #: bytes the disk is asked to read ahead of a cached file's reader
 _DISK_AHEAD = 8 * MiB
+#: files the disk reads ahead of a pass that repeats the last one (CachedSource._read_ahead)
+_FILES_AHEAD = 2
+#: block buffers kept for reuse by the files read from disk
+_SPARE_BUFFERS = 8
 #: most partly fetched blocks kept in memory until neighbouring ranges complete them
 #: (read-ahead windows are not block-aligned)
 _MAX_PARTIAL = 32
@@ -100,6 +113,46 @@ def _digest(block: bytes | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(block)
 
 
+class _BlobWriter:
+    """Writes blocks of one file. Whole, aligned blocks go to the disk directly
+    (``O_DIRECT``: no copy into the page cache and no writeback later, a quarter of a
+    millisecond of CPU per MiB less beside the read that fetched them); what the
+    device cannot take so (a file's unaligned tail, an unaligned buffer, a filesystem
+    without ``O_DIRECT``) goes through the page cache."""
+
+    #: a filesystem refused O_DIRECT once: not tried again
+    direct_refused = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._direct: int | None = None
+        self._buffered: int | None = None
+
+    def write(self, chunk: memoryview, at: int) -> None:
+        if len(chunk) % _DIRECT_UNIT == 0 and not _BlobWriter.direct_refused:
+            try:
+                if self._direct is None:
+                    self._direct = os.open(
+                        self.path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, FILE_MODE
+                    )
+                os.pwrite(self._direct, chunk, at)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                if self._direct is None:
+                    _BlobWriter.direct_refused = True
+        if self._buffered is None:
+            self._buffered = os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        os.pwrite(self._buffered, chunk, at)
+
+    def close(self) -> None:
+        for fd in (self._direct, self._buffered):
+            if fd is not None:
+                os.close(fd)
+        self._direct = self._buffered = None
+
+
 def content_key(asset_id: str, checksum: str, rendition: str = "original") -> str:
     """The file name of one version of an asset's bytes (``rendition``: original or a
     thumbnail size). Safe as a file name whatever the server sent."""
@@ -119,6 +172,11 @@ class _Entry:
     last_read: float
     blocks: dict[int, bytes] = field(default_factory=dict)
     held: int = 0  # bytes of the recorded blocks
+
+    @property
+    def awaits_check(self) -> bool:
+        """Complete, with a checksum to match, not matched yet."""
+        return self.whole_sha1 is not None and not self.verified
 
 
 @dataclass
@@ -144,7 +202,10 @@ class ContentCache:
         *,
         block_size: int = BLOCK_SIZE,
         clock: Callable[[], float] = time.time,
+        verify_when_idle: float | None = _VERIFY_WHEN_IDLE,
     ) -> None:
+        """``verify_when_idle``: seconds of quiet before complete files are checked
+        against their checksums (None: not checked here, e.g. by ``immichfs cache``)."""
         self.directory = directory
         self.blobs = directory / "blobs"
         self.limit = max(0, int(limit))
@@ -153,19 +214,27 @@ class ContentCache:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._refused: set[str] = set()
-        #: key -> (bytes hashed so far, SHA-1 of them) of files written in order
-        self._running: dict[str, tuple[int, Any]] = {}
+        #: when the cache last read or wrote bytes (monotonic): the verifier waits for quiet
+        self.last_busy = time.monotonic()
         #: (key, block index) -> pieces (offset in the block -> bytes) of a partly fetched block
         self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
         self._held = 0  # bytes of recorded blocks
         self._reserved = 0  # bytes being written (counted against the limit already)
         self._writer: _Writer | None = None
+        self.verifier = _Verifier(self, verify_when_idle)
         self.stats = ContentStatistics(limit=self.limit)
         ensure_private_dir(directory)
         ensure_private_dir(self.blobs)
         self._db = open_database(directory / "content.sqlite", _SCHEMA, _FORMAT)
         self._load()
         self._evict(self.limit)  # a smaller --cache-size-mb than last time
+        #: each file's successor in the order the files were last read (see read_after)
+        self._followed_by: dict[str, str] = {}
+        by_time = sorted(self._entries, key=lambda k: self._entries[k].last_read)
+        self._followed_by = dict(itertools.pairwise(by_time))
+        for key, entry in self._entries.items():
+            if entry.awaits_check and len(entry.blocks) == self._nblocks(entry.size):
+                self.verifier.want(key)  # completed by an earlier mount, not checked yet
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -249,6 +318,23 @@ class ContentCache:
         entry = self._entries.get(key)
         return entry.etag if entry is not None else None
 
+    def read_after(self, key: str) -> str | None:
+        """The file read right after ``key`` when these files were last read (before
+        this start): a pass over a library that repeats the last one opens it next."""
+        return self._followed_by.get(key)
+
+    def prefetch(self, key: str) -> None:
+        """Ask the disk for ``key``'s bytes now (worker thread): they are in memory by
+        the time the file is opened."""
+        try:
+            fd = os.open(self.blobs / key, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def has_whole(self, key: str) -> bool:
         """Every block of ``key`` is recorded and the file matched its checksum."""
         entry = self._entries.get(key)
@@ -273,6 +359,7 @@ class ContentCache:
                 return self.read_into(key, start, view, size, fd=own)
             finally:
                 os.close(own)
+        self.last_busy = time.monotonic()
         want = len(view)
         filled = 0
         while filled < want:
@@ -316,6 +403,7 @@ class ContentCache:
         verifies, without waiting for the disk or for the lock (the trio thread calls it:
         a thread hop costs more than the copy); False: ask :meth:`read_into` in a worker
         thread, which also drops a block that fails."""
+        self.last_busy = time.monotonic()
         entry = self._entries.get(key)
         if entry is None or entry.size != size:
             return False
@@ -349,6 +437,7 @@ class ContentCache:
         ``checksum`` (Immich's base64 SHA-1) is what the complete file must hash to."""
         if self.limit <= 0 or not data:
             return
+        self.last_busy = time.monotonic()
         with self._lock:
             if key in self._refused:
                 return
@@ -440,18 +529,14 @@ class ContentCache:
                 need -= self._on_disk(b - a)
             self._reserved += need
         written: list[tuple[int, bytes, int]] = []
-        fd: int | None = None
+        blob = _BlobWriter(self.blobs / key)
         try:
             for idx, a, b in todo:
                 chunk = view[a - start : b - start]
-                if fd is None:
-                    fd = os.open(self.blobs / key, os.O_WRONLY | os.O_CREAT, FILE_MODE)
-                os.pwrite(fd, chunk, a)
+                blob.write(chunk, a)
                 written.append((idx, _digest(chunk), b - a))
-                self._hash_along(key, a, chunk)
         finally:
-            if fd is not None:
-                os.close(fd)
+            blob.close()
             with self._lock:
                 self._reserved -= need
             if written:
@@ -485,7 +570,7 @@ class ContentCache:
             self._held += added
             self.stats.bytes_written += added
             self.stats.bytes_on_disk = self._held
-            complete = len(entry.blocks) == self._nblocks(size) and not entry.verified
+            complete = len(entry.blocks) == self._nblocks(size) and entry.awaits_check
             with self._db:
                 self._db.execute(
                     "INSERT OR REPLACE INTO entries (key, asset_id, size, etag, whole_sha1, "
@@ -502,70 +587,62 @@ class ContentCache:
                 )
                 self._db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?)", rows)
         if complete:
-            self._check_whole(key)
+            self.verifier.want(key)
 
-    def _hash_along(self, key: str, at: int, chunk: memoryview) -> None:
-        """Feed the whole-file SHA-1 of ``key`` while its blocks are written in order
-        (a file read from start to end is then checked without being read again)."""
-        with self._lock:
-            running = self._running.pop(key, None)
-        if running is None:
-            if at != 0:
-                return
-            running = (0, hashlib.sha1())
-        if running[0] != at:
-            return  # out of order: the file is read back when complete
-        running[1].update(chunk)
-        with self._lock:
-            self._running[key] = (at + len(chunk), running[1])
-            while len(self._running) > _MAX_PARTIAL:
-                self._running.pop(next(iter(self._running)))
-
-    def _check_whole(self, key: str) -> None:
-        """All blocks are here: the file must hash to the asset's checksum, or go."""
+    def check_whole(self, key: str, pause: Callable[[], bool] = lambda: True) -> None:
+        """All blocks of ``key`` are here: read back, each block must match its check
+        value (else it is dropped, to be fetched again) and the file the asset's
+        checksum (else the version is refused). ``pause()`` is called between blocks
+        and returns False to give up (the check is then left for later)."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry.verified:
+            if entry is None or not entry.awaits_check:
                 return
-            expected = entry.whole_sha1
-            size = entry.size
-            running = self._running.pop(key, None)
-        if expected is None:
-            return  # no content hash to compare with (a thumbnail): blocks only
-        if running is not None and running[0] == size:
-            digest = running[1]  # hashed while written
-        else:
-            digest = hashlib.sha1()
-            try:
-                with open(self.blobs / key, "rb") as handle:
-                    remaining = size
-                    while remaining > 0:
-                        chunk = handle.read(min(remaining, 4 * MiB))
-                        if not chunk:
-                            break
-                        digest.update(chunk)
-                        remaining -= len(chunk)
-            except OSError:
-                self.drop(key)
-                return
-        if digest.hexdigest() != expected:
-            log.info(
-                "cached original %s does not match its checksum: not kept "
-                "(an external-library asset, or the server sent other bytes)",
-                key,
-            )
-            with self._lock:
-                self._drop_locked(key)
-                self._refused.add(key)
-                with self._db:
-                    self._db.execute("INSERT OR IGNORE INTO refused VALUES (?)", (key,))
+            expected, size = entry.whole_sha1, entry.size
+            blocks = dict(entry.blocks)
+        if len(blocks) != self._nblocks(size):
             return
+        digest = hashlib.sha1()
+        buf = bytearray(self.block_size)
+        try:
+            fd = os.open(self.blobs / key, os.O_RDONLY)
+        except FileNotFoundError:
+            self.drop(key)
+            return
+        try:
+            for idx in range(self._nblocks(size)):
+                if not pause():
+                    return
+                at = idx * self.block_size
+                view = memoryview(buf)[: min(size, at + self.block_size) - at]
+                got = os.preadv(fd, [view], at)
+                if got != len(view) or _digest(view) != blocks[idx]:
+                    log.warning("cached block %d of %s failed verification: dropped", idx, key)
+                    with self._lock:
+                        self.stats.dropped_blocks += 1
+                    self._drop_block(key, idx)
+                    return  # fetched again when read; checked when complete again
+                digest.update(view)
+        finally:
+            os.close(fd)
+        matched = digest.hexdigest() == expected
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
+            if self._entries.get(key) is not entry or len(entry.blocks) != len(blocks):
+                return  # dropped (or begun again) meanwhile
+            if matched:
                 entry.verified = True
                 with self._db:
                     self._db.execute("UPDATE entries SET verified = 1 WHERE key = ?", (key,))
+                return
+            self._drop_locked(key)
+            self._refused.add(key)
+            with self._db:
+                self._db.execute("INSERT OR IGNORE INTO refused VALUES (?)", (key,))
+        log.info(
+            "cached original %s does not match its checksum: not kept "
+            "(an external-library asset, or the server sent other bytes)",
+            key,
+        )
 
     # -- small files (thumbnails) ------------------------------------------------------
 
@@ -614,7 +691,6 @@ class ContentCache:
         entry = self._entries.pop(key, None)
         for pending in [k for k in self._partial if k[0] == key]:
             del self._partial[pending]
-        self._running.pop(key, None)
         with self._db:
             self._db.execute("DELETE FROM blocks WHERE key = ?", (key,))
             self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -664,7 +740,9 @@ class ContentCache:
             )
 
     def close(self) -> None:
-        """Write what the writer holds, save the read times, close the index."""
+        """Write what the writer holds, save the read times, close the index (files
+        not checked yet are checked by the next mount)."""
+        self.verifier.close()
         if self._writer is not None:
             self._writer.close()
         self.flush()
@@ -702,7 +780,7 @@ class _Writer:
         self.cache = cache
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._unmade = max(1, limit // cache.block_size)  # buffers not allocated yet
         self._busy = 0
         self._waiting: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = []
@@ -710,13 +788,14 @@ class _Writer:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def _buffer(self) -> bytearray | None:
-        """A free buffer, if any. Lock held by the caller."""
+    def _buffer(self) -> mmap.mmap | None:
+        """A free buffer, if any (page-aligned memory: written with O_DIRECT). Lock held
+        by the caller."""
         if self._free:
             buf = self._free.pop()
         elif self._unmade:
             self._unmade -= 1
-            buf = bytearray(self.cache.block_size)
+            buf = mmap.mmap(-1, self.cache.block_size)
         else:
             return None
         self._busy += 1
@@ -754,7 +833,7 @@ class _Writer:
             self._submit(key, at, piece, buf, size, kw)
 
     def _submit(
-        self, key: str, at: int, piece: memoryview, buf: bytearray, size: int, kw: Any
+        self, key: str, at: int, piece: memoryview, buf: mmap.mmap, size: int, kw: Any
     ) -> None:
         if self._closed:  # the cache is closing: nothing more is kept
             with self._lock:
@@ -771,9 +850,7 @@ class _Writer:
             self._thread.start()
 
     def _run(self) -> None:
-        # background work: where it competes for a core, the reads in front go first
-        with suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WRITER_NICE)
+        # no lower priority: a read waits for this thread once the buffers are full
         while (job := self._jobs.get()) is not None:
             key, start, buf, n, size, kw = job
             try:
@@ -801,6 +878,79 @@ class _Writer:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(None)
+            thread.join()
+
+
+class _Verifier:
+    """Checks complete originals against their checksums (:meth:`ContentCache.check_whole`)
+    in one thread of the lowest priority, and only once the cache has read and written
+    nothing for ``when_idle`` seconds: a first pass over a library then runs at the
+    speed of the network, and the hashing (about 1 ms of CPU per MiB) follows when the
+    reading stops. A read coming back pauses a check between two blocks."""
+
+    def __init__(self, cache: ContentCache, when_idle: float | None) -> None:
+        self.cache = cache
+        self.when_idle = when_idle
+        self._pending: dict[str, None] = {}  # keys in the order they completed
+        self._checking = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def want(self, key: str) -> None:
+        with self._cond:
+            if self._closed or self.when_idle is None:
+                return
+            self._pending[key] = None
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="immichfs-content-verifier", daemon=True
+                )
+                self._thread.start()
+
+    def _quiet(self) -> bool:
+        """Wait until the cache has been idle for ``when_idle`` s; False once closing."""
+        assert self.when_idle is not None
+        with self._cond:
+            while not self._closed:
+                left = self.cache.last_busy + self.when_idle - time.monotonic()
+                if left <= 0:
+                    return True
+                self._cond.wait(left)
+            return False
+
+    def _run(self) -> None:
+        with suppress(OSError, AttributeError):
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._checking = False
+                    self._cond.notify_all()
+                    self._cond.wait()
+                if self._closed:
+                    return
+                key = next(iter(self._pending))
+                del self._pending[key]
+                self._checking = True
+            try:
+                self.cache.check_whole(key, self._quiet)
+            except Exception as exc:  # a failing disk: checked again by the next mount
+                log.warning("content cache: cannot check %s: %s", key, exc)
+
+    def drain(self) -> None:
+        """Block until every pending file is checked (tests)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or not (self._pending or self._checking))
+
+    def close(self) -> None:
+        """Stop; what is not checked yet stays unchecked (the next mount checks it)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
             thread.join()
 
 
@@ -871,6 +1021,9 @@ class CachedSource:
         self.cache = cache
         self.version_of = version_of
         self.online = online
+        self._spare: list[bytearray] = []  # see CachedFile
+        self._last_opened: str | None = None
+        self._in_order = False  # the last file opened came after the one before, as last time
 
     async def _checksum(self, asset_id: str) -> str | None:
         """The checksum whose bytes are kept for ``asset_id`` (None: not kept)."""
@@ -904,19 +1057,40 @@ class CachedSource:
         checksum = await self._checksum(asset_id)
         if checksum is None:
             return readers.open(asset_id, size)
-        handle = CachedFile(self.cache, asset_id, content_key(asset_id, checksum), size, readers)
+        key = content_key(asset_id, checksum)
+        self._read_ahead(key, readers)
+        handle = CachedFile(self.cache, asset_id, key, size, readers, spare=self._spare)
         handle.start()
         return handle
+
+    def _read_ahead(self, key: str, readers: ReaderPool) -> None:
+        """Files opened in the order they were read last time (a second pass of a
+        training job, a repeated ``cp -r``): the disk reads the next ones while this one
+        is served, as it reads ahead within a file. Nothing is asked for after a file
+        opened out of that order."""
+        cache = self.cache
+        last, self._last_opened = self._last_opened, key
+        streak, self._in_order = self._in_order, last is not None and cache.read_after(last) == key
+        if not self._in_order:
+            return
+        ahead = cache.read_after(key)
+        for n in range(1, _FILES_AHEAD + 1):
+            if ahead is None:
+                break
+            if n == _FILES_AHEAD or not streak:  # the nearer ones were asked for already
+                readers.spawn(partial(trio.to_thread.run_sync, cache.prefetch, ahead))
+            ahead = cache.read_after(ahead)
 
 
 class _Block:
     """One block being read from disk for a :class:`CachedFile`."""
 
-    __slots__ = ("data", "done")
+    __slots__ = ("data", "done", "readers")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.data: bytearray | None = None  # None once done: not verified, or not there
+        self.readers = 0  # reads waiting for it (its buffer is not reused meanwhile)
 
 
 class CachedFile:
@@ -932,18 +1106,33 @@ class CachedFile:
     AHEAD = 2
 
     def __init__(
-        self, cache: ContentCache, asset_id: str, key: str, size: int, readers: ReaderPool
+        self,
+        cache: ContentCache,
+        asset_id: str,
+        key: str,
+        size: int,
+        readers: ReaderPool,
+        *,
+        spare: list[bytearray] | None = None,
     ) -> None:
+        """``spare``: block buffers to reuse, shared by the files of one source (only
+        ever touched on the trio thread)."""
         self.cache = cache
         self.asset_id = asset_id
         self.key = key
         self.size = size
         self._readers = readers
+        self._spare = spare if spare is not None else []
         # the blocks on disk when opened: served from there; the rest comes through the
         # reader, whole (blocks its fetches write meanwhile are in its windows already)
         self._on_disk = cache.blocks_of(key, size)
         self._reader: AssetReader | None = None
         self._fd: int | None = None
+        if self._on_disk:
+            try:  # here, not in a worker: a block the page cache holds is read at once
+                self._fd = os.open(cache.blobs / key, os.O_RDONLY)
+            except FileNotFoundError:
+                self._on_disk = frozenset()
         self._blocks: dict[int, _Block] = {}
         self._next = -1  # the offset a sequential read would start at
         self._reading = 0  # worker threads using the descriptor
@@ -1002,10 +1191,20 @@ class CachedFile:
                 self._start(idx)
         wanted = [(idx, self._blocks[idx]) for idx in range(first, last + 1)]
         for idx in [i for i in self._blocks if i < first - 1 or i > last + ahead]:
-            del self._blocks[idx]  # behind the reader (one kept: reads need not be aligned)
+            self._recycle(self._blocks.pop(idx))  # behind the reader (one kept: reads
+            # need not be aligned)
+        for _, block in wanted:
+            block.readers += 1
+        try:
+            for _, block in wanted:
+                await block.done.wait()
+        finally:
+            for _, block in wanted:
+                block.readers -= 1
+        # no checkpoint from here on: the buffers sliced are not reused before the
+        # reply is sent (pyfuse3 copies it out before anything else runs)
         pieces = []
         for idx, block in wanted:
-            await block.done.wait()
             if block.data is None:  # failed verification (dropped) or gone: the server's
                 self._blocks.pop(idx, None)
                 self._on_disk = self._on_disk - {idx}
@@ -1014,19 +1213,38 @@ class CachedFile:
             pieces.append(memoryview(block.data)[max(offset, at) - at : min(end, at + bs) - at])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def _recycle(self, block: _Block) -> None:
+        """Give a block's buffer back for the next block read (a fresh megabyte costs
+        page faults and zeroing worth more than the copy into it)."""
+        if block.done.is_set() and block.data is not None and not block.readers:
+            spare = self._spare
+            if len(spare) < _SPARE_BUFFERS and len(block.data) == self.cache.block_size:
+                spare.append(block.data)
+            block.data = None
+
+    def _buffer(self, idx: int) -> bytearray:
+        length = self._block_len(idx)
+        if length == self.cache.block_size and self._spare:
+            return self._spare.pop()
+        return bytearray(length)
+
     def _start(self, idx: int) -> None:
+        """Read block ``idx``: right here if the page cache holds it (a thread hop costs
+        more than the copy), else in a worker thread."""
         block = self._blocks[idx] = _Block()
-        if self._fd is not None:
-            buf = bytearray(self._block_len(idx))
-            if self.cache.read_block_cached(self.key, idx, self.size, self._fd, memoryview(buf)):
-                block.data = buf
-                block.done.set()
-                return
+        buf = self._buffer(idx)
+        fd = self._fd
+        if fd is not None and self.cache.read_block_cached(
+            self.key, idx, self.size, fd, memoryview(buf)
+        ):
+            block.data = buf
+            block.done.set()
+            return
         self._reading += 1
 
         async def run() -> None:
             try:
-                block.data = await trio.to_thread.run_sync(self._read_block, idx)
+                block.data = await trio.to_thread.run_sync(self._read_block, idx, buf)
             finally:
                 self._reading -= 1
                 block.done.set()
@@ -1035,19 +1253,16 @@ class CachedFile:
 
         self._readers.spawn(run)
 
-    def _read_block(self, idx: int) -> bytearray | None:
-        """One block, verified (worker thread)."""
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.cache.blobs / self.key, os.O_RDONLY)
-            except FileNotFoundError:
-                return None
+    def _read_block(self, idx: int, buf: bytearray) -> bytearray | None:
+        """Block ``idx`` into ``buf``, verified (worker thread)."""
+        fd = self._fd
+        if fd is None:
+            return None
         bs = self.cache.block_size
         # the disk reads the blocks after this one while this one is checked (the
         # kernel's own read-ahead of one file is 128 KiB: too shallow a queue)
-        os.posix_fadvise(self._fd, idx * bs, _DISK_AHEAD, os.POSIX_FADV_WILLNEED)
-        buf = bytearray(self._block_len(idx))
-        got = self.cache.read_into(self.key, idx * bs, memoryview(buf), self.size, fd=self._fd)
+        os.posix_fadvise(fd, idx * bs, _DISK_AHEAD, os.POSIX_FADV_WILLNEED)
+        got = self.cache.read_into(self.key, idx * bs, memoryview(buf), self.size, fd=fd)
         return buf if got == len(buf) else None
 
     def _block_len(self, idx: int) -> int:
@@ -1061,6 +1276,8 @@ class CachedFile:
 
     async def aclose(self) -> None:
         self._closed = True
+        for block in self._blocks.values():
+            self._recycle(block)
         self._blocks.clear()
         if self._reading == 0:  # else the last block read in flight closes it
             self._close_fd()

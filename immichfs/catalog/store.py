@@ -443,6 +443,8 @@ class CatalogMemory:
         self._thumbnails: dict[str, dict[str, tuple[str, int, str]]] = {}
         #: ids of assets served from disk before the catalog was caught up
         self._unconfirmed: set[str] = set()
+        #: called (once) when a file is opened before the catch-up: it should not wait
+        self.hurry: Callable[[], None] | None = None
         self._warned = False
         self.served_saved = 0
         #: the content cache, for thumbnails (None: no bytes kept)
@@ -579,6 +581,10 @@ class CatalogMemory:
         returned. None when nothing needed checking."""
         if self.caught_up or not self.reachability() or asset_id not in self._unconfirmed:
             return None
+        # files are being read: the catch-up (which ends the one-by-one checks) is due now
+        hurry, self.hurry = self.hurry, None
+        if hurry is not None:
+            hurry()
         asset = await fetch()  # NotFound: deleted while unmounted, as it should fail
         self._unconfirmed.discard(asset_id)
         return asset

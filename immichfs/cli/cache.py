@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     for place in places:
         with DirectoryLock(place.path, purpose=f"immichfs cache {args.action}"):
             if args.action == "prune":
-                cache = ContentCache(place.content_path, 1 << 62)  # nothing evicted yet
+                # nothing evicted yet, nothing checked (a mount does that)
+                cache = ContentCache(place.content_path, 1 << 62, verify_when_idle=None)
                 freed = cache.prune(settings.cache_size_mb * MiB)
                 cache.close()
                 print(f"{place.url} (user {place.user_id}): {human_bytes(freed)} freed")

@@ -46,10 +46,11 @@ where the deltas stand
 is saved with them (the watermark, the assets the overlap repeats, the albums'
 signatures). A remount resumes from there: its first cycle (the catch-up) runs
 a moment after the mount (1 s, plus 1 s per 25,000 assets in the catalog, at
-most 10 s, so the first ``ls`` is served before it competes for the CPU) and is
-a full one, since permanent deletions while unmounted show in no delta. Until
-it has succeeded, assets served from disk are checked one by one before their
-cached bytes are read (:meth:`~immichfs.catalog.store.CatalogMemory.confirmed`).
+most 10 s, so the first ``ls`` is served before it competes for the CPU; at
+once when a file is opened before that) and is a full one, since permanent
+deletions while unmounted show in no delta. Until it has succeeded, assets
+served from disk are checked one by one before their cached bytes are read
+(:meth:`~immichfs.catalog.store.CatalogMemory.confirmed`).
 
 Bound: a change a delta or the album check sees appears at most ``interval`` +
 the time of one cycle + the kernel's ``kernel_ttl`` after Immich made it (about
@@ -261,6 +262,7 @@ class RefreshTask:
         self._saved_state = state
         if memory.saved_assets:
             self.catch_up = min(10.0, 1.0 + memory.saved_assets / 25_000)
+            memory.hurry = self.trigger
 
     def _state(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import mmap
 import os
 import sqlite3
 import stat
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from immichfs.catalog.content import (
     CachedFile,
     CachedSource,
     ContentCache,
+    _BlobWriter,
     _Writer,
     content_key,
 )
@@ -39,8 +42,9 @@ def blob(n: int, seed: int = 1) -> bytes:
     return bytes((i * 7 + seed) % 251 for i in range(n))
 
 
-def make(tmp_path: Path, limit: int = 1 << 20) -> ContentCache:
-    return ContentCache(tmp_path / "content", limit, block_size=BLOCK)
+def make(tmp_path: Path, limit: int = 1 << 20, when_idle: float = 0) -> ContentCache:
+    """A cache whose whole-file checks run as soon as a file is complete (``when_idle``)."""
+    return ContentCache(tmp_path / "content", limit, block_size=BLOCK, verify_when_idle=when_idle)
 
 
 def cached_blob(tmp_path: Path, data: bytes) -> tuple[ContentCache, str]:
@@ -48,6 +52,7 @@ def cached_blob(tmp_path: Path, data: bytes) -> tuple[ContentCache, str]:
     cache = make(tmp_path)
     key = content_key("a1", checksum_of(data))
     cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    cache.verifier.drain()
     return cache, key
 
 
@@ -75,6 +80,7 @@ def test_ranges_unaligned_windows_are_joined(tmp_path: Path) -> None:
     assert cache.covered(key, 0, len(data)) == BLOCK  # the split block waits
     cache.write(key, cut, data[cut:], len(data), checksum=checksum_of(data))
     assert cache.covered(key, 0, len(data)) == len(data)
+    cache.verifier.drain()
     assert cache.has_whole(key)
     assert read(cache, key, 0, len(data), len(data)) == data
 
@@ -88,6 +94,7 @@ def test_ranges_finishing_in_any_order_fill_every_block(tmp_path: Path) -> None:
     for lo, hi in reversed(ranges):  # the later window finishes first
         cache.write(key, lo, data[lo:hi], len(data), checksum=checksum_of(data))
     assert cache.covered(key, 0, len(data)) == len(data)
+    cache.verifier.drain()
     assert cache.has_whole(key)
     assert read(cache, key, 0, len(data), len(data)) == data
 
@@ -124,10 +131,51 @@ def test_checksum_mismatch_drops_the_whole_entry(tmp_path: Path) -> None:
     wrong = checksum_of(b"something else")
     key = content_key("a1", wrong)
     cache.write(key, 0, data, len(data), checksum=wrong)
+    cache.verifier.drain()
     assert cache.covered(key, 0, len(data)) == 0
     assert not (cache.blobs / key).exists()
     cache.write(key, 0, data, len(data), checksum=wrong)  # not kept again
     assert cache.covered(key, 0, len(data)) == 0
+
+
+def test_whole_file_check_waits_for_quiet_and_resumes_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The SHA-1 of a complete file is not taken while the cache is busy (a first read
+    must not pay for it); one not taken before the cache closed is taken at the next
+    start. Until then the blocks are served, each by its own check value."""
+    data = blob(3 * BLOCK + 5)
+    cache = make(tmp_path, when_idle=3600)  # never quiet enough in this test
+    key = content_key("a1", checksum_of(data))
+    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    assert not cache.has_whole(key)
+    assert read(cache, key, 0, len(data), len(data)) == data
+    cache.close()  # does not wait for the check
+    again = make(tmp_path)
+    again.verifier.drain()
+    assert again.has_whole(key)
+    assert read(again, key, 0, len(data), len(data)) == data
+
+
+@pytest.mark.expect_log("failed verification: dropped")
+def test_whole_file_check_drops_a_damaged_block_without_refusing(tmp_path: Path) -> None:
+    """Damage on disk found by the whole-file check costs the block, not the version:
+    the block is fetched again and the file checked once more."""
+    data = blob(3 * BLOCK)
+    cache = make(tmp_path, when_idle=3600)
+    key = content_key("a1", checksum_of(data))
+    cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    path = cache.blobs / key
+    raw = bytearray(path.read_bytes())
+    raw[2 * BLOCK + 1] ^= 0x01
+    path.write_bytes(raw)
+    cache.check_whole(key)
+    assert cache.covered(key, 0, len(data)) == 2 * BLOCK
+    assert not cache.has_whole(key)
+    cache.write(key, 2 * BLOCK, data[2 * BLOCK :], len(data), checksum=checksum_of(data))
+    cache.check_whole(key)
+    assert cache.has_whole(key)
+    assert read(cache, key, 0, len(data), len(data)) == data
 
 
 def test_new_checksum_is_another_file(tmp_path: Path) -> None:
@@ -340,8 +388,7 @@ def test_a_cache_of_another_format_is_emptied(tmp_path: Path) -> None:
 
 
 async def test_writer_keeps_order_and_waits_for_room(tmp_path: Path) -> None:
-    """More bytes than the writer's buffers: put waits, nothing is lost, and a file
-    written in order is hashed on the way (verified without reading it back)."""
+    """More bytes than the writer's buffers: put waits, nothing is lost."""
     data = blob(40 * BLOCK)
     cache = make(tmp_path)
     writer = _Writer(cache, limit=4 * BLOCK)
@@ -352,6 +399,7 @@ async def test_writer_keeps_order_and_waits_for_room(tmp_path: Path) -> None:
         await writer.put(key, at, piece, len(data), checksum=checksum_of(data))
     await trio.to_thread.run_sync(writer.drain)
     writer.close()
+    await trio.to_thread.run_sync(cache.verifier.drain)
     assert cache.has_whole(key)
     assert read(cache, key, 0, len(data), len(data)) == data
 
@@ -376,6 +424,8 @@ async def test_cached_file_reads_a_damaged_block_from_the_server(tmp_path: Path)
     source = CachedSource(origin, cache, version(checksum_of(data)))
     pool = ReaderPool(source)
     assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    await trio.to_thread.run_sync(cache.writer.drain)
+    await trio.to_thread.run_sync(cache.verifier.drain)  # checked before the damage
     key = content_key("a1", checksum_of(data))
     with open(cache.blobs / key, "r+b") as f:  # a flipped bit in block 2
         f.seek(2 * BLOCK + 7)
@@ -391,3 +441,83 @@ async def test_cached_file_reads_a_damaged_block_from_the_server(tmp_path: Path)
         assert got == data
     assert cache.stats.dropped_blocks == 1
     assert len(origin.requests) > before  # the damaged block came from the server
+
+
+def test_blob_writer_goes_around_the_page_cache_where_it_can(tmp_path: Path) -> None:
+    """Aligned whole blocks are written with O_DIRECT; an unaligned buffer or tail
+    through the page cache: the file holds the same bytes either way."""
+    data = blob(3 * 4096 + 10)
+    aligned = mmap.mmap(-1, 2 * 4096)
+    aligned[:] = data[: 2 * 4096]
+    unaligned = memoryview(bytearray(b"x" + data))[1 : 1 + 4096]  # one byte off
+    writer = _BlobWriter(tmp_path / "blob")
+    writer.write(memoryview(aligned), 0)
+    writer.write(unaligned[:4096], 4096)
+    writer.write(unaligned[:4096], 2 * 4096)  # rewritten below with the right bytes
+    writer.write(memoryview(data)[2 * 4096 :], 2 * 4096)  # the tail: not a whole page
+    writer.close()
+    assert (tmp_path / "blob").read_bytes() == data[:4096] + data[:4096] + data[2 * 4096 :]
+
+
+async def test_concurrent_reads_of_one_cached_file_get_their_own_bytes(tmp_path: Path) -> None:
+    """The kernel sends a file's reads side by side; block buffers are reused once the
+    reads move past them, never while a read still waits on one."""
+    data = blob(12 * BLOCK + 333)
+    origin = FakeSource({"a1": data})
+    cache = make(tmp_path, limit=1 << 24)
+    source = CachedSource(origin, cache, version(checksum_of(data)))
+    pool = ReaderPool(source)
+    assert await read_file(source, pool, "a1", 0, len(data), len(data)) == data
+    misses = cache.stats.misses
+
+    async def read(handle: CachedFile, got: dict[int, bytes], at: int) -> None:
+        got[at] = await handle.read(at, 1500)
+
+    for _ in range(3):  # later handles take the buffers the earlier ones gave back
+        handle = await source.open_file("a1", len(data), pool)
+        assert isinstance(handle, CachedFile)
+        got: dict[int, bytes] = {}
+        async with trio.open_nursery() as nursery:
+            for at in range(0, len(data), 700):
+                nursery.start_soon(read, handle, got, at)
+        await handle.aclose()
+        assert all(got[at] == data[at : at + 1500] for at in got)
+    assert cache.stats.misses == misses and len(origin.requests) == 1  # all from disk
+
+
+def test_files_read_in_the_same_order_as_last_time_are_asked_for_ahead(tmp_path: Path) -> None:
+    """The order the files were last read in outlives a restart; opening them in that
+    order has the disk read the next ones, any other order asks for nothing."""
+    clock = itertools.count()
+    cache = ContentCache(
+        tmp_path / "content", 1 << 24, block_size=BLOCK, clock=lambda: float(next(clock))
+    )
+    files = {f"a{i}": blob(BLOCK + i, i) for i in range(6)}
+    keys = {name: content_key(name, checksum_of(data)) for name, data in files.items()}
+    for name, data in files.items():  # a first pass, in this order
+        cache.write(keys[name], 0, data, len(data), checksum=checksum_of(data))
+    cache.close()
+    again = make(tmp_path, limit=1 << 24)
+    assert again.read_after(keys["a1"]) == keys["a2"]
+    assert again.read_after(keys["a5"]) is None
+    asked: list[str] = []
+    again.prefetch = asked.append  # type: ignore[method-assign,assignment]
+
+    async def second_pass(order: str) -> None:
+        source = CachedSource(FakeSource(files), again, lambda a: _checksum(files[a]))
+        pool = ReaderPool(source)
+        for i in order:
+            handle = await source.open_file(f"a{i}", len(files[f"a{i}"]), pool)
+            assert isinstance(handle, CachedFile)
+            await handle.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+
+    trio.run(second_pass, "0123")
+    assert sorted(asked) == [keys["a2"], keys["a3"], keys["a4"], keys["a5"]]  # each once
+    asked.clear()
+    trio.run(second_pass, "3102")  # shuffled: no file follows the one before as last time
+    assert asked == []
+
+
+async def _checksum(data: bytes) -> str:
+    return checksum_of(data)

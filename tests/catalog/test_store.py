@@ -272,8 +272,12 @@ async def test_an_unconfirmed_asset_is_asked_for_alone(tmp_path: Path) -> None:
     async def one() -> Asset:
         return asset(1, checksum="new")
 
+    hurried: list[int] = []
+    memory.hurry = lambda: hurried.append(1)
     await memory.load(PHOTOS, listing)  # from disk, before the catalog is caught up
+    assert not hurried  # listing alone does not bring the catch-up forward
     assert (await memory.confirmed(asset(1).id, one)).checksum == "new"  # type: ignore[union-attr]
+    assert hurried == [1]  # a file opened: the catch-up is due now
     assert await memory.confirmed(asset(1).id, one) is None  # checked once
     memory._seen.clear()
     await memory.load(PHOTOS, listing)
