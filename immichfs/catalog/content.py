@@ -2,10 +2,10 @@
 
 Bytes live in plain sparse files under ``<dir>/blobs``, one per asset *version*
 (asset id + checksum: a changed asset is a different file, so its old bytes are
-never found for it). ``<dir>/content.sqlite`` (WAL) holds, per file, the CRC-32 of
-every block of ``block_size`` bytes that was written (see :func:`_digest`), and per
-entry its size,
-ETag, last read time and whether the whole file matched Immich's checksum.
+never found for it). ``<dir>/content.sqlite`` (WAL) holds, per file, the check value
+(XXH3-128, see :func:`_digest`) of every block of ``block_size`` bytes that was
+written, and per entry its size, ETag, last read time and whether the whole file
+matched Immich's checksum.
 
 *Verified.* A block is served only if the bytes read back from disk have the
 check value taken when they were written; anything else (a flipped bit, a truncated
