@@ -6,11 +6,12 @@ directory, see :mod:`immichfs.catalog.cachedir`):
 - ``listings``: the directories whose assets were saved (the timeline, an album,
   a person, a tag, favourites, archive, a month), keyed by the directory's key,
   with the time they were saved;
-- ``listed``: their assets in order, one row each: the asset as one JSON array,
-  and its id (indexed: the listings that hold an asset are found without reading
-  them). A listing is read back as one text (``group_concat`` in SQLite) and one
-  ``json.loads``: 100,000 assets in a few tenths of a second, where the assets in
-  columns took two seconds more;
+- ``listed``: their assets in order, one row each: the asset as one JSON array
+  (its exif a JSON text in it, decoded only when read), and its id (indexed: the
+  listings that hold an asset are found without reading them). A listing is read
+  back as one text (``group_concat`` in SQLite) and one ``json.loads``: 100,000
+  assets in a few tenths of a second, where the assets in columns took two seconds
+  more;
 - ``thumbnails``: the length and Content-Type of each thumbnail seen;
 - ``answers``: the collection lists (albums, people, tags, date buckets) as the
   server sent them (JSON), for offline mounts;
@@ -29,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,13 @@ import trio
 from immichfs.catalog.cachedir import open_database
 from immichfs.catalog.content import ContentCache, content_key
 from immichfs.errors import Offline, TransientError
-from immichfs.model import Asset, asset_of_fields
+from immichfs.model import Asset, ExifText, asset_of_fields
 
 log = logging.getLogger(__name__)
 
-#: 2: a row of JSON per listed asset (1 kept assets in columns; such catalogs start afresh)
-SCHEMA_VERSION = 2
+#: 3: a row of JSON per listed asset, its exif as a JSON text within it (2 had the exif
+#: as an object, 1 kept assets in columns; such catalogs start afresh)
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS listings (
@@ -93,9 +95,16 @@ def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+def _exif_text(exif: Mapping[str, Any]) -> str:
+    if isinstance(exif, ExifText):
+        return exif.text  # read back and never decoded: saved again as it was
+    return json.dumps(dict(exif), default=str, separators=(",", ":"))
+
+
 def _row(asset: Asset) -> str:
     """``asset`` as one JSON array, its fields in :class:`Asset`'s order (dates in ISO
-    8601: ``fromisoformat`` reads them back faster than ``fromtimestamp``)."""
+    8601: ``fromisoformat`` reads them back faster than ``fromtimestamp``; the exif as
+    a JSON text, decoded only when read: :class:`~immichfs.model.ExifText`)."""
     return json.dumps(
         [
             asset.id,
@@ -118,7 +127,7 @@ def _row(asset: Asset) -> str:
             asset.duration_ms,
             asset.live_photo_video_id,
             asset.owner_id,
-            dict(asset.exif),
+            _exif_text(asset.exif),
             asset.people,
             asset.tags,
             asset.is_edited,
@@ -133,6 +142,7 @@ def _assets(rows: list[list[Any]]) -> list[Asset]:
     arguments in place: the cheapest way found to build 100,000 of them)."""
     iso = datetime.fromisoformat
     build = asset_of_fields
+    exif = ExifText
     found = []
     for r in rows:
         r[5] = iso(r[5])
@@ -143,6 +153,7 @@ def _assets(rows: list[list[Any]]) -> list[Asset]:
             r[8] = iso(r[8])
         if r[9] is not None:
             r[9] = iso(r[9])
+        r[20] = exif(r[20])
         r[21] = tuple(r[21])
         r[22] = tuple(r[22])
         found.append(build(r))

@@ -16,7 +16,7 @@ import trio
 from immichfs.catalog.cachedir import DirectoryLock, find_user_dir, user_dir
 from immichfs.catalog.store import CatalogMemory, CatalogStore, Reachability
 from immichfs.errors import ConnectError, NotFound, Offline, UserError
-from immichfs.model import Asset
+from immichfs.model import Asset, ExifText
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -58,6 +58,34 @@ def test_listing_survives_a_reopen_exactly(tmp_path: Path) -> None:
     assert again.saved_asset(assets[2].id) == assets[2]
     assert again.saved_listing(("album", "nope")) is None
     assert stat.S_IMODE(os.stat(tmp_path / "catalog.sqlite").st_mode) == 0o600
+
+
+def test_exif_read_back_is_decoded_when_read_and_equal_to_the_saved(tmp_path: Path) -> None:
+    saved = [asset(1), asset(2, exif={}), asset(3, exif={"latitude": 35.7, "model": "X100V"})]
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, saved)
+    found = store.saved_listing(PHOTOS)
+    assert found is not None
+    for back, original in zip(found[0], saved, strict=True):
+        assert isinstance(back.exif, ExifText)
+        assert dict(back.exif) == dict(original.exif) and back.exif == original.exif
+        assert list(back.exif) == list(original.exif)  # the same order of fields
+        assert back.exif.get("make") == original.exif.get("make")
+    # saved again undecoded, the same text: a copy read back is not another version
+    store.save_listing(("album", "a"), found[0])
+    assert store.listings_holding(saved) == set()
+    assert store.listings_holding([asset(3, exif={"model": "X100F"})]) == {
+        PHOTOS,
+        ("album", "a"),
+    }
+
+
+def test_exif_text_that_is_not_an_object_reads_as_empty() -> None:
+    for text in ('{"make": "Canon"', "[1, 2]", "null", ""):
+        assert dict(ExifText(text)) == {} and len(ExifText(text)) == 0
+    assert ExifText('{"make": "Canon"}')["make"] == "Canon"
+    with pytest.raises(KeyError):
+        ExifText('{"make": "Canon"}')["model"]
 
 
 def test_forget_assets_removes_them_from_every_listing(tmp_path: Path) -> None:
@@ -322,3 +350,26 @@ async def test_after_a_failed_forget_saved_listings_are_not_served(
         return [asset(2)]
 
     assert await memory.load(PHOTOS, load) == [asset(2)]  # the server's, not the saved one
+
+
+@pytest.mark.expect_log("has format 2: starting a new one")
+def test_a_catalog_of_the_format_before_exif_texts_is_emptied_once_and_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "catalog.sqlite"
+    store = CatalogStore(path)
+    store.save_listing(PHOTOS, [asset(1)])
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 2")  # rows with the exif as an object were format 2
+    db.commit()
+    db.close()
+    again = CatalogStore(path)
+    assert again.empty and again.saved_listing(PHOTOS) is None
+    again.save_listing(PHOTOS, [asset(1)])
+    again.close()
+    third = CatalogStore(path)  # rebuilt in this format: read back, without a warning
+    saved = third.saved_listing(PHOTOS)
+    assert saved is not None and saved[0] == [asset(1)]
+    warnings = [r.getMessage() for r in caplog.records if "has format" in r.getMessage()]
+    assert warnings == [f"{path} has format 2: starting a new one"]
