@@ -5,7 +5,8 @@ directory, see :mod:`immichfs.catalog.cachedir`):
 
 - ``listings``: the directories whose assets were saved (the timeline, an album,
   a person, a tag, favourites, archive, a month), keyed by the directory's key,
-  with the time they were saved;
+  with the time they were saved and, when known, the file names of their assets
+  (a JSON array, by position: see :class:`NamedAssets`);
 - ``listed``: their assets in order, one row each: the asset as one JSON array
   (its exif a JSON text in it, decoded only when read), and its id (indexed: the
   listings that hold an asset are found without reading them). A listing is read
@@ -33,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -44,14 +45,16 @@ from immichfs.model import Asset, ExifText, asset_of_fields
 
 log = logging.getLogger(__name__)
 
-#: 3: a row of JSON per listed asset, its exif as a JSON text within it (2 had the exif
-#: as an object, 1 kept assets in columns; such catalogs start afresh)
+#: 3: a row of JSON per listed asset, its exif as a JSON text within it, and the file
+#: names of a listing (2 had the exif as an object and no names, 1 kept assets in
+#: columns; such catalogs start afresh)
 SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS listings (
     key TEXT PRIMARY KEY,
-    saved_at REAL NOT NULL
+    saved_at REAL NOT NULL,
+    names TEXT
 );
 CREATE TABLE IF NOT EXISTS listed (
     key TEXT NOT NULL,
@@ -160,6 +163,43 @@ def _assets(rows: list[list[Any]]) -> list[Asset]:
     return found
 
 
+class NamedAssets(tuple[Asset, ...]):
+    """A saved listing's assets with the file names a directory of them alone gave
+    them (``names``, by position), as saved with them: a remount need not name
+    100,000 assets again. Saved in one transaction with the assets, and dropped
+    whenever one of them leaves the listing, they are exactly what naming these
+    assets gives."""
+
+    names: Sequence[str]
+
+    def __new__(cls, assets: Iterable[Asset], names: Sequence[str]) -> NamedAssets:
+        named = super().__new__(cls, assets)
+        named.names = names
+        return named
+
+
+class SavedListing(NamedTuple):
+    """A listing as :meth:`CatalogStore.saved_listing` reads it back."""
+
+    assets: list[Asset]
+    saved_at: float  # epoch seconds
+    #: the file names saved with it (None: not known)
+    names: list[str] | None
+
+
+def _names(text: str | None, count: int) -> list[str] | None:
+    """Saved names, if they are ``count`` texts (anything else: not known)."""
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or len(names) != count:
+        return None
+    return names if all(type(n) is str for n in names) else None
+
+
 def _key(text: str) -> Hashable:
     """A stored directory key as the catalog's (the inverse of :func:`key_text`)."""
     return tuple(json.loads(text))
@@ -192,11 +232,17 @@ class CatalogStore:
     # -- listings
 
     def save_listing(
-        self, key: Hashable, assets: Iterable[Asset], *, still: Callable[[], bool] | None = None
+        self,
+        key: Hashable,
+        assets: Iterable[Asset],
+        *,
+        names: Sequence[str] | None = None,
+        still: Callable[[], bool] | None = None,
     ) -> None:
-        """Remember ``key``'s assets (replacing what was saved for it); with ``still``,
-        only if it answers true once the catalog is locked (the listing was not
-        outdated while it was being saved)."""
+        """Remember ``key``'s assets (replacing what was saved for it), and the file
+        ``names`` given to them (by position); with ``still``, only if it answers
+        true once the catalog is locked (the listing was not outdated while it was
+        being saved)."""
         text = key_text(key)
         if text is None:
             return
@@ -209,24 +255,29 @@ class CatalogStore:
                 "INSERT INTO listed VALUES (?, ?, ?, ?)",
                 ((text, i, a.id, _row(a)) for i, a in enumerate(assets)),
             )
-            self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?)", (text, self._clock()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO listings VALUES (?, ?, ?)",
+                (text, self._clock(), json.dumps(names) if names is not None else None),
+            )
 
-    def saved_listing(self, key: Hashable) -> tuple[list[Asset], float] | None:
-        """``key``'s assets as last saved, and when (epoch seconds); None if never saved."""
+    def saved_listing(self, key: Hashable) -> SavedListing | None:
+        """``key``'s assets as last saved, when, and their names; None if never saved."""
         text = key_text(key)
         if text is None:
             return None
         with self._lock:
             row = self._db.execute(
-                "SELECT saved_at, (SELECT group_concat(asset, ',') FROM listed WHERE key = ?) "
-                "FROM listings WHERE key = ?",
+                "SELECT saved_at, (SELECT group_concat(asset, ',') FROM listed WHERE key = ?), "
+                "names FROM listings WHERE key = ?",
                 (text, text),
             ).fetchone()
         if row is None:
             return None
         # the primary key's order: the rows come, and are joined, by position
         assets = _decoded(f"[{row[1] or ''}]")
-        return (assets, float(row[0])) if assets is not None else None
+        if assets is None:
+            return None
+        return SavedListing(assets, float(row[0]), _names(row[2], len(assets)))
 
     def saved_asset(self, asset_id: str) -> Asset | None:
         """The asset as last saved in any listing."""
@@ -281,9 +332,16 @@ class CatalogStore:
             return self._db.total_changes - before
 
     def forget_assets(self, asset_ids: Iterable[str]) -> None:
-        """Assets known to be gone (permanently deleted): out of every listing."""
+        """Assets known to be gone (permanently deleted): out of every listing (whose
+        names are forgotten: without one, another may keep the bare name)."""
+        ids = [(i,) for i in set(asset_ids)]
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM listed WHERE id = ?", [(i,) for i in set(asset_ids)])
+            self._db.executemany(
+                "UPDATE listings SET names = NULL "
+                "WHERE key IN (SELECT key FROM listed WHERE id = ?) AND names IS NOT NULL",
+                ids,
+            )
+            self._db.executemany("DELETE FROM listed WHERE id = ?", ids)
 
     def forget_all_listings(self) -> None:
         """Drop every saved listing (the catalog cannot say what changed since them)."""
@@ -402,6 +460,8 @@ class Reachability:
 
 
 AssetsLoader = Callable[[], Awaitable[Sequence[Asset]]]
+#: the file names a directory of only these assets gives them, in their order
+Namer = Callable[[Sequence[Asset]], Sequence[str]]
 #: directory kinds never saved: a search is a question, not part of the library
 _NOT_SAVED = ("search",)
 
@@ -470,9 +530,12 @@ class CatalogMemory:
         loader: AssetsLoader,
         *,
         remember: Callable[[Sequence[Asset]], None] | None = None,
+        namer: Namer | None = None,
     ) -> Sequence[Asset]:
         """``key``'s assets: saved, or from ``loader``, as described above;
-        ``remember`` is given the assets whenever they come from disk."""
+        ``remember`` is given the assets whenever they come from disk. ``namer``
+        gives the file names a listing is saved with (served back as
+        :class:`NamedAssets`)."""
         if not self._kept(key):
             return await loader()
         online = self.reachability()
@@ -508,20 +571,26 @@ class CatalogMemory:
                 remember(saved)
             return saved
         self._saving += 1  # counted from now: a flush right after this waits for it
-        trio.lowlevel.spawn_system_task(self._save, key, assets, epoch)
+        trio.lowlevel.spawn_system_task(self._save, key, assets, epoch, namer)
         return assets
 
-    async def _saved(self, key: Hashable) -> list[Asset] | None:
+    async def _saved(self, key: Hashable) -> Sequence[Asset] | None:
         """The saved listing of ``key``, unless a :meth:`forget` came while it was read."""
         epoch = self._epoch
         saved = await trio.to_thread.run_sync(self.store.saved_listing, key)
-        return saved[0] if saved is not None and epoch == self._epoch else None
+        if saved is None or epoch != self._epoch:
+            return None
+        return NamedAssets(saved.assets, saved.names) if saved.names is not None else saved.assets
 
-    async def _save(self, key: Hashable, assets: Sequence[Asset], epoch: int) -> None:
+    async def _save(
+        self, key: Hashable, assets: Sequence[Asset], epoch: int, namer: Namer | None
+    ) -> None:
+        def save() -> None:
+            names = namer(assets) if namer is not None else None  # before the catalog is locked
+            self.store.save_listing(key, assets, names=names, still=lambda: epoch == self._epoch)
+
         try:
-            await trio.to_thread.run_sync(
-                lambda: self.store.save_listing(key, assets, still=lambda: epoch == self._epoch)
-            )
+            await trio.to_thread.run_sync(save)
         except Exception as exc:  # a full disk must not end the mount
             log.warning("cannot save the catalog: %s", exc)
         finally:

@@ -40,6 +40,7 @@ from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.content import CachedSource
 from immichfs.catalog.reader import ReaderPool
+from immichfs.catalog.store import NamedAssets
 from immichfs.errors import ImmichError, NotFound, PermissionDenied, UnsupportedVersion
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
@@ -237,6 +238,18 @@ def name_assets(assets: Sequence[Asset], reserved: Sequence[str] = ()) -> dict[s
     )
 
 
+def names_in_order(assets: Sequence[Asset]) -> list[str]:
+    """The names a directory of only ``assets`` gives them, in their order (what the
+    catalog saves with a listing: :class:`~immichfs.catalog.store.NamedAssets`)."""
+    names = name_assets(assets)
+    return [names[a.id] for a in assets]
+
+
+def saved_names(assets: Sequence[Asset]) -> Sequence[str] | None:
+    """The names saved with ``assets``, if it is a saved listing that has them."""
+    return assets.names if isinstance(assets, NamedAssets) else None
+
+
 # -- directories ----------------------------------------------------------------
 
 
@@ -297,10 +310,17 @@ def asset_listing(
     catalog answer they were taken from (default: ``assets`` themselves)."""
     directories = directories or {}
     with cyclic_gc_paused():
-        names = name_assets(assets, reserved=list(directories))
         items: dict[str, Directory | FileNode] = dict(directories)
-        for asset in assets:
-            items[names[asset.id]] = AssetFile(asset)
+        # saved names are those of the assets alone: good when nothing else is listed
+        saved = saved_names(assets) if not directories else None
+        if saved is not None:
+            for name, asset in zip(saved, assets, strict=True):
+                items[name] = AssetFile(asset)
+        if saved is None or len(items) != len(assets):  # (distinct unless damaged)
+            items = dict(directories)
+            names = name_assets(assets, reserved=list(directories))
+            for asset in assets:
+                items[names[asset.id]] = AssetFile(asset)
         newest = max((a.file_modified_at for a in assets), default=None)
         return Listing.build(items, newest, assets if answer is None else answer)
 
@@ -462,6 +482,7 @@ class Tree:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.catalog = catalog
+        catalog.namer = names_in_order  # saved with the listings: see asset_listing
         self.readers = readers
         #: the content cache's side of the byte path (None: every read goes to the server)
         self.content = content

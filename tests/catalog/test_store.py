@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from immichfs.catalog.cachedir import DirectoryLock, find_user_dir, user_dir
-from immichfs.catalog.store import CatalogMemory, CatalogStore, Reachability
+from immichfs.catalog.store import CatalogMemory, CatalogStore, NamedAssets, Reachability
 from immichfs.errors import ConnectError, NotFound, Offline, UserError
 from immichfs.model import Asset, ExifText
 
@@ -86,6 +86,48 @@ def test_exif_text_that_is_not_an_object_reads_as_empty() -> None:
     assert ExifText('{"make": "Canon"}')["make"] == "Canon"
     with pytest.raises(KeyError):
         ExifText('{"make": "Canon"}')["model"]
+
+
+def test_names_are_saved_with_a_listing_and_forgotten_when_an_asset_leaves_it(
+    tmp_path: Path,
+) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1), asset(2)], names=["IMG_1.jpg", "IMG_2.jpg"])
+    store.save_listing(("album", "x"), [asset(3)], names=["IMG_3.jpg"])
+    store.save_listing(("album", "y"), [asset(2)])  # saved without names
+    assert store.saved_listing(PHOTOS).names == ["IMG_1.jpg", "IMG_2.jpg"]  # type: ignore[union-attr]
+    assert store.saved_listing(("album", "y")).names is None  # type: ignore[union-attr]
+    store.forget_assets([asset(2).id])  # another asset may now keep a bare name
+    saved = store.saved_listing(PHOTOS)
+    assert saved is not None and saved.assets == [asset(1)] and saved.names is None
+    assert store.saved_listing(("album", "x")).names == ["IMG_3.jpg"]  # type: ignore[union-attr]
+    # names that do not fit the assets are not known (a damaged catalog)
+    for text in ('["a.jpg", "b.jpg"]', "[1]", '{"a": 1}', '["cut'):
+        with store._db:
+            store._db.execute("UPDATE listings SET names = ?", (text,))
+        assert store.saved_listing(("album", "x")).names is None  # type: ignore[union-attr]
+
+
+async def test_memory_saves_names_and_serves_them_with_the_saved_assets(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    memory = CatalogMemory(store, Reachability(), current=lambda key: True)
+
+    async def load() -> list[Asset]:
+        return [asset(1), asset(2)]
+
+    def namer(assets: Sequence[Asset]) -> list[str]:
+        return [f"{a.original_file_name}.named" for a in assets]
+
+    served = await memory.load(PHOTOS, load, namer=namer)
+    assert not isinstance(served, NamedAssets)  # from the server: named by the tree
+    await memory.flush()
+    again = CatalogMemory(store, Reachability(), current=lambda key: True)
+    saved = await again.load(PHOTOS, load)
+    assert isinstance(saved, NamedAssets) and list(saved) == [asset(1), asset(2)]
+    assert saved.names == ["IMG_1.jpg.named", "IMG_2.jpg.named"]
+    store.forget_assets([asset(2).id])
+    third = CatalogMemory(store, Reachability(), current=lambda key: True)
+    assert not isinstance(await third.load(PHOTOS, load), NamedAssets)
 
 
 def test_forget_assets_removes_them_from_every_listing(tmp_path: Path) -> None:
