@@ -330,9 +330,7 @@ class Catalog:
 
             def remember(saved: Sequence[Asset]) -> None:
                 # assets served from disk are known one by one too, as listed ones are
-                put = self.cache.assets.put
-                for asset in saved:
-                    put(asset.id, asset)
+                self.cache.assets.put_many({asset.id: asset for asset in saved})
 
             async def load() -> tuple[Asset, ...]:
                 with cyclic_gc_paused():  # a saved listing is decoded as a loaded one is parsed

@@ -195,6 +195,10 @@ async def test_a_remount_names_files_as_a_fresh_listing_would(
         served = await tree.catalog.timeline("IMAGE")
         assert isinstance(served, NamedAssets)  # with the names saved: none computed
         assert await names(tree, PHOTOS_KEY) == listed == name_assets(list(served))
+        asked = len(mutable_immich.requests)
+        for asset in served:  # known one by one too: no request for any
+            assert await tree.catalog.asset(asset.id) is asset
+        assert len(mutable_immich.requests) == asked
         await task.refresh(full=True)  # the catch-up finds the deletion
         renamed = await names(tree, PHOTOS_KEY)
         assert first not in renamed and renamed[second] == "same.jpg"
