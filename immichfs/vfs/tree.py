@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import operator
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -173,6 +174,10 @@ class XattrProvider(Protocol):
     async def getxattr(self, node: Node, name: str) -> bytes | None: ...
 
 
+#: what entries are sorted by: their names (unique in a listing)
+_entry_name = operator.itemgetter(0)
+
+
 @dataclass(frozen=True)
 class Listing:
     """A directory's entries, sorted by name, with a name index."""
@@ -190,7 +195,7 @@ class Listing:
         newest: datetime | None = None,
         assets: Sequence[Asset] | None = None,
     ) -> Listing:
-        return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest, assets)
+        return cls(tuple(sorted(items.items(), key=_entry_name)), newest, assets)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", dict(self.entries))
@@ -309,20 +314,21 @@ def asset_listing(
     """A listing of ``assets`` (each once) beside ``directories``; ``answer`` is the
     catalog answer they were taken from (default: ``assets`` themselves)."""
     directories = directories or {}
+    answer = assets if answer is None else answer
     with cyclic_gc_paused():
-        items: dict[str, Directory | FileNode] = dict(directories)
+        newest = max((a.file_modified_at for a in assets), default=None)
         # saved names are those of the assets alone: good when nothing else is listed
         saved = saved_names(assets) if not directories else None
         if saved is not None:
-            for name, asset in zip(saved, assets, strict=True):
-                items[name] = AssetFile(asset)
-        if saved is None or len(items) != len(assets):  # (distinct unless damaged)
-            items = dict(directories)
-            names = name_assets(assets, reserved=list(directories))
-            for asset in assets:
-                items[names[asset.id]] = AssetFile(asset)
-        newest = max((a.file_modified_at for a in assets), default=None)
-        return Listing.build(items, newest, assets if answer is None else answer)
+            entries = sorted(zip(saved, map(AssetFile, assets), strict=True), key=_entry_name)
+            listing = Listing(tuple(entries), newest, answer)
+            if len(listing.index) == len(assets):  # each name once (unless damaged)
+                return listing
+        items: dict[str, Directory | FileNode] = dict(directories)
+        names = name_assets(assets, reserved=list(directories))
+        for asset in assets:
+            items[names[asset.id]] = AssetFile(asset)
+        return Listing.build(items, newest, answer)
 
 
 async def derived_listing(
