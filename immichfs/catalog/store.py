@@ -7,12 +7,12 @@ directory, see :mod:`immichfs.catalog.cachedir`):
   a person, a tag, favourites, archive, a month), keyed by the directory's key,
   with the time they were saved and, when known, the file names of their assets
   (a JSON array, by position: see :class:`NamedAssets`);
-- ``listed``: their assets in order, one row each: the asset as one JSON array
-  (its exif a JSON text in it, decoded only when read), and its id (indexed: the
-  listings that hold an asset are found without reading them). A listing is read
-  back as one text (``group_concat`` in SQLite) and one ``json.loads``: 100,000
-  assets in a few tenths of a second, where the assets in columns took two seconds
-  more;
+- ``listed``: their assets in order, one row each: the asset as one JSON array,
+  its exif (a JSON object, in a column of its own: decoded only when read), and
+  its id (indexed: the listings that hold an asset are found without reading
+  them). A listing is read back as one text (``group_concat`` in SQLite) and one
+  ``json.loads``, its exifs as another text split at a separator: 100,000 assets
+  in a few tenths of a second, where the assets in columns took two seconds more;
 - ``thumbnails``: the length and Content-Type of each thumbnail seen;
 - ``answers``: the collection lists (albums, people, tags, date buckets) as the
   server sent them (JSON), for offline mounts;
@@ -45,8 +45,8 @@ from immichfs.model import Asset, ExifText, asset_of_fields
 
 log = logging.getLogger(__name__)
 
-#: 3: a row of JSON per listed asset, its exif as a JSON text within it, and the file
-#: names of a listing (2 had the exif as an object and no names, 1 kept assets in
+#: 3: a row of JSON per listed asset, its exif in a column of its own, and the file
+#: names of a listing (2 had the exif in the row and no names, 1 kept assets in
 #: columns; such catalogs start afresh)
 SCHEMA_VERSION = 3
 
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS listed (
     position INTEGER NOT NULL,
     id TEXT NOT NULL,
     asset TEXT NOT NULL,
+    exif TEXT NOT NULL,
     PRIMARY KEY (key, position)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS listed_by_id ON listed (id);
@@ -98,7 +99,12 @@ def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+#: between the exifs of a listing read back (never in a JSON text: controls are escaped)
+_EXIF_SEPARATOR = "\x1e"
+
+
 def _exif_text(exif: Mapping[str, Any]) -> str:
+    """The ``exif`` column of an asset."""
     if isinstance(exif, ExifText):
         return exif.text  # read back and never decoded: saved again as it was
     return json.dumps(dict(exif), default=str, separators=(",", ":"))
@@ -106,8 +112,8 @@ def _exif_text(exif: Mapping[str, Any]) -> str:
 
 def _row(asset: Asset) -> str:
     """``asset`` as one JSON array, its fields in :class:`Asset`'s order (dates in ISO
-    8601: ``fromisoformat`` reads them back faster than ``fromtimestamp``; the exif as
-    a JSON text, decoded only when read: :class:`~immichfs.model.ExifText`)."""
+    8601: ``fromisoformat`` reads them back faster than ``fromtimestamp``), but the
+    exif (null in its place: it has a column of its own, :func:`_exif_text`)."""
     return json.dumps(
         [
             asset.id,
@@ -130,7 +136,7 @@ def _row(asset: Asset) -> str:
             asset.duration_ms,
             asset.live_photo_video_id,
             asset.owner_id,
-            _exif_text(asset.exif),
+            None,
             asset.people,
             asset.tags,
             asset.is_edited,
@@ -140,14 +146,16 @@ def _row(asset: Asset) -> str:
     )
 
 
-def _assets(rows: list[list[Any]]) -> list[Asset]:
-    """The assets of decoded :func:`_row` arrays (turned into :class:`Asset`'s
-    arguments in place: the cheapest way found to build 100,000 of them)."""
+def _assets(rows: list[list[Any]], exifs: list[str]) -> list[Asset]:
+    """The assets of decoded :func:`_row` arrays and their exifs (turned into
+    :class:`Asset`'s arguments in place: the cheapest way found to build 100,000)."""
+    if len(exifs) != len(rows):
+        raise ValueError(f"{len(exifs)} exifs for {len(rows)} assets")
     iso = datetime.fromisoformat
     build = asset_of_fields
     exif = ExifText
     found = []
-    for r in rows:
+    for r, text in zip(rows, exifs, strict=True):
         r[5] = iso(r[5])
         r[6] = iso(r[6])
         if r[7] is not None:
@@ -156,7 +164,7 @@ def _assets(rows: list[list[Any]]) -> list[Asset]:
             r[8] = iso(r[8])
         if r[9] is not None:
             r[9] = iso(r[9])
-        r[20] = exif(r[20])
+        r[20] = exif(text)
         r[21] = tuple(r[21])
         r[22] = tuple(r[22])
         found.append(build(r))
@@ -205,10 +213,12 @@ def _key(text: str) -> Hashable:
     return tuple(json.loads(text))
 
 
-def _decoded(text: str) -> list[Asset] | None:
-    """The assets of a stored JSON array of rows; None when it cannot be read (damaged)."""
+def _decoded(text: str, exifs: str) -> list[Asset] | None:
+    """The assets of a stored JSON array of rows and their exifs (separated by
+    ``_EXIF_SEPARATOR``); None when they cannot be read (damaged)."""
     try:
-        return _assets(json.loads(text))
+        rows = json.loads(text)
+        return _assets(rows, exifs.split(_EXIF_SEPARATOR) if rows else [])
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         log.warning("a saved listing cannot be read (%s): loading it from the server", exc)
         return None
@@ -252,8 +262,8 @@ class CatalogStore:
             self._db.execute("DELETE FROM listed WHERE key = ?", (text,))
             # encoded as they are written: no second copy of a large listing in memory
             self._db.executemany(
-                "INSERT INTO listed VALUES (?, ?, ?, ?)",
-                ((text, i, a.id, _row(a)) for i, a in enumerate(assets)),
+                "INSERT INTO listed VALUES (?, ?, ?, ?, ?)",
+                ((text, i, a.id, _row(a), _exif_text(a.exif)) for i, a in enumerate(assets)),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO listings VALUES (?, ?, ?)",
@@ -266,28 +276,29 @@ class CatalogStore:
         if text is None:
             return None
         with self._lock:
+            # one pass over the listing's rows, in the primary key's order: by position
             row = self._db.execute(
-                "SELECT saved_at, (SELECT group_concat(asset, ',') FROM listed WHERE key = ?), "
-                "names FROM listings WHERE key = ?",
-                (text, text),
+                "SELECT saved_at, names, group_concat(asset, ','), "
+                "group_concat(exif, char(30)) "
+                "FROM listings LEFT JOIN listed USING (key) WHERE key = ?",
+                (text,),
             ).fetchone()
-        if row is None:
+        if row is None or row[0] is None:
             return None
-        # the primary key's order: the rows come, and are joined, by position
-        assets = _decoded(f"[{row[1] or ''}]")
+        assets = _decoded(f"[{row[2] or ''}]", row[3] or "")
         if assets is None:
             return None
-        return SavedListing(assets, float(row[0]), _names(row[2], len(assets)))
+        return SavedListing(assets, float(row[0]), _names(row[1], len(assets)))
 
     def saved_asset(self, asset_id: str) -> Asset | None:
         """The asset as last saved in any listing."""
         with self._lock:
             row = self._db.execute(
-                "SELECT asset FROM listed JOIN listings USING (key) WHERE id = ? "
+                "SELECT asset, exif FROM listed JOIN listings USING (key) WHERE id = ? "
                 "ORDER BY saved_at DESC LIMIT 1",
                 (asset_id,),
             ).fetchone()
-        found = _decoded(f"[{row[0]}]") if row is not None else None
+        found = _decoded(f"[{row[0]}]", row[1]) if row is not None else None
         return found[0] if found else None
 
     def checksum(self, asset_id: str) -> str | None:
@@ -303,8 +314,9 @@ class CatalogStore:
                 found.update(
                     key
                     for (key,) in self._db.execute(
-                        "SELECT DISTINCT key FROM listed WHERE id = ? AND asset != ?",
-                        (asset.id, _row(asset)),
+                        "SELECT DISTINCT key FROM listed "
+                        "WHERE id = ? AND (asset != ? OR exif != ?)",
+                        (asset.id, _row(asset), _exif_text(asset.exif)),
                     )
                 )
         return {_key(key) for key in found}

@@ -364,6 +364,10 @@ def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
         with store._db:
             store._db.execute("UPDATE listed SET asset = ?", (row,))
         assert store.saved_listing(PHOTOS) is None
+    store.save_listing(PHOTOS, [asset(1), asset(2)])
+    with store._db:  # one exif more than assets: none can be told apart
+        store._db.execute("UPDATE listed SET exif = '{}' || char(30) || '{}' WHERE position = 0")
+    assert store.saved_listing(PHOTOS) is None
     store.close()
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 1")
