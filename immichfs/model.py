@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +98,41 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
+class ExifText(Mapping[str, Any]):
+    """An asset's ``exif`` as the catalog on disk keeps it (a JSON object), decoded
+    when first read: a remount's listing of 100,000 assets needs none of them, and
+    decoding them all was a third of its ``json.loads``. Text that is not a JSON
+    object reads as empty (a damaged catalog shows no camera, never fails)."""
+
+    __slots__ = ("_decoded", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._decoded: dict[str, Any] | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        decoded = self._decoded
+        if decoded is None:
+            try:
+                value = json.loads(self.text)
+            except (ValueError, TypeError):
+                value = None
+            decoded = self._decoded = value if isinstance(value, dict) else {}
+        return decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+    def __repr__(self) -> str:
+        return f"ExifText({self.text!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Asset:
     """One Immich asset (``AssetResponseDto``), as the filesystem needs it."""
@@ -121,6 +157,7 @@ class Asset:
     duration_ms: int | None = None
     live_photo_video_id: str | None = None
     owner_id: str | None = None
+    #: the kept ``exifInfo`` fields (:data:`EXIF_FIELDS`): a dict, or an :class:`ExifText`
     exif: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     people: tuple[str, ...] = ()  # names (or ids of unnamed people), when the server sent them
     tags: tuple[str, ...] = ()  # full tag paths ("Travel/Japan"), when the server sent them

@@ -31,6 +31,8 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 Timer = Callable[[], float]
+#: what a batch of :meth:`SingleFlightCache.put_many` answers for a key it lacks
+_ABSENT: Any = object()
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class SingleFlightCache(Generic[K, V]):
             maxsize=max(maxsize, 1), ttl=ttl, timer=timer, getsizeof=getsizeof
         )
         self._flights: dict[K, _Flight[V]] = {}
+        self._sized = getsizeof is not None
+        #: (expiry, values) put all at once (:meth:`put_many`), oldest first: each found
+        #: as if it had been put itself; newer than the TTLCache's copy, if any
+        self._batches: list[tuple[float, dict[K, V]]] = []
+        self._batched = 0
         self._hits = 0
         self._misses = 0
         self._loads = 0
@@ -85,24 +92,69 @@ class SingleFlightCache(Generic[K, V]):
 
     def peek(self, key: K) -> V | None:
         """The cached value or None; counts nothing, loads nothing."""
+        if self._batches:
+            found = self._from_batches(key)
+            if found is not _ABSENT:
+                return found  # type: ignore[no-any-return]
         return self._cache.get(key)
 
     def __contains__(self, key: object) -> bool:
+        if self._batches and self._from_batches(key) is not _ABSENT:  # type: ignore[arg-type]
+            return True
         return key in self._cache
 
     def put(self, key: K, value: V) -> None:
+        if self._batches:
+            self._unbatch(key)
         try:
             self._cache[key] = value
         except ValueError:
             # larger than the whole cache: serve it uncached
             log.debug("%s: value for %r is larger than the cache", self.name, key)
 
+    def put_many(self, values: dict[K, V]) -> None:
+        """Cache all of ``values`` (taken as they are) at once, as one batch: found as
+        if each had been put, all expiring together. A remount's listing of 100,000
+        assets took a fifth of a second put one by one, a batch only its dict. Beside
+        the TTLCache's entries the batches hold at most ``maxsize`` (the oldest go
+        first); a cache bounded by ``getsizeof`` takes the values one by one."""
+        if self._sized or len(values) > self._cache.maxsize:  # (never so for assets)
+            for key, value in values.items():
+                self.put(key, value)
+            return
+        self._drop_expired()
+        self._batches.append((self.now() + self.ttl, values))
+        self._batched += len(values)
+        while self._batched > self._cache.maxsize:
+            self._batched -= len(self._batches.pop(0)[1])
+
+    def _drop_expired(self) -> None:
+        now = self.now()
+        while self._batches and not now < self._batches[0][0]:
+            self._batched -= len(self._batches.pop(0)[1])
+
+    def _from_batches(self, key: K) -> Any:
+        """``key``'s value in the newest batch holding it, else ``_ABSENT``."""
+        self._drop_expired()
+        for _, values in reversed(self._batches):
+            found = values.get(key, _ABSENT)
+            if found is not _ABSENT:
+                return found
+        return _ABSENT
+
+    def _unbatch(self, key: K) -> None:
+        for _, values in self._batches:
+            if values.pop(key, _ABSENT) is not _ABSENT:
+                self._batched -= 1
+
     def renew(self, key: K) -> bool:
         """Start ``key``'s time to live again (False if it is not cached)."""
-        value = self._cache.get(key)
-        if value is None:
-            return False
-        self._cache[key] = value  # a TTLCache times an entry from when it was set
+        value = self._from_batches(key) if self._batches else _ABSENT
+        if value is _ABSENT:
+            value = self._cache.get(key)
+            if value is None:
+                return False
+        self.put(key, value)  # a TTLCache times an entry from when it was set
         return True
 
     def now(self) -> float:
@@ -110,19 +162,32 @@ class SingleFlightCache(Generic[K, V]):
         return float(self._cache.timer())
 
     def pop(self, key: K) -> None:
+        if self._batches:
+            self._unbatch(key)
         self._cache.pop(key, None)
 
     def keys(self) -> list[K]:
         """The keys held now (expired ones may be among them until next touched)."""
-        return list(self._cache.keys())
+        self._drop_expired()
+        held = list(self._cache.keys())
+        for _, values in self._batches:
+            held.extend(values)
+        return list(dict.fromkeys(held))
 
     def clear(self) -> None:
+        self._batches.clear()
+        self._batched = 0
         self._cache.clear()
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         """The value of ``key``, from the cache or from ``load()`` (once per key at a time)."""
         while True:
             # no checkpoint from here until the flight is registered
+            if self._batches:
+                found = self._from_batches(key)
+                if found is not _ABSENT:
+                    self._hits += 1
+                    return found  # type: ignore[no-any-return]
             try:
                 value = self._cache[key]
             except KeyError:
@@ -170,9 +235,9 @@ class SingleFlightCache(Generic[K, V]):
             load_failures=self._failures,
             joined=self._joined,
             in_flight=len(self._flights),
-            size=self._cache.currsize,
+            size=self._cache.currsize + self._batched,
             maxsize=self._cache.maxsize,
-            entries=len(self._cache),
+            entries=len(self._cache) + self._batched,
         )
 
 
@@ -250,8 +315,9 @@ class MetadataCache:
       query, for ``listing_ttl``; bounded by the total number of assets held.
     - ``listings``: directory key → listing, for ``listing_ttl``; bounded by the
       total number of entries across listings (``max_assets``).
-    - ``assets``: asset id → Asset, for ``asset_ttl``; filled by every query,
-      so ``stat`` of a listed file needs no request.
+    - ``assets``: asset id → Asset, for ``asset_ttl``; filled by every query
+      (with a listing read back from disk, all at once: ``put_many``), so ``stat``
+      of a listed file needs no request.
     - ``sizes``: (asset id, checksum) → size learned with HEAD when Immich did not
       say (external libraries not yet scanned).
     - ``thumbnails``: a :class:`ThumbnailCache` (bytes and (length, content type));

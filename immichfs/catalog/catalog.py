@@ -64,7 +64,7 @@ from typing import Any, Protocol
 import trio
 
 from immichfs.catalog.cache import MetadataCache
-from immichfs.catalog.store import CatalogMemory
+from immichfs.catalog.store import CatalogMemory, Namer
 from immichfs.client import search as text_search
 from immichfs.errors import ImmichError, NotFound, Offline
 from immichfs.model import Album, Asset, Person, Tag, Thumbnail, TimeBucket, iso_instant
@@ -248,6 +248,9 @@ class Catalog:
         #: the catalog on disk (:mod:`immichfs.catalog.store`), when the mount keeps one:
         #: answers saved by an earlier mount come first, and stand in while offline
         self.memory: CatalogMemory | None = None
+        #: how the tree names a directory of a listing's assets: the names are saved
+        #: with the listing, and a remount that serves it needs not name them again
+        self.namer: Namer | None = None
 
     # -- paging: the one loop of "search, parse, drop trashed"
 
@@ -327,13 +330,13 @@ class Catalog:
 
             def remember(saved: Sequence[Asset]) -> None:
                 # assets served from disk are known one by one too, as listed ones are
-                put = self.cache.assets.put
-                for asset in saved:
-                    put(asset.id, asset)
+                self.cache.assets.put_many({asset.id: asset for asset in saved})
 
             async def load() -> tuple[Asset, ...]:
                 with cyclic_gc_paused():  # a saved listing is decoded as a loaded one is parsed
-                    return tuple(await memory.load(key, fetch, remember=remember))
+                    found = await memory.load(key, fetch, remember=remember, namer=self.namer)
+                # a tuple already (NamedAssets among them) is kept as it is, names and all
+                return found if isinstance(found, tuple) else tuple(found)
 
         assets: tuple[Asset, ...] = await self.cache.queries.get(key, load)
         return assets

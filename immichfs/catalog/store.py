@@ -5,12 +5,14 @@ directory, see :mod:`immichfs.catalog.cachedir`):
 
 - ``listings``: the directories whose assets were saved (the timeline, an album,
   a person, a tag, favourites, archive, a month), keyed by the directory's key,
-  with the time they were saved;
+  with the time they were saved and, when known, the file names of their assets
+  (a JSON array, by position: see :class:`NamedAssets`);
 - ``listed``: their assets in order, one row each: the asset as one JSON array,
-  and its id (indexed: the listings that hold an asset are found without reading
+  its exif (a JSON object, in a column of its own: decoded only when read), and
+  its id (indexed: the listings that hold an asset are found without reading
   them). A listing is read back as one text (``group_concat`` in SQLite) and one
-  ``json.loads``: 100,000 assets in a few tenths of a second, where the assets in
-  columns took two seconds more;
+  ``json.loads``, its exifs as another text split at a separator: 100,000 assets
+  in a few tenths of a second, where the assets in columns took two seconds more;
 - ``thumbnails``: the length and Content-Type of each thumbnail seen;
 - ``answers``: the collection lists (albums, people, tags, date buckets) as the
   server sent them (JSON), for offline mounts;
@@ -29,33 +31,37 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
 from immichfs.catalog.cachedir import open_database
 from immichfs.catalog.content import ContentCache, content_key
 from immichfs.errors import Offline, TransientError
-from immichfs.model import Asset, asset_of_fields
+from immichfs.model import Asset, ExifText, asset_of_fields
 
 log = logging.getLogger(__name__)
 
-#: 2: a row of JSON per listed asset (1 kept assets in columns; such catalogs start afresh)
-SCHEMA_VERSION = 2
+#: 3: a row of JSON per listed asset, its exif in a column of its own, and the file
+#: names of a listing (2 had the exif in the row and no names, 1 kept assets in
+#: columns; such catalogs start afresh)
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS listings (
     key TEXT PRIMARY KEY,
-    saved_at REAL NOT NULL
+    saved_at REAL NOT NULL,
+    names TEXT
 );
 CREATE TABLE IF NOT EXISTS listed (
     key TEXT NOT NULL,
     position INTEGER NOT NULL,
     id TEXT NOT NULL,
     asset TEXT NOT NULL,
+    exif TEXT NOT NULL,
     PRIMARY KEY (key, position)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS listed_by_id ON listed (id);
@@ -93,9 +99,21 @@ def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+#: between the exifs of a listing read back (never in a JSON text: controls are escaped)
+_EXIF_SEPARATOR = "\x1e"
+
+
+def _exif_text(exif: Mapping[str, Any]) -> str:
+    """The ``exif`` column of an asset."""
+    if isinstance(exif, ExifText):
+        return exif.text  # read back and never decoded: saved again as it was
+    return json.dumps(dict(exif), default=str, separators=(",", ":"))
+
+
 def _row(asset: Asset) -> str:
     """``asset`` as one JSON array, its fields in :class:`Asset`'s order (dates in ISO
-    8601: ``fromisoformat`` reads them back faster than ``fromtimestamp``)."""
+    8601: ``fromisoformat`` reads them back faster than ``fromtimestamp``), but the
+    exif (null in its place: it has a column of its own, :func:`_exif_text`)."""
     return json.dumps(
         [
             asset.id,
@@ -118,7 +136,7 @@ def _row(asset: Asset) -> str:
             asset.duration_ms,
             asset.live_photo_video_id,
             asset.owner_id,
-            dict(asset.exif),
+            None,
             asset.people,
             asset.tags,
             asset.is_edited,
@@ -128,13 +146,16 @@ def _row(asset: Asset) -> str:
     )
 
 
-def _assets(rows: list[list[Any]]) -> list[Asset]:
-    """The assets of decoded :func:`_row` arrays (turned into :class:`Asset`'s
-    arguments in place: the cheapest way found to build 100,000 of them)."""
+def _assets(rows: list[list[Any]], exifs: list[str]) -> list[Asset]:
+    """The assets of decoded :func:`_row` arrays and their exifs (turned into
+    :class:`Asset`'s arguments in place: the cheapest way found to build 100,000)."""
+    if len(exifs) != len(rows):
+        raise ValueError(f"{len(exifs)} exifs for {len(rows)} assets")
     iso = datetime.fromisoformat
     build = asset_of_fields
+    exif = ExifText
     found = []
-    for r in rows:
+    for r, text in zip(rows, exifs, strict=True):
         r[5] = iso(r[5])
         r[6] = iso(r[6])
         if r[7] is not None:
@@ -143,10 +164,48 @@ def _assets(rows: list[list[Any]]) -> list[Asset]:
             r[8] = iso(r[8])
         if r[9] is not None:
             r[9] = iso(r[9])
+        r[20] = exif(text)
         r[21] = tuple(r[21])
         r[22] = tuple(r[22])
         found.append(build(r))
     return found
+
+
+class NamedAssets(tuple[Asset, ...]):
+    """A saved listing's assets with the file names a directory of them alone gave
+    them (``names``, by position), as saved with them: a remount need not name
+    100,000 assets again. Saved in one transaction with the assets, and dropped
+    whenever one of them leaves the listing, they are exactly what naming these
+    assets gives."""
+
+    names: Sequence[str]
+
+    def __new__(cls, assets: Iterable[Asset], names: Sequence[str]) -> NamedAssets:
+        named = super().__new__(cls, assets)
+        named.names = names
+        return named
+
+
+class SavedListing(NamedTuple):
+    """A listing as :meth:`CatalogStore.saved_listing` reads it back."""
+
+    assets: list[Asset]
+    saved_at: float  # epoch seconds
+    #: the file names saved with it (None: not known)
+    names: list[str] | None
+
+
+def _names(text: str | None, count: int) -> list[str] | None:
+    """Saved names, if they are ``count`` texts (anything else: not known)."""
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or len(names) != count:
+        return None
+    return names if all(type(n) is str for n in names) else None
 
 
 def _key(text: str) -> Hashable:
@@ -154,10 +213,12 @@ def _key(text: str) -> Hashable:
     return tuple(json.loads(text))
 
 
-def _decoded(text: str) -> list[Asset] | None:
-    """The assets of a stored JSON array of rows; None when it cannot be read (damaged)."""
+def _decoded(text: str, exifs: str) -> list[Asset] | None:
+    """The assets of a stored JSON array of rows and their exifs (separated by
+    ``_EXIF_SEPARATOR``); None when they cannot be read (damaged)."""
     try:
-        return _assets(json.loads(text))
+        rows = json.loads(text)
+        return _assets(rows, exifs.split(_EXIF_SEPARATOR) if rows else [])
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         log.warning("a saved listing cannot be read (%s): loading it from the server", exc)
         return None
@@ -181,11 +242,17 @@ class CatalogStore:
     # -- listings
 
     def save_listing(
-        self, key: Hashable, assets: Iterable[Asset], *, still: Callable[[], bool] | None = None
+        self,
+        key: Hashable,
+        assets: Iterable[Asset],
+        *,
+        names: Sequence[str] | None = None,
+        still: Callable[[], bool] | None = None,
     ) -> None:
-        """Remember ``key``'s assets (replacing what was saved for it); with ``still``,
-        only if it answers true once the catalog is locked (the listing was not
-        outdated while it was being saved)."""
+        """Remember ``key``'s assets (replacing what was saved for it), and the file
+        ``names`` given to them (by position); with ``still``, only if it answers
+        true once the catalog is locked (the listing was not outdated while it was
+        being saved)."""
         text = key_text(key)
         if text is None:
             return
@@ -195,37 +262,43 @@ class CatalogStore:
             self._db.execute("DELETE FROM listed WHERE key = ?", (text,))
             # encoded as they are written: no second copy of a large listing in memory
             self._db.executemany(
-                "INSERT INTO listed VALUES (?, ?, ?, ?)",
-                ((text, i, a.id, _row(a)) for i, a in enumerate(assets)),
+                "INSERT INTO listed VALUES (?, ?, ?, ?, ?)",
+                ((text, i, a.id, _row(a), _exif_text(a.exif)) for i, a in enumerate(assets)),
             )
-            self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?)", (text, self._clock()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO listings VALUES (?, ?, ?)",
+                (text, self._clock(), json.dumps(names) if names is not None else None),
+            )
 
-    def saved_listing(self, key: Hashable) -> tuple[list[Asset], float] | None:
-        """``key``'s assets as last saved, and when (epoch seconds); None if never saved."""
+    def saved_listing(self, key: Hashable) -> SavedListing | None:
+        """``key``'s assets as last saved, when, and their names; None if never saved."""
         text = key_text(key)
         if text is None:
             return None
         with self._lock:
+            # one pass over the listing's rows, in the primary key's order: by position
             row = self._db.execute(
-                "SELECT saved_at, (SELECT group_concat(asset, ',') FROM listed WHERE key = ?) "
-                "FROM listings WHERE key = ?",
-                (text, text),
+                "SELECT saved_at, names, group_concat(asset, ','), "
+                "group_concat(exif, char(30)) "
+                "FROM listings LEFT JOIN listed USING (key) WHERE key = ?",
+                (text,),
             ).fetchone()
-        if row is None:
+        if row is None or row[0] is None:
             return None
-        # the primary key's order: the rows come, and are joined, by position
-        assets = _decoded(f"[{row[1] or ''}]")
-        return (assets, float(row[0])) if assets is not None else None
+        assets = _decoded(f"[{row[2] or ''}]", row[3] or "")
+        if assets is None:
+            return None
+        return SavedListing(assets, float(row[0]), _names(row[1], len(assets)))
 
     def saved_asset(self, asset_id: str) -> Asset | None:
         """The asset as last saved in any listing."""
         with self._lock:
             row = self._db.execute(
-                "SELECT asset FROM listed JOIN listings USING (key) WHERE id = ? "
+                "SELECT asset, exif FROM listed JOIN listings USING (key) WHERE id = ? "
                 "ORDER BY saved_at DESC LIMIT 1",
                 (asset_id,),
             ).fetchone()
-        found = _decoded(f"[{row[0]}]") if row is not None else None
+        found = _decoded(f"[{row[0]}]", row[1]) if row is not None else None
         return found[0] if found else None
 
     def checksum(self, asset_id: str) -> str | None:
@@ -241,8 +314,9 @@ class CatalogStore:
                 found.update(
                     key
                     for (key,) in self._db.execute(
-                        "SELECT DISTINCT key FROM listed WHERE id = ? AND asset != ?",
-                        (asset.id, _row(asset)),
+                        "SELECT DISTINCT key FROM listed "
+                        "WHERE id = ? AND (asset != ? OR exif != ?)",
+                        (asset.id, _row(asset), _exif_text(asset.exif)),
                     )
                 )
         return {_key(key) for key in found}
@@ -270,9 +344,16 @@ class CatalogStore:
             return self._db.total_changes - before
 
     def forget_assets(self, asset_ids: Iterable[str]) -> None:
-        """Assets known to be gone (permanently deleted): out of every listing."""
+        """Assets known to be gone (permanently deleted): out of every listing (whose
+        names are forgotten: without one, another may keep the bare name)."""
+        ids = [(i,) for i in set(asset_ids)]
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM listed WHERE id = ?", [(i,) for i in set(asset_ids)])
+            self._db.executemany(
+                "UPDATE listings SET names = NULL "
+                "WHERE key IN (SELECT key FROM listed WHERE id = ?) AND names IS NOT NULL",
+                ids,
+            )
+            self._db.executemany("DELETE FROM listed WHERE id = ?", ids)
 
     def forget_all_listings(self) -> None:
         """Drop every saved listing (the catalog cannot say what changed since them)."""
@@ -391,6 +472,8 @@ class Reachability:
 
 
 AssetsLoader = Callable[[], Awaitable[Sequence[Asset]]]
+#: the file names a directory of only these assets gives them, in their order
+Namer = Callable[[Sequence[Asset]], Sequence[str]]
 #: directory kinds never saved: a search is a question, not part of the library
 _NOT_SAVED = ("search",)
 
@@ -461,9 +544,12 @@ class CatalogMemory:
         loader: AssetsLoader,
         *,
         remember: Callable[[Sequence[Asset]], None] | None = None,
+        namer: Namer | None = None,
     ) -> Sequence[Asset]:
         """``key``'s assets: saved, or from ``loader``, as described above;
-        ``remember`` is given the assets whenever they come from disk."""
+        ``remember`` is given the assets whenever they come from disk. ``namer``
+        gives the file names a listing is saved with (served back as
+        :class:`NamedAssets`)."""
         if not self._kept(key):
             return await loader()
         online = self.reachability()
@@ -499,20 +585,26 @@ class CatalogMemory:
                 remember(saved)
             return saved
         self._saving += 1  # counted from now: a flush right after this waits for it
-        trio.lowlevel.spawn_system_task(self._save, key, assets, epoch)
+        trio.lowlevel.spawn_system_task(self._save, key, assets, epoch, namer)
         return assets
 
-    async def _saved(self, key: Hashable) -> list[Asset] | None:
+    async def _saved(self, key: Hashable) -> Sequence[Asset] | None:
         """The saved listing of ``key``, unless a :meth:`forget` came while it was read."""
         epoch = self._epoch
         saved = await trio.to_thread.run_sync(self.store.saved_listing, key)
-        return saved[0] if saved is not None and epoch == self._epoch else None
+        if saved is None or epoch != self._epoch:
+            return None
+        return NamedAssets(saved.assets, saved.names) if saved.names is not None else saved.assets
 
-    async def _save(self, key: Hashable, assets: Sequence[Asset], epoch: int) -> None:
+    async def _save(
+        self, key: Hashable, assets: Sequence[Asset], epoch: int, namer: Namer | None
+    ) -> None:
+        def save() -> None:
+            names = namer(assets) if namer is not None else None  # before the catalog is locked
+            self.store.save_listing(key, assets, names=names, still=lambda: epoch == self._epoch)
+
         try:
-            await trio.to_thread.run_sync(
-                lambda: self.store.save_listing(key, assets, still=lambda: epoch == self._epoch)
-            )
+            await trio.to_thread.run_sync(save)
         except Exception as exc:  # a full disk must not end the mount
             log.warning("cannot save the catalog: %s", exc)
         finally:

@@ -152,26 +152,37 @@ class NameRequest(NamedTuple):
 _RANK = operator.itemgetter(2, 0)
 
 
+def _ranks_before(a: NameRequest, b: NameRequest) -> bool:
+    """``a`` comes first by rule 5 (``order``, then ``ident``; idents are unique)."""
+    return a[2] < b[2] or (a[2] == b[2] and a[0] < b[0])
+
+
 def assign_names(requests: Iterable[NameRequest], reserved: Iterable[str] = ()) -> dict[str, str]:
     """ident → unique file name, by the rules of the module docstring."""
     taken: set[str] = {collision_key(name) for name in reserved}
     cleaned: dict[str, str] = {}
-    groups: dict[str, list[NameRequest]] = {}
-    for request in requests:
-        name = cleaned[request.ident] = clean(request.name, request.ident)
-        groups.setdefault(collision_key(name), []).append(request)
-    result: dict[str, str] = {}
+    #: collision key -> the first of its group so far (no list per group); the others
+    firsts: dict[str, NameRequest] = {}
     losers: list[NameRequest] = []
-    # first: every group's first member claims its bare name
-    for key, group in groups.items():
+    for request in requests:
+        ident = request[0]
+        name = cleaned[ident] = clean(request[1], ident)
+        key = collision_key(name)
+        first = firsts.setdefault(key, request)
+        if first is not request:
+            if _ranks_before(request, first):
+                firsts[key] = request
+                losers.append(first)
+            else:
+                losers.append(request)
+    # every group's first member claims its bare name, unless a reserved name holds it
+    result: dict[str, str] = {}
+    for key, first in firsts.items():
         if key in taken:
-            losers.extend(group)
-            continue
-        taken.add(key)
-        first = min(group, key=_RANK) if len(group) > 1 else group[0]
-        result[first.ident] = cleaned[first.ident]
-        if len(group) > 1:
-            losers.extend(r for r in group if r is not first)
+            losers.append(first)
+        else:
+            result[first[0]] = cleaned[first[0]]
+    taken.update(firsts)
     # then the others get an id suffix; when no two of these names collide (nearly
     # always) the order they are given in cannot matter, and none is needed
     short = {

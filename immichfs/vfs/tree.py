@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import operator
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -40,6 +41,7 @@ from immichfs.catalog.cache import MetadataCache
 from immichfs.catalog.catalog import Catalog, cyclic_gc_paused
 from immichfs.catalog.content import CachedSource
 from immichfs.catalog.reader import ReaderPool
+from immichfs.catalog.store import NamedAssets
 from immichfs.errors import ImmichError, NotFound, PermissionDenied, UnsupportedVersion
 from immichfs.model import Asset
 from immichfs.vfs.names import NameRequest, assign_names, clean, split_extension
@@ -172,6 +174,10 @@ class XattrProvider(Protocol):
     async def getxattr(self, node: Node, name: str) -> bytes | None: ...
 
 
+#: what entries are sorted by: their names (unique in a listing)
+_entry_name = operator.itemgetter(0)
+
+
 @dataclass(frozen=True)
 class Listing:
     """A directory's entries, sorted by name, with a name index."""
@@ -189,7 +195,7 @@ class Listing:
         newest: datetime | None = None,
         assets: Sequence[Asset] | None = None,
     ) -> Listing:
-        return cls(tuple(sorted(items.items(), key=lambda item: item[0])), newest, assets)
+        return cls(tuple(sorted(items.items(), key=_entry_name)), newest, assets)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", dict(self.entries))
@@ -235,6 +241,18 @@ def name_assets(assets: Sequence[Asset], reserved: Sequence[str] = ()) -> dict[s
     return assign_names(
         (NameRequest(a.id, a.original_file_name, asset_order(a)) for a in assets), reserved
     )
+
+
+def names_in_order(assets: Sequence[Asset]) -> list[str]:
+    """The names a directory of only ``assets`` gives them, in their order (what the
+    catalog saves with a listing: :class:`~immichfs.catalog.store.NamedAssets`)."""
+    names = name_assets(assets)
+    return [names[a.id] for a in assets]
+
+
+def saved_names(assets: Sequence[Asset]) -> Sequence[str] | None:
+    """The names saved with ``assets``, if it is a saved listing that has them."""
+    return assets.names if isinstance(assets, NamedAssets) else None
 
 
 # -- directories ----------------------------------------------------------------
@@ -296,13 +314,21 @@ def asset_listing(
     """A listing of ``assets`` (each once) beside ``directories``; ``answer`` is the
     catalog answer they were taken from (default: ``assets`` themselves)."""
     directories = directories or {}
+    answer = assets if answer is None else answer
     with cyclic_gc_paused():
-        names = name_assets(assets, reserved=list(directories))
+        newest = max((a.file_modified_at for a in assets), default=None)
+        # saved names are those of the assets alone: good when nothing else is listed
+        saved = saved_names(assets) if not directories else None
+        if saved is not None:
+            entries = sorted(zip(saved, map(AssetFile, assets), strict=True), key=_entry_name)
+            listing = Listing(tuple(entries), newest, answer)
+            if len(listing.index) == len(assets):  # each name once (unless damaged)
+                return listing
         items: dict[str, Directory | FileNode] = dict(directories)
+        names = name_assets(assets, reserved=list(directories))
         for asset in assets:
             items[names[asset.id]] = AssetFile(asset)
-        newest = max((a.file_modified_at for a in assets), default=None)
-        return Listing.build(items, newest, assets if answer is None else answer)
+        return Listing.build(items, newest, answer)
 
 
 async def derived_listing(
@@ -462,6 +488,7 @@ class Tree:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.catalog = catalog
+        catalog.namer = names_in_order  # saved with the listings: see asset_listing
         self.readers = readers
         #: the content cache's side of the byte path (None: every read goes to the server)
         self.content = content

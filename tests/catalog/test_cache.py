@@ -37,6 +37,43 @@ async def test_bounded_by_entries() -> None:
     assert cache.peek(9) == 9 and cache.peek(0) is None
 
 
+async def test_values_put_at_once_are_found_as_if_put_one_by_one() -> None:
+    clock = Clock()
+    cache: SingleFlightCache[str, str] = SingleFlightCache("t", maxsize=10, ttl=5, timer=clock)
+
+    async def load() -> str:
+        return "loaded"
+
+    cache.put("a", "old a")
+    cache.put_many({"a": "a", "b": "b", "c": "c", "d": "d"})
+    assert cache.peek("a") == "a" and "b" in cache and await cache.get("c", load) == "c"
+    assert sorted(cache.keys()) == ["a", "b", "c", "d"]
+    assert cache.statistics().entries == 5  # the old "a" until it expires
+    cache.put("b", "newer b")  # a later put wins
+    cache.pop("c")
+    assert cache.peek("b") == "newer b" and "c" not in cache
+    clock.now = 4
+    assert cache.renew("d")  # its time to live starts again: now it outlives the batch
+    clock.now = 5.1
+    assert cache.peek("a") is None and "a" not in cache and await cache.get("a", load) == "loaded"
+    assert cache.peek("d") == "d" and cache.peek("b") is None  # put at 0
+    cache.clear()
+    assert cache.keys() == [] and cache.statistics().entries == 0
+
+
+async def test_batches_are_bounded_by_entries_oldest_first() -> None:
+    cache: SingleFlightCache[int, int] = SingleFlightCache("t", maxsize=5, ttl=60)
+    cache.put_many({1: 1, 2: 2, 3: 3})
+    cache.put_many({4: 4, 5: 5})
+    assert cache.statistics().entries == 5 and cache.peek(1) == 1
+    cache.put_many({6: 6, 7: 7})
+    assert cache.peek(1) is None and cache.peek(4) == 4 and cache.peek(7) == 7
+    assert cache.statistics().entries == 4
+    cache.put_many({i: i for i in range(10, 20)})  # more than the whole cache: one by one
+    assert cache.peek(19) == 19 and cache.peek(10) is None and cache.peek(7) == 7
+    assert cache.statistics().entries == 5 + 4
+
+
 async def test_bounded_by_size_and_oversized_values_are_not_cached() -> None:
     cache: SingleFlightCache[str, bytes] = SingleFlightCache(
         "bytes", maxsize=100, ttl=60, getsizeof=len

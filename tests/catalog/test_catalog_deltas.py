@@ -17,12 +17,12 @@ import trio
 
 from immichfs.catalog.catalog import timeline_key
 from immichfs.catalog.local import LocalCache
-from immichfs.catalog.store import Reachability
+from immichfs.catalog.store import NamedAssets, Reachability
 from immichfs.client.connector import ImmichConnector
 from immichfs.compose import build_tree
 from immichfs.options import Settings
 from immichfs.vfs.refresh import STATE, RefreshTask
-from immichfs.vfs.tree import AssetFile, Tree
+from immichfs.vfs.tree import AssetFile, Tree, name_assets
 from immichfs.vfs.views import FAVORITES_KEY, PHOTOS_KEY
 from immichfs_fake import FakeImmich, FakeLibrary
 from immichfs_fake.library import FakeAsset
@@ -52,6 +52,12 @@ async def mounted(
 async def ids(tree: Tree, key: Any) -> set[str]:
     listing = await tree.listdir(key)
     return {node.asset.id for _, node in listing.entries if isinstance(node, AssetFile)}
+
+
+async def names(tree: Tree, key: Any) -> dict[str, str]:
+    """asset id -> its file name in the directory ``key``."""
+    listing = await tree.listdir(key)
+    return {node.asset.id: name for name, node in listing.entries if isinstance(node, AssetFile)}
 
 
 def truth(library: FakeLibrary) -> set[str]:
@@ -171,3 +177,34 @@ async def test_a_catalog_without_delta_state_is_not_served(
         await ids(tree, PHOTOS_KEY)
         assert local.memory.served_saved == 0
         assert isinstance(local.memory.saved_state(STATE)["watermark"], str)
+
+
+async def test_a_remount_names_files_as_a_fresh_listing_would(
+    mutable_immich: FakeImmich, mutable_library: FakeLibrary, tmp_path: Path
+) -> None:
+    library = mutable_library
+    added = {library.add_asset("same.jpg").id for _ in range(2)}
+    async with mounted(mutable_immich, tmp_path) as (tree, _, local):
+        listed = await names(tree, PHOTOS_KEY)
+        (first,) = [i for i in added if listed[i] == "same.jpg"]  # the other: a suffix
+        (second,) = added - {first}
+        await wait_saved(local, PHOTOS)
+
+    library.delete(first)  # permanently, while unmounted: the other may take its name
+    async with mounted(mutable_immich, tmp_path) as (tree, task, local):
+        served = await tree.catalog.timeline("IMAGE")
+        assert isinstance(served, NamedAssets)  # with the names saved: none computed
+        assert await names(tree, PHOTOS_KEY) == listed == name_assets(list(served))
+        asked = len(mutable_immich.requests)
+        for asset in served:  # known one by one too: no request for any
+            assert await tree.catalog.asset(asset.id) is asset
+        assert len(mutable_immich.requests) == asked
+        await task.refresh(full=True)  # the catch-up finds the deletion
+        renamed = await names(tree, PHOTOS_KEY)
+        assert first not in renamed and renamed[second] == "same.jpg"
+        await wait_saved(local, PHOTOS)
+
+    async with mounted(mutable_immich, tmp_path) as (tree, _, local):
+        served = await tree.catalog.timeline("IMAGE")
+        assert local.memory.served_saved == 1 and isinstance(served, NamedAssets)
+        assert await names(tree, PHOTOS_KEY) == renamed == name_assets(list(served))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from immichfs.catalog.cachedir import DirectoryLock, find_user_dir, user_dir
-from immichfs.catalog.store import CatalogMemory, CatalogStore, Reachability
+from immichfs.catalog.store import CatalogMemory, CatalogStore, NamedAssets, Reachability
 from immichfs.errors import ConnectError, NotFound, Offline, UserError
-from immichfs.model import Asset
+from immichfs.model import Asset, ExifText
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -58,6 +58,76 @@ def test_listing_survives_a_reopen_exactly(tmp_path: Path) -> None:
     assert again.saved_asset(assets[2].id) == assets[2]
     assert again.saved_listing(("album", "nope")) is None
     assert stat.S_IMODE(os.stat(tmp_path / "catalog.sqlite").st_mode) == 0o600
+
+
+def test_exif_read_back_is_decoded_when_read_and_equal_to_the_saved(tmp_path: Path) -> None:
+    saved = [asset(1), asset(2, exif={}), asset(3, exif={"latitude": 35.7, "model": "X100V"})]
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, saved)
+    found = store.saved_listing(PHOTOS)
+    assert found is not None
+    for back, original in zip(found[0], saved, strict=True):
+        assert isinstance(back.exif, ExifText)
+        assert dict(back.exif) == dict(original.exif) and back.exif == original.exif
+        assert list(back.exif) == list(original.exif)  # the same order of fields
+        assert back.exif.get("make") == original.exif.get("make")
+    # saved again undecoded, the same text: a copy read back is not another version
+    store.save_listing(("album", "a"), found[0])
+    assert store.listings_holding(saved) == set()
+    assert store.listings_holding([asset(3, exif={"model": "X100F"})]) == {
+        PHOTOS,
+        ("album", "a"),
+    }
+
+
+def test_exif_text_that_is_not_an_object_reads_as_empty() -> None:
+    for text in ('{"make": "Canon"', "[1, 2]", "null", ""):
+        assert dict(ExifText(text)) == {} and len(ExifText(text)) == 0
+    assert ExifText('{"make": "Canon"}')["make"] == "Canon"
+    with pytest.raises(KeyError):
+        ExifText('{"make": "Canon"}')["model"]
+
+
+def test_names_are_saved_with_a_listing_and_forgotten_when_an_asset_leaves_it(
+    tmp_path: Path,
+) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    store.save_listing(PHOTOS, [asset(1), asset(2)], names=["IMG_1.jpg", "IMG_2.jpg"])
+    store.save_listing(("album", "x"), [asset(3)], names=["IMG_3.jpg"])
+    store.save_listing(("album", "y"), [asset(2)])  # saved without names
+    assert store.saved_listing(PHOTOS).names == ["IMG_1.jpg", "IMG_2.jpg"]  # type: ignore[union-attr]
+    assert store.saved_listing(("album", "y")).names is None  # type: ignore[union-attr]
+    store.forget_assets([asset(2).id])  # another asset may now keep a bare name
+    saved = store.saved_listing(PHOTOS)
+    assert saved is not None and saved.assets == [asset(1)] and saved.names is None
+    assert store.saved_listing(("album", "x")).names == ["IMG_3.jpg"]  # type: ignore[union-attr]
+    # names that do not fit the assets are not known (a damaged catalog)
+    for text in ('["a.jpg", "b.jpg"]', "[1]", '{"a": 1}', '["cut'):
+        with store._db:
+            store._db.execute("UPDATE listings SET names = ?", (text,))
+        assert store.saved_listing(("album", "x")).names is None  # type: ignore[union-attr]
+
+
+async def test_memory_saves_names_and_serves_them_with_the_saved_assets(tmp_path: Path) -> None:
+    store = CatalogStore(tmp_path / "catalog.sqlite")
+    memory = CatalogMemory(store, Reachability(), current=lambda key: True)
+
+    async def load() -> list[Asset]:
+        return [asset(1), asset(2)]
+
+    def namer(assets: Sequence[Asset]) -> list[str]:
+        return [f"{a.original_file_name}.named" for a in assets]
+
+    served = await memory.load(PHOTOS, load, namer=namer)
+    assert not isinstance(served, NamedAssets)  # from the server: named by the tree
+    await memory.flush()
+    again = CatalogMemory(store, Reachability(), current=lambda key: True)
+    saved = await again.load(PHOTOS, load)
+    assert isinstance(saved, NamedAssets) and list(saved) == [asset(1), asset(2)]
+    assert saved.names == ["IMG_1.jpg.named", "IMG_2.jpg.named"]
+    store.forget_assets([asset(2).id])
+    third = CatalogMemory(store, Reachability(), current=lambda key: True)
+    assert not isinstance(await third.load(PHOTOS, load), NamedAssets)
 
 
 def test_forget_assets_removes_them_from_every_listing(tmp_path: Path) -> None:
@@ -298,6 +368,10 @@ def test_a_damaged_or_older_catalog_is_never_misread(tmp_path: Path) -> None:
         with store._db:
             store._db.execute("UPDATE listed SET asset = ?", (row,))
         assert store.saved_listing(PHOTOS) is None
+    store.save_listing(PHOTOS, [asset(1), asset(2)])
+    with store._db:  # one exif more than assets: none can be told apart
+        store._db.execute("UPDATE listed SET exif = '{}' || char(30) || '{}' WHERE position = 0")
+    assert store.saved_listing(PHOTOS) is None
     store.close()
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 1")
@@ -326,3 +400,26 @@ async def test_after_a_failed_forget_saved_listings_are_not_served(
         return [asset(2)]
 
     assert await memory.load(PHOTOS, load) == [asset(2)]  # the server's, not the saved one
+
+
+@pytest.mark.expect_log("has format 2: starting a new one")
+def test_a_catalog_of_the_format_before_exif_texts_is_emptied_once_and_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "catalog.sqlite"
+    store = CatalogStore(path)
+    store.save_listing(PHOTOS, [asset(1)])
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 2")  # rows with the exif as an object were format 2
+    db.commit()
+    db.close()
+    again = CatalogStore(path)
+    assert again.empty and again.saved_listing(PHOTOS) is None
+    again.save_listing(PHOTOS, [asset(1)])
+    again.close()
+    third = CatalogStore(path)  # rebuilt in this format: read back, without a warning
+    saved = third.saved_listing(PHOTOS)
+    assert saved is not None and saved[0] == [asset(1)]
+    warnings = [r.getMessage() for r in caplog.records if "has format" in r.getMessage()]
+    assert warnings == [f"{path} has format 2: starting a new one"]

@@ -161,3 +161,20 @@ def test_any_server_names_give_unique_valid_names(raw: list[tuple[str, int]]) ->
     keys = [unicodedata.normalize("NFC", n) for n in names.values()]
     assert len(set(keys)) == len(keys)
     assert assign_names(list(reversed(requests))) == names
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["a.jpg", "b.jpg", "A.jpg"]), st.integers(0, 3))),
+    st.lists(st.sampled_from(["a.jpg", "b~00000001.jpg", "c.jpg"]), max_size=2),
+)
+def test_the_first_by_order_then_id_keeps_the_bare_name(
+    raw: list[tuple[str, int]], reserved: list[str]
+) -> None:
+    requests = [NameRequest(f"{i:08d}", name, order) for i, (name, order) in enumerate(raw)]
+    names = assign_names(requests, reserved)
+    for name in {r.name for r in requests}:
+        group = [r for r in requests if r.name == name]
+        first = min(group, key=lambda r: (r.order, r.ident))
+        bare = [r.ident for r in group if names[r.ident] == name]
+        assert bare == ([] if name in reserved else [first.ident])
+    assert not set(names.values()) & set(reserved)

@@ -24,6 +24,7 @@ from immichfs.catalog.cache import CacheSettings, MetadataCache
 from immichfs.catalog.catalog import Catalog, CatalogSettings
 from immichfs.catalog.catalog import cyclic_gc_paused as _cyclic_gc_paused
 from immichfs.catalog.reader import ReaderPool
+from immichfs.catalog.store import NamedAssets
 from immichfs.errors import NotFound, ServerError
 from immichfs.model import Asset
 from immichfs.vfs.names import is_valid
@@ -36,8 +37,10 @@ from immichfs.vfs.tree import (
     ThumbnailFile,
     Tree,
     TreeSettings,
+    asset_listing,
     extension_for,
     name_assets,
+    names_in_order,
 )
 
 
@@ -369,3 +372,19 @@ def test_the_first_uploaded_then_the_smallest_id_keeps_a_shared_name() -> None:
             "a~00000003.jpg",
             "a~00000004.jpg",
         ]
+
+
+def test_a_listing_with_saved_names_is_the_listing_naming_gives() -> None:
+    assets = [Asset.from_json(make_asset(n, "a.jpg" if n % 2 else f"b{n}.jpg")) for n in range(9)]
+    fresh = asset_listing(assets)
+    saved = NamedAssets(assets, names_in_order(assets))
+    from_saved = asset_listing(saved)
+    assert from_saved.entries == fresh.entries and from_saved.newest == fresh.newest
+    assert from_saved.assets is saved
+    # names that repeat (a damaged catalog) are not used: the assets are named again
+    damaged = asset_listing(NamedAssets(assets, ["same.jpg"] * len(assets)))
+    assert damaged.entries == fresh.entries
+    # beside other entries (a directory named as an asset), the assets are named again
+    tree, _, _ = build([])
+    beside = asset_listing(saved, {"a.jpg": tree.root})
+    assert beside.get("a.jpg") is tree.root and len(beside) == len(assets) + 1
