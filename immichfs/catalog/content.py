@@ -67,6 +67,9 @@ MiB = 1024 * 1024
 BLOCK_SIZE = MiB
 #: what O_DIRECT writes must be a multiple of (and aligned to): one page covers every device
 _DIRECT_UNIT = 4096
+#: threads writing fetched blocks: an O_DIRECT write waits for the device, so several
+#: keep it busy (blocks are independent: their order does not matter)
+_WRITER_THREADS = 4
 #: seconds without reads or writes before the whole-file check runs (see _Verifier)
 _VERIFY_WHEN_IDLE = 2.0
 #: bytes the disk is asked to read ahead of a cached file's reader
@@ -146,6 +149,11 @@ class _BlobWriter:
             self._buffered = os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
         os.pwrite(self._buffered, chunk, at)
 
+    def disk_bytes(self) -> int:
+        """What the file takes on disk now, as the filesystem counts it."""
+        fd = self._direct if self._direct is not None else self._buffered
+        return os.fstat(fd).st_blocks * 512 if fd is not None else 0
+
     def close(self) -> None:
         for fd in (self._direct, self._buffered):
             if fd is not None:
@@ -171,7 +179,18 @@ class _Entry:
     verified: bool
     last_read: float
     blocks: dict[int, bytes] = field(default_factory=dict)
-    held: int = 0  # bytes of the recorded blocks
+    #: what the file takes on disk as far as is known: the larger of ``data`` and ``disk``
+    held: int = 0
+    data: int = 0  # bytes of the recorded blocks, in whole filesystem blocks
+    #: the most the filesystem said the file takes (its own metadata included: a sparse
+    #: file written out of order needs extent blocks besides its data)
+    disk: int = 0
+
+    def account(self) -> int:
+        """Bring ``held`` up to date; returns by how much it changed."""
+        held = max(self.data, self.disk)
+        change, self.held = held - self.held, held
+        return change
 
     @property
     def awaits_check(self) -> bool:
@@ -256,18 +275,19 @@ class ContentCache:
             if name not in self._entries:
                 path.unlink(missing_ok=True)  # bytes whose hashes were never committed
                 continue
-            on_disk[name] = path.stat().st_size
+            on_disk[name] = path.stat()
         gone = []
         for key, entry in self._entries.items():
-            length = on_disk.get(key)
-            if length is None:
+            found = on_disk.get(key)
+            if found is None:
                 gone.append(key)
                 continue
-            for idx in [i for i in entry.blocks if self._block_end(entry, i) > length]:
+            for idx in [i for i in entry.blocks if self._block_end(entry, i) > found.st_size]:
                 del entry.blocks[idx]  # truncated: those blocks cannot be there
                 self._forget_block(key, idx)
-            entry.held = sum(self._on_disk(self._block_len(entry, i)) for i in entry.blocks)
-            self._held += entry.held
+            entry.data = sum(self._on_disk(self._block_len(entry, i)) for i in entry.blocks)
+            entry.disk = found.st_blocks * 512
+            self._held += entry.account()
         for key in gone:
             self._drop_locked(key)
         self.stats.bytes_on_disk = self._held
@@ -520,27 +540,34 @@ class ContentCache:
                 if pos // bs not in have:
                     todo.append((pos // bs, pos, block_end))
                 pos = block_end
-            # room first, then bytes: the files never take more than the limit
+            # room first, then bytes: the files never take more than the limit (one
+            # filesystem block more for the file's own metadata where the write leaves a
+            # hole: see _Entry.disk)
             need = sum(self._on_disk(b - a) for _, a, b in todo)
+            if todo and todo[0][0] != (max(have) + 1 if have else 0):
+                need += _DIRECT_UNIT
             if need and self._held + self._reserved + need > self.limit:
                 self._evict(self.limit - need, keep=key, keep_whole=True)
             while todo and self._held + self._reserved + need > self.limit:
                 _, a, b = todo.pop()  # what does not fit is not kept
                 need -= self._on_disk(b - a)
+            if not todo:
+                need = 0
             self._reserved += need
         written: list[tuple[int, bytes, int]] = []
         blob = _BlobWriter(self.blobs / key)
+        disk = 0
         try:
             for idx, a, b in todo:
                 chunk = view[a - start : b - start]
                 blob.write(chunk, a)
                 written.append((idx, _digest(chunk), b - a))
+            disk = blob.disk_bytes()
         finally:
             blob.close()
-            with self._lock:
-                self._reserved -= need
-            if written:
-                self._record(key, size, etag, checksum, written)
+            # the room reserved becomes bytes held in one step: no other writer finds
+            # it free in between
+            self._record(key, size, etag, checksum, written, disk, reserved=need)
 
     def _record(
         self,
@@ -549,11 +576,19 @@ class ContentCache:
         etag: str | None,
         checksum: str | None,
         written: list[tuple[int, bytes, int]],
+        disk: int = 0,
+        *,
+        reserved: int = 0,
     ) -> None:
-        """Commit the hashes of blocks whose bytes are written (bytes first: see above)."""
+        """Commit the hashes of blocks whose bytes are written (bytes first: see above);
+        ``disk``: what the file took on disk after they were written; ``reserved``: the
+        room they had been given."""
         now = self._clock()
         whole = checksum_hex(checksum) if checksum else None
         with self._lock:
+            self._reserved -= reserved
+            if not written:
+                return
             entry = self._entries.get(key)
             if entry is None:
                 entry = _Entry(size, etag, whole, False, now)
@@ -566,8 +601,9 @@ class ContentCache:
                     entry.blocks[idx] = digest
                     added += self._on_disk(length)
                     rows.append((key, idx, digest))
-            entry.held += added
-            self._held += added
+            entry.data += added
+            entry.disk = max(entry.disk, disk)
+            self._held += entry.account()
             self.stats.bytes_written += added
             self.stats.bytes_on_disk = self._held
             complete = len(entry.blocks) == self._nblocks(size) and entry.awaits_check
@@ -673,9 +709,9 @@ class ContentCache:
             if entry is None or idx not in entry.blocks:
                 return
             del entry.blocks[idx]
-            length = self._on_disk(self._block_len(entry, idx))
-            entry.held -= length
-            self._held -= length
+            # its bytes stay on disk (written over when fetched again): still held
+            entry.data -= self._on_disk(self._block_len(entry, idx))
+            self._held += entry.account()
             self.stats.bytes_on_disk = self._held
             entry.verified = False
             self._forget_block(key, idx)
@@ -767,10 +803,9 @@ VersionOf = Callable[[str], Awaitable[str | None]]
 
 
 class _Writer:
-    """Writes fetched bytes into the cache from one worker thread, in the order they
-    came: the reads that fetched them never wait for the disk or the hashing (SHA-1
-    runs at about 1 GB/s, as fast as a fast server sends), and a file read in order
-    is hashed as it is written.
+    """Writes fetched bytes into the cache from a few worker threads
+    (``_WRITER_THREADS``): the reads that fetched them wait neither for the disk nor
+    for the block hashing.
 
     Bytes wait in at most ``limit`` bytes of block-sized buffers, reused (fresh
     memory for every piece costs page faults worth a second copy); a fetch that
@@ -785,7 +820,7 @@ class _Writer:
         self._busy = 0
         self._waiting: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = []
         self._drained = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     def _buffer(self) -> mmap.mmap | None:
@@ -843,11 +878,13 @@ class _Writer:
         n = len(piece)
         buf[:n] = piece
         self._jobs.put((key, at, buf, n, size, kw))
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="immichfs-content-writer", daemon=True
-            )
-            self._thread.start()
+        if not self._threads:
+            for _ in range(_WRITER_THREADS):
+                thread = threading.Thread(
+                    target=self._run, name="immichfs-content-writer", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
 
     def _run(self) -> None:
         # no lower priority: a read waits for this thread once the buffers are full
@@ -875,9 +912,10 @@ class _Writer:
     def close(self) -> None:
         """Write what is queued, then stop the thread."""
         self._closed = True
-        thread, self._thread = self._thread, None
-        if thread is not None:
+        threads, self._threads = self._threads, []
+        for _ in threads:
             self._jobs.put(None)
+        for thread in threads:
             thread.join()
 
 

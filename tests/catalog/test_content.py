@@ -31,7 +31,7 @@ from immichfs.catalog.reader import ReaderPool
 from immichfs.client.originals import ByteRange, ChunkBody
 from immichfs.errors import ConnectError, Offline
 
-BLOCK = 1024
+BLOCK = 4096  # the filesystem's block: what a file takes on disk is counted in them
 
 
 def checksum_of(data: bytes) -> str:
@@ -387,7 +387,7 @@ def test_a_cache_of_another_format_is_emptied(tmp_path: Path) -> None:
     assert os.listdir(again.blobs) == []
 
 
-async def test_writer_keeps_order_and_waits_for_room(tmp_path: Path) -> None:
+async def test_writer_keeps_everything_and_waits_for_room(tmp_path: Path) -> None:
     """More bytes than the writer's buffers: put waits, nothing is lost."""
     data = blob(40 * BLOCK)
     cache = make(tmp_path)
@@ -521,3 +521,22 @@ def test_files_read_in_the_same_order_as_last_time_are_asked_for_ahead(tmp_path:
 
 async def _checksum(data: bytes) -> str:
     return checksum_of(data)
+
+
+def test_bytes_held_count_what_the_filesystem_takes_for_a_file_with_holes(
+    tmp_path: Path,
+) -> None:
+    """Ranges of a file cached apart leave holes; the filesystem then keeps extents
+    besides the data, and the limit counts those too."""
+    data = blob(16 * BLOCK)
+    cache = make(tmp_path, limit=1 << 24)
+    key = content_key("a1", checksum_of(data))
+    for idx in (14, 0, 10, 2, 6, 4, 12, 8):  # every other block, out of order
+        at = idx * BLOCK
+        cache.write(key, at, data[at : at + BLOCK], len(data), checksum=checksum_of(data))
+    taken = os.stat(cache.blobs / key).st_blocks * 512
+    assert taken >= 8 * BLOCK
+    assert cache.stats.bytes_on_disk == taken
+    cache.close()
+    again = make(tmp_path, limit=1 << 24)
+    assert again.stats.bytes_on_disk == taken
