@@ -254,10 +254,9 @@ class ContentCache:
         self._db = open_database(directory / "content.sqlite", _SCHEMA, _FORMAT)
         self._load()
         self._evict(self.limit)  # a smaller --cache-size-mb than last time
-        #: each file's successor in the order the files were last read (see read_after)
-        self._followed_by: dict[str, str] = {}
         by_time = sorted(self._entries, key=lambda k: self._entries[k].last_read)
-        self._followed_by = dict(itertools.pairwise(by_time))
+        #: each file's successor in the order the files were last read (see read_after)
+        self._followed_by: dict[str, str] = dict(itertools.pairwise(by_time))
         for key, entry in self._entries.items():
             if entry.awaits_check and len(entry.blocks) == self._nblocks(entry.size):
                 self.verifier.want(key)  # completed by an earlier mount, not checked yet
@@ -551,7 +550,7 @@ class ContentCache:
             # filesystem block more for the file's own metadata where the write leaves a
             # hole: see _Entry.disk)
             need = sum(self._on_disk(b - a) for _, a, b in todo)
-            if todo and todo[0][0] != (max(have) + 1 if have else 0):
+            if todo and todo[0][0] and todo[0][0] - 1 not in have:
                 need += _DIRECT_UNIT
             if need and self._held + self._reserved + need > self.limit:
                 self._evict(self.limit - need, keep=key, keep_whole=True)
