@@ -967,6 +967,7 @@ class _Verifier:
         self.when_idle = when_idle
         self._pending: dict[str, None] = {}  # keys in the order they completed
         self._checking = False
+        self.waits = 0  # times a check waited for quiet
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -991,6 +992,7 @@ class _Verifier:
                 left = self.cache.last_busy + self.when_idle - time.monotonic()
                 if left <= 0:
                     return True
+                self.waits += 1
                 self._cond.wait(left)
             return False
 

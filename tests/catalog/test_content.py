@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from mountutil import poll
 
 from immichfs.catalog.content import (
     CachedFile,
@@ -148,6 +149,7 @@ def test_whole_file_check_waits_for_quiet_and_resumes_at_the_next_start(
     cache = make(tmp_path, when_idle=3600)  # never quiet enough in this test
     key = content_key("a1", checksum_of(data))
     cache.write(key, 0, data, len(data), checksum=checksum_of(data))
+    poll(lambda: cache.verifier.waits, until=bool, every=0.01)  # the check began, and waits
     assert not cache.has_whole(key)
     assert read(cache, key, 0, len(data), len(data)) == data
     cache.close()  # does not wait for the check
