@@ -408,11 +408,7 @@ class ContentCache:
             else:
                 data = os.pread(fd, block_len, block_start)
                 got = len(data)
-            if got != block_len or _digest(data) != expected:
-                log.warning("cached block %d of %s failed verification: dropped", idx, key)
-                with self._lock:
-                    self.stats.dropped_blocks += 1
-                self._drop_block(key, idx)
+            if not self._verified(key, idx, data, got == block_len, expected):
                 break
             if not whole:
                 view[filled : filled + take] = data[offset : offset + take]
@@ -423,6 +419,19 @@ class ContentCache:
                 entry.last_read = self._clock()
             self.stats.bytes_served += filled
         return filled
+
+    def _verified(
+        self, key: str, idx: int, data: bytes | memoryview, whole: bool, expected: bytes
+    ) -> bool:
+        """Block ``idx`` as read back (``whole``: all of it came) has its check value;
+        if not, it is dropped (to be fetched again)."""
+        if whole and _digest(data) == expected:
+            return True
+        log.warning("cached block %d of %s failed verification: dropped", idx, key)
+        with self._lock:
+            self.stats.dropped_blocks += 1
+        self._drop_block(key, idx)
+        return False
 
     def read_block_cached(self, key: str, idx: int, size: int, fd: int, view: memoryview) -> bool:
         """Fill ``view`` with block ``idx`` if the page cache holds all of it and it
@@ -676,11 +685,7 @@ class ContentCache:
                 at = idx * self.block_size
                 view = memoryview(buf)[: min(size, at + self.block_size) - at]
                 got = os.preadv(fd, [view], at)
-                if got != len(view) or _digest(view) != blocks[idx]:
-                    log.warning("cached block %d of %s failed verification: dropped", idx, key)
-                    with self._lock:
-                        self.stats.dropped_blocks += 1
-                    self._drop_block(key, idx)
+                if not self._verified(key, idx, view, got == len(view), blocks[idx]):
                     return  # fetched again when read; checked when complete again
                 digest.update(view)
         finally:
